@@ -1,0 +1,54 @@
+"""`hybridcore` and `python -m hybridcore`: one subcommand per module, each giving
+`add_arguments(parser)` and `run(args) -> int`, imported only when its command runs (fast start-up)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS = {
+    "info": ("hybridcore.info", "describe a preset or a Hugging Face Falcon-H1 directory"),
+    "prepare": ("hybridcore.data.cli", "tokenize text, JSONL or Parquet into token shards"),
+    "train": ("hybridcore.train.cli", "train a model (one process, or several under torchrun)"),
+    "eval": ("hybridcore.train.evaluate", "loss and perplexity of a checkpoint on held-out data"),
+    "plot": ("hybridcore.train.plot", "plot loss, learning rate and throughput of runs"),
+    "import-hf": ("hybridcore.bridge.cli_import", "convert a Hugging Face Falcon-H1 directory to a checkpoint"),
+    "export-hf": ("hybridcore.bridge.cli_export", "convert a checkpoint to a Hugging Face Falcon-H1 directory"),
+    "generate": ("hybridcore.generate_cli", "sample text from a checkpoint or a Hugging Face directory"),
+    "bench": ("hybridcore.bench", "benchmark a training step on one GPU, optionally against transformers"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hybridcore", description="Train parallel-hybrid attention + Mamba-2 "
+                                     "language models (Falcon-H1 and every mix of its layers).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module, help_text) in COMMANDS.items():
+        try:
+            add_arguments = importlib.import_module(module).add_arguments
+        except ModuleNotFoundError as error:
+            if error.name != module:
+                raise
+            continue  # a command whose module is not part of this build yet
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(_module=module)
+        add_arguments(command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except ValueError as error:  # a user's mistake: say what and where, no traceback
+        print(f"hybridcore {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

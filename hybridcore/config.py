@@ -1,0 +1,166 @@
+"""Model configuration: shapes, the layer-grammar string and Falcon-H1's µP forward multipliers.
+
+Every field is a plain value. Multipliers are config, never parameters, so they never appear in a
+checkpoint. `validate()` raises ValueError naming the field, so a user's typo fails before any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+
+from .layout import parse_layout
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 258
+    d_model: int = 256
+    layout: str = "P-" * 4  # one character per residual sub-layer, see layout.py
+    # attention
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 64
+    rope_theta: float = 1e11
+    max_seq_len: int = 16384
+    attention_bias: bool = False
+    # Mamba-2
+    mamba_n_heads: int = 8
+    mamba_d_head: int = 32
+    mamba_d_state: int = 32
+    mamba_n_groups: int = 1
+    mamba_d_conv: int = 4
+    mamba_chunk_size: int = 64
+    mamba_conv_bias: bool = True
+    mamba_proj_bias: bool = False
+    mamba_rms_norm: bool = False
+    mamba_norm_before_gate: bool = False
+    time_step_limit: tuple[float, float] = (0.0, math.inf)
+    # MLP
+    d_ff: int = 512
+    mlp_bias: bool = False
+    # output projections of the Mamba mixer (Falcon-H1 calls it projectors_bias)
+    projectors_bias: bool = False
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    # µP forward multipliers (Falcon-H1), all 1.0 means "plain model"
+    embedding_multiplier: float = 1.0
+    lm_head_multiplier: float = 1.0
+    attention_in_multiplier: float = 1.0
+    attention_out_multiplier: float = 1.0
+    key_multiplier: float = 1.0
+    ssm_in_multiplier: float = 1.0
+    ssm_out_multiplier: float = 1.0
+    mlp_multipliers: tuple[float, float] = (1.0, 1.0)  # (gate, down)
+    ssm_multipliers: tuple[float, float, float, float, float] = (1.0, 1.0, 1.0, 1.0, 1.0)  # z,x,B,C,dt
+    # init
+    init_std: float = 0.02
+    # tokens the tokenizer reserves for end of document (used by generation and data checks)
+    eos_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        # JSON round trips turn tuples into lists; keep one canonical form.
+        self.time_step_limit = tuple(float(v) for v in self.time_step_limit)
+        self.mlp_multipliers = tuple(float(v) for v in self.mlp_multipliers)
+        self.ssm_multipliers = tuple(float(v) for v in self.ssm_multipliers)
+        self.validate()
+
+    # ---- derived shapes -------------------------------------------------------------------
+    @property
+    def d_ssm(self) -> int:
+        return self.mamba_n_heads * self.mamba_d_head
+
+    @property
+    def mamba_conv_dim(self) -> int:
+        return self.d_ssm + 2 * self.mamba_n_groups * self.mamba_d_state
+
+    @property
+    def mamba_in_proj_dim(self) -> int:
+        return 2 * self.d_ssm + 2 * self.mamba_n_groups * self.mamba_d_state + self.mamba_n_heads
+
+    @property
+    def layer_kinds(self) -> list[str]:
+        return parse_layout(self.layout).kinds
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layer_kinds)
+
+    # ---- validation -------------------------------------------------------------------------
+    def validate(self) -> None:
+        parse_layout(self.layout)  # raises ValueError naming the character and position
+        for name in ("vocab_size", "d_model", "num_heads", "num_kv_heads", "head_dim", "max_seq_len",
+                     "mamba_n_heads", "mamba_d_head", "mamba_d_state", "mamba_n_groups", "mamba_d_conv",
+                     "mamba_chunk_size", "d_ff"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"ModelConfig.num_heads ({self.num_heads}) must be a multiple of "
+                             f"num_kv_heads ({self.num_kv_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"ModelConfig.head_dim must be even for RoPE, got {self.head_dim}")
+        if self.mamba_n_heads % self.mamba_n_groups:
+            raise ValueError(f"ModelConfig.mamba_n_heads ({self.mamba_n_heads}) must be a multiple of "
+                             f"mamba_n_groups ({self.mamba_n_groups})")
+        if len(self.time_step_limit) != 2 or not self.time_step_limit[0] <= self.time_step_limit[1]:
+            raise ValueError(f"ModelConfig.time_step_limit must be (low, high) with low <= high, "
+                             f"got {self.time_step_limit!r}")
+        if len(self.mlp_multipliers) != 2:
+            raise ValueError(f"ModelConfig.mlp_multipliers needs 2 values (gate, down), got {self.mlp_multipliers!r}")
+        if len(self.ssm_multipliers) != 5:
+            raise ValueError(f"ModelConfig.ssm_multipliers needs 5 values (z, x, B, C, dt), "
+                             f"got {self.ssm_multipliers!r}")
+        if self.rope_theta <= 0:
+            raise ValueError(f"ModelConfig.rope_theta must be positive, got {self.rope_theta}")
+        if self.norm_eps <= 0:
+            raise ValueError(f"ModelConfig.norm_eps must be positive, got {self.norm_eps}")
+        if self.eos_token_id is not None and not 0 <= self.eos_token_id < self.vocab_size:
+            raise ValueError(f"ModelConfig.eos_token_id {self.eos_token_id} is outside the vocabulary "
+                             f"(vocab_size {self.vocab_size})")
+
+    # ---- (de)serialisation --------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["time_step_limit"] = list(self.time_step_limit)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes) -> "ModelConfig":
+        return self.from_dict({**self.to_dict(), **changes})
+
+
+def coerce_field(name: str, text: str):
+    """Turn a `--set name=value` string into the type of ModelConfig.<name>."""
+    types = {f.name: f for f in fields(ModelConfig)}
+    if name not in types:
+        raise ValueError(f"unknown model config key {name!r}; known keys: {', '.join(sorted(types))}")
+    current = getattr(ModelConfig(), name)
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return text.lower() in ("true", "1")
+        if isinstance(current, tuple):
+            return tuple(float(v) for v in text.strip("()[]").split(","))
+        if name == "eos_token_id":
+            return None if text.lower() == "none" else int(text)
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+        return text
+    except ValueError:
+        raise ValueError(f"cannot read {text!r} as a value for {name} "
+                         f"(expected {type(current).__name__})") from None
+
+
+__all__ = ["ModelConfig", "coerce_field"]

@@ -1,0 +1,71 @@
+"""FLOPs per token (for MFU) and memory estimates, from the config alone.
+
+Forward FLOPs per token, split by where they go:
+  matmul     2 x (weights of every linear layer, the LM head included; the embedding lookup is free)
+  attention  causal QK^T and AV: 2 x 2 x heads x head_dim x (seq_len / 2) per attention layer
+  ssd        the chunked scan per Mamba layer and head, with chunk Q, state N, head dim P:
+             intra-chunk C.B^T and its product with x (causal half of the chunk): Q x (N + P),
+             chunk states and inter-chunk output: 2 x 2 x N x P
+Training is counted as 3 x forward (backward = 2 x forward), the usual convention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import ModelConfig
+
+
+@dataclass
+class FlopsPerToken:
+    matmul: float
+    attention: float
+    ssd: float
+
+    @property
+    def total(self) -> float:
+        return self.matmul + self.attention + self.ssd
+
+    def as_dict(self) -> dict:
+        return {"matmul": self.matmul, "attention": self.attention, "ssd": self.ssd, "total": self.total}
+
+
+def linear_weights(config: ModelConfig) -> int:
+    """Number of weights in all linear layers (biases excluded), LM head included."""
+    c = config
+    attention = c.d_model * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
+    mamba = c.d_model * c.mamba_in_proj_dim + c.d_ssm * c.d_model
+    mlp = 3 * c.d_model * c.d_ff
+    per_kind = {"P": attention + mamba, "M": mamba, "*": attention, "-": mlp}
+    return sum(per_kind[k] for k in c.layer_kinds) + c.d_model * c.vocab_size
+
+
+def flops_per_token(config: ModelConfig, seq_len: int, training: bool = True) -> FlopsPerToken:
+    c = config
+    kinds = c.layer_kinds
+    attention_layers = sum(k in "P*" for k in kinds)
+    mamba_layers = sum(k in "PM" for k in kinds)
+    matmul = 2.0 * linear_weights(c)
+    attention = attention_layers * 2.0 * 2.0 * c.num_heads * c.head_dim * seq_len / 2
+    chunk = min(c.mamba_chunk_size, seq_len)
+    per_head = chunk * (c.mamba_d_state + c.mamba_d_head) + 4.0 * c.mamba_d_state * c.mamba_d_head
+    ssd = mamba_layers * c.mamba_n_heads * per_head
+    scale = 3.0 if training else 1.0
+    return FlopsPerToken(matmul * scale, attention * scale, ssd * scale)
+
+
+BYTES_PER_DTYPE = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
+
+
+def memory_estimate(num_params: int) -> dict:
+    """Bytes for the weights in each dtype, and for AdamW training state with fp32 master weights:
+    two fp32 moments, plus an fp32 master copy when the weights themselves are kept in 16 bits."""
+    weights = {name: num_params * size for name, size in BYTES_PER_DTYPE.items()}
+    adam_moments = 2 * 4 * num_params
+    return {
+        "weights_bytes": weights,
+        "training_bytes": {
+            "fp32": weights["fp32"] + 4 * num_params + adam_moments,  # weights + grads + moments
+            "bf16_mixed": weights["bf16"] + 2 * num_params + 4 * num_params + adam_moments,
+        },
+    }

@@ -1,0 +1,99 @@
+"""`hybridcore info PRESET|HF_DIR [--json]`: layout, layer counts, parameters, FLOPs, memory."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from .config import ModelConfig, coerce_field
+from .flops import flops_per_token, memory_estimate
+from .layout import compact_layout, parse_layout
+from .presets import get_preset, preset_names
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("model", help=f"a preset ({', '.join(preset_names())}) or a Hugging Face Falcon-H1 "
+                        "directory (holding config.json)")
+    parser.add_argument("--seq-len", type=int, default=None, help="sequence length for FLOPs per token "
+                        "(default: 4096, or the model's limit if smaller)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a model config field (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def resolve_model_config(spec: str, overrides: list[str] = ()) -> ModelConfig:
+    """A preset name or a Hugging Face directory, with `--set key=value` overrides applied."""
+    if os.path.isdir(spec):
+        from .bridge.config_map import model_config_from_hf
+
+        path = os.path.join(spec, "config.json")
+        if not os.path.exists(path):
+            raise ValueError(f"{spec} is a directory without config.json")
+        with open(path) as handle:
+            config = model_config_from_hf(json.load(handle))
+    else:
+        config = get_preset(spec)
+    changes = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        changes[key.strip()] = coerce_field(key.strip(), value.strip())
+    return config.replace(**changes) if changes else config
+
+
+def describe(config: ModelConfig, seq_len: int) -> dict:
+    from .model import HybridLM
+
+    with torch.device("meta"):
+        model = HybridLM(config)
+    params = model.num_parameters()
+    embedding = config.vocab_size * config.d_model
+    flops = flops_per_token(config, seq_len)
+    return {
+        "layout": config.layout,
+        "layers": config.num_layers,
+        "layer_counts": parse_layout(config.layout).counts(),
+        "params": params,
+        "params_non_embedding": params - embedding,
+        "seq_len": seq_len,
+        "train_flops_per_token": flops.as_dict(),
+        "memory": memory_estimate(params),
+        "config": config.to_dict(),
+    }
+
+
+def _human(n: float, unit: str = "") -> str:
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3f} {suffix}{unit}"
+    return f"{n:.0f} {unit}"
+
+
+def run(args) -> int:
+    config = resolve_model_config(args.model, args.set)
+    seq_len = args.seq_len or min(4096, config.max_seq_len)
+    if seq_len <= 0:
+        raise ValueError(f"--seq-len must be positive, got {seq_len}")
+    info = describe(config, seq_len)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    counts = ", ".join(f"{n} {name}" for name, n in info["layer_counts"].items() if n)
+    layout = compact_layout(config.layout)
+    flops = info["train_flops_per_token"]
+    gib = 2 ** 30
+    lines = [
+        f"model        {args.model}",
+        f"layout       {layout}  ({info['layers']} sub-layers: {counts})",
+        f"parameters   {info['params']:,} total, {info['params_non_embedding']:,} without the embedding",
+        f"train FLOPs  {_human(flops['total'], 'FLOP')} per token at seq_len {seq_len} "
+        f"(matmul {_human(flops['matmul'])}, attention {_human(flops['attention'])}, ssd {_human(flops['ssd'])})",
+        "weights      " + ", ".join(f"{k} {v / gib:.2f} GiB" for k, v in info["memory"]["weights_bytes"].items()),
+        "AdamW state  " + ", ".join(f"{k} {v / gib:.2f} GiB" for k, v in info["memory"]["training_bytes"].items())
+        + " (weights + grads + moments, before activations)",
+    ]
+    print("\n".join(lines))
+    return 0

@@ -1,0 +1,102 @@
+"""The Mamba-2 mixer as Falcon-H1 defines it.
+
+    zxbcdt = in_proj(u) * mup_vector            segments [z | x | B | C | dt], mup = ssm_multipliers
+    xBC    = silu(causal depthwise conv(xBC))    reset at document boundaries
+    y      = SSD(x, dt = clamp(softplus(dt + dt_bias)), A = -exp(A_log), B, C) + D * x
+    y      = gated_rmsnorm(y, z)  or  y * silu(z)
+    out    = out_proj(y)
+
+The scan and conv go through `hybridcore.ops`, which picks a fused kernel where one is available and
+the pure-PyTorch reference otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from ..ops import causal_conv1d, ssd
+from .cache import MambaCache
+from .norm import gated_rms_norm
+
+
+class Mamba2Mixer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.num_heads = config.mamba_n_heads
+        self.head_dim = config.mamba_d_head
+        self.d_ssm = config.d_ssm
+        self.n_groups = config.mamba_n_groups
+        self.d_state = config.mamba_d_state
+        self.d_conv = config.mamba_d_conv
+        self.chunk_size = config.mamba_chunk_size
+        self.time_step_limit = config.time_step_limit
+        self.ssm_multipliers = config.ssm_multipliers
+        self.use_rms_norm = config.mamba_rms_norm
+        self.norm_before_gate = config.mamba_norm_before_gate
+        self.norm_eps = config.norm_eps
+        conv_dim = config.mamba_conv_dim
+
+        self.in_proj = nn.Linear(config.d_model, config.mamba_in_proj_dim, bias=config.mamba_proj_bias)
+        # Depthwise conv weight kept as [channels, 1, d_conv] (nn.Conv1d's layout, Falcon-H1's key shape).
+        self.conv_weight = nn.Parameter(torch.empty(conv_dim, 1, self.d_conv))
+        self.conv_bias = nn.Parameter(torch.empty(conv_dim)) if config.mamba_conv_bias else None
+        self.dt_bias = nn.Parameter(torch.empty(self.num_heads))
+        self.A_log = nn.Parameter(torch.empty(self.num_heads))
+        self.D = nn.Parameter(torch.empty(self.num_heads))
+        self.norm_weight = nn.Parameter(torch.empty(self.d_ssm)) if self.use_rms_norm else None
+        self.out_proj = nn.Linear(self.d_ssm, config.d_model, bias=config.projectors_bias)
+
+    def reset_parameters(self) -> None:
+        """The released Falcon-H1 init for the SSM parameters; the linears are initialised by the model."""
+        with torch.no_grad():
+            self.A_log.copy_(torch.log(torch.arange(1, self.num_heads + 1, dtype=torch.float32)))
+            self.D.fill_(1.0)
+            self.dt_bias.fill_(1.0)
+            bound = self.d_conv ** -0.5  # nn.Conv1d's default for a depthwise kernel (fan_in = d_conv)
+            self.conv_weight.uniform_(-bound, bound)
+            if self.conv_bias is not None:
+                self.conv_bias.uniform_(-bound, bound)
+            if self.norm_weight is not None:
+                self.norm_weight.fill_(1.0)
+
+    def segment_widths(self) -> list[int]:
+        group_state = self.n_groups * self.d_state
+        return [self.d_ssm, self.d_ssm, group_state, group_state, self.num_heads]
+
+    def mup_vector(self, device, dtype) -> torch.Tensor:
+        """ssm_multipliers spread over the five in_proj segments; built on the fly, never stored."""
+        return torch.cat([torch.full((width,), float(m), device=device, dtype=dtype)
+                          for width, m in zip(self.segment_widths(), self.ssm_multipliers)])
+
+    def forward(self, u: torch.Tensor, seq_idx: torch.Tensor | None = None,
+                cache: MambaCache | None = None) -> torch.Tensor:
+        batch, length, _ = u.shape
+        zxbcdt = self.in_proj(u) * self.mup_vector(u.device, u.dtype)
+        z, xBC, dt = torch.split(zxbcdt, [self.d_ssm, self.d_ssm + 2 * self.n_groups * self.d_state,
+                                          self.num_heads], dim=-1)
+
+        xBC, conv_state = causal_conv1d(
+            xBC, self.conv_weight.squeeze(1), self.conv_bias, seq_idx=seq_idx,
+            initial_state=cache.conv_state if cache is not None else None, return_final_state=cache is not None)
+        xBC = F.silu(xBC)
+        x, B, C = torch.split(xBC, [self.d_ssm, self.n_groups * self.d_state, self.n_groups * self.d_state], dim=-1)
+
+        y, ssm_state = ssd(
+            x.view(batch, length, self.num_heads, self.head_dim), dt, -torch.exp(self.A_log.float()),
+            B.view(batch, length, self.n_groups, self.d_state), C.view(batch, length, self.n_groups, self.d_state),
+            chunk_size=self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
+            dt_limit=self.time_step_limit, initial_state=cache.ssm_state if cache is not None else None,
+            seq_idx=seq_idx, return_final_state=cache is not None)
+        if cache is not None:
+            cache.conv_state.copy_(conv_state)
+            cache.ssm_state.copy_(ssm_state)
+        y = y.reshape(batch, length, self.d_ssm)
+
+        if self.use_rms_norm:
+            y = gated_rms_norm(y, z, self.norm_weight, self.n_groups, self.norm_eps, self.norm_before_gate)
+        else:
+            y = y * F.silu(z)
+        return self.out_proj(y.to(u.dtype))

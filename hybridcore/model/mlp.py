@@ -1,0 +1,22 @@
+"""SwiGLU MLP with Falcon-H1's two µP multipliers: down(up(x) * silu(gate(x) * m_gate)) * m_down."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate_multiplier, self.down_multiplier = config.mlp_multipliers
+        self.gate_proj = nn.Linear(config.d_model, config.d_ff, bias=config.mlp_bias)
+        self.up_proj = nn.Linear(config.d_model, config.d_ff, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(config.d_ff, config.d_model, bias=config.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.up_proj(x) * F.silu(self.gate_proj(x) * self.gate_multiplier)
+        return self.down_proj(hidden) * self.down_multiplier

@@ -1,0 +1,131 @@
+"""HybridLM: embedding, the layers the layout string names, final norm, LM head.
+
+Built on any device, the meta device included (nothing is initialised in __init__); `init_weights()`
+fills every parameter, so a 34B model can be described, sharded and only then materialised.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .cache import AttentionCache, LayerCache, MambaCache
+from .layers import LayerInputs, build_layer
+from .norm import RMSNorm
+from .rope import rope_cos_sin
+
+
+def positions_from_seq_idx(seq_idx: torch.Tensor) -> torch.Tensor:
+    """Position of each token inside its document: [[0,0,1,1,1]] -> [[0,1,0,1,2]]."""
+    length = seq_idx.shape[1]
+    index = torch.arange(length, device=seq_idx.device).expand_as(seq_idx)
+    starts = torch.ones_like(seq_idx, dtype=torch.bool)
+    starts[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
+    doc_start = torch.cummax(torch.where(starts, index, torch.zeros_like(index)), dim=1).values
+    return index - doc_start
+
+
+class HybridLM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        # A ModuleDict keyed by global index: pipeline stages delete layers and keep their names.
+        self.layers = nn.ModuleDict({str(i): build_layer(kind, config) for i, kind in enumerate(config.layer_kinds)})
+        self.final_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share the embedding with the LM head when configured (again after `to_empty`, which unties)."""
+        if self.config.tie_embeddings and self.embed is not None and self.lm_head is not None:
+            self.lm_head.weight = self.embed.weight
+
+    # ---- initialisation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None) -> None:
+        """Initialise every parameter. With a seed the result is the same on any device or layout."""
+        if seed is not None:
+            torch.manual_seed(seed)
+        std = self.config.init_std
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif hasattr(module, "reset_parameters") and module is not self:
+                module.reset_parameters()
+
+    # ---- forward ---------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, seq_idx: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None, caches: list[LayerCache] | None = None) -> torch.Tensor:
+        """input_ids [B, L] -> logits [B, L, V].
+
+        seq_idx [B, L]: document index per token for packed sequences (attention stays inside a
+        document, the Mamba state and conv window reset where it changes, positions restart).
+        """
+        return self.logits(self.hidden_states(input_ids, seq_idx, positions, caches))
+
+    def hidden_states(self, input_ids, seq_idx=None, positions=None, caches=None) -> torch.Tensor:
+        """Final-normed hidden states [B, L, d]; `logits()` turns them into logits."""
+        h = self.embed(input_ids) * self.config.embedding_multiplier if self.embed is not None else input_ids
+        inputs = self.layer_inputs(h, seq_idx, positions)
+        for i, layer in enumerate(self.layers.values()):
+            h = layer(h, inputs, caches[i] if caches is not None else None)
+        return self.final_norm(h) if self.final_norm is not None else h
+
+    def layer_inputs(self, h: torch.Tensor, seq_idx=None, positions=None) -> LayerInputs:
+        if positions is None:
+            if seq_idx is not None:
+                positions = positions_from_seq_idx(seq_idx)
+            else:
+                positions = torch.arange(h.shape[1], device=h.device).expand(h.shape[0], -1)
+        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+        return LayerInputs(cos=cos, sin=sin, seq_idx=seq_idx)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        if self.lm_head is None:
+            return h
+        return self.lm_head(h) * self.config.lm_head_multiplier
+
+    # ---- inference state ---------------------------------------------------------------------------
+    def allocate_caches(self, batch: int, max_len: int, device=None, dtype=None) -> list[LayerCache]:
+        """One LayerCache per layer: KV slots for attention layers, conv + SSM state for Mamba ones."""
+        c = self.config
+        param = next(self.parameters())
+        device, dtype = device or param.device, dtype or param.dtype
+        caches = []
+        for layer in self.layers.values():
+            cache = LayerCache()
+            if hasattr(layer, "attention"):
+                cache.attention = AttentionCache.allocate(batch, c.num_kv_heads, max_len, c.head_dim, device, dtype)
+            if hasattr(layer, "mamba"):
+                cache.mamba = MambaCache.allocate(batch, c.mamba_conv_dim, c.mamba_d_conv, c.mamba_n_heads,
+                                                  c.mamba_d_head, c.mamba_d_state, device, dtype)
+            caches.append(cache)
+        return caches
+
+    def num_parameters(self, exclude_embedding: bool = False) -> int:
+        seen, total = set(), 0
+        for name, p in self.named_parameters():
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            if exclude_embedding and name.startswith("embed."):
+                continue
+            total += p.numel()
+        return total
+
+
+def build_model(config: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                seed: int | None = 0) -> HybridLM:
+    """Describe the model on the meta device, then materialise and initialise it on `device`."""
+    with torch.device("meta"):
+        model = HybridLM(config)
+    model.to_empty(device=device)
+    model.tie_weights()
+    model.init_weights(seed)
+    return model.to(dtype)
