@@ -1,0 +1,105 @@
+import json
+
+import pytest
+import torch
+
+from hybridcore.cli import main
+from hybridcore.config import ModelConfig
+from hybridcore.flops import flops_per_token, linear_weights
+from hybridcore.model import HybridLM
+from hybridcore.presets import PRESETS, get_preset, preset_names
+
+FALCON = ["falcon-h1-0.5b", "falcon-h1-1.5b-deep", "falcon-h1-7b", "falcon-h1-34b"]
+
+
+def hf_parameter_count(name: str) -> int:
+    """Independent expectation: transformers' own FalconH1 built from the published shape on meta."""
+    transformers = pytest.importorskip("transformers")
+    c = get_preset(name)
+    hf_config = transformers.FalconH1Config(
+        vocab_size=c.vocab_size, hidden_size=c.d_model, num_hidden_layers=c.num_layers // 2,
+        num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads, head_dim=c.head_dim,
+        intermediate_size=c.d_ff, mamba_d_ssm=c.d_ssm, mamba_n_heads=c.mamba_n_heads, mamba_d_head=c.mamba_d_head,
+        mamba_d_state=c.mamba_d_state, mamba_n_groups=c.mamba_n_groups, mamba_d_conv=c.mamba_d_conv,
+        mamba_rms_norm=c.mamba_rms_norm, mamba_conv_bias=True, mamba_proj_bias=False, projectors_bias=False,
+        tie_word_embeddings=False)
+    with torch.device("meta"):
+        model = transformers.FalconH1ForCausalLM(hf_config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def our_count(name: str) -> int:
+    with torch.device("meta"):
+        return HybridLM(get_preset(name)).num_parameters()
+
+
+@pytest.mark.parametrize("name", FALCON)
+def test_falcon_presets_match_transformers_parameter_count(name):
+    assert our_count(name) == hf_parameter_count(name)
+
+
+def test_published_sizes_are_what_the_names_say():
+    # Released names round these totals: 0.52B, 1.55B, 7.59B, 33.6B.
+    assert round(our_count("falcon-h1-0.5b") / 1e9, 2) == 0.52
+    assert round(our_count("falcon-h1-1.5b-deep") / 1e9, 2) == 1.55
+    assert round(our_count("falcon-h1-7b") / 1e9, 2) == 7.59
+    assert round(our_count("falcon-h1-34b") / 1e9, 1) == 33.6
+
+
+def test_every_preset_is_a_valid_config_and_data_only():
+    for name in preset_names():
+        config = get_preset(name)
+        assert isinstance(config, ModelConfig)
+        assert all(isinstance(v, (int, float, str, bool, tuple, type(None))) for v in PRESETS[name].values())
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        get_preset("nope")
+
+
+def test_debug_preset_is_a_few_million_parameters():
+    assert 1e6 < our_count("debug") < 1e7
+
+
+def test_flops_matmul_term_counts_every_linear_weight():
+    config = get_preset("falcon-h1-0.5b")
+    with torch.device("meta"):
+        model = HybridLM(config)
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert linear_weights(config) == linear
+    flops = flops_per_token(config, 4096)
+    assert flops.matmul == 6 * linear
+    # peers.md's convention for causal attention: 12 x layers x seq x heads x head_dim / 2 per token
+    assert flops.attention == 12 * 36 * 4096 * 8 * 64 / 2
+    assert flops.ssd > 0 and flops.total == flops.matmul + flops.attention + flops.ssd
+
+
+def test_info_json_reports_exact_params(capsys):
+    assert main(["info", "falcon-h1-7b", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["params"] == our_count("falcon-h1-7b")
+    assert info["layer_counts"] == {"parallel": 44, "mamba": 0, "attention": 0, "mlp": 44}
+    assert info["params_non_embedding"] == info["params"] - 130049 * 3072
+
+
+def test_info_text_and_overrides(capsys):
+    assert main(["info", "debug", "--set", "layout=M-M*-", "--seq-len", "512"]) == 0
+    out = capsys.readouterr().out
+    assert "2 mamba, 1 attention, 2 mlp" in out and "seq_len 512" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["info", "nope"], "unknown preset"),
+    (["info", "debug", "--set", "d_modle=3"], "unknown model config key 'd_modle'"),
+    (["info", "debug", "--set", "layout=P-?"], "position 2"),
+    (["info", "debug", "--set", "novalue"], "KEY=VALUE"),
+])
+def test_info_errors_are_clean(capsys, argv, message):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_info_reads_a_hugging_face_directory(tmp_path, capsys):
+    from hybridcore.bridge.config_map import hf_config_from_model
+
+    (tmp_path / "config.json").write_text(json.dumps(hf_config_from_model(get_preset("falcon-h1-0.5b"))))
+    assert main(["info", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"] == our_count("falcon-h1-0.5b")
