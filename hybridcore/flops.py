@@ -40,6 +40,31 @@ def linear_weights(config: ModelConfig) -> int:
     return sum(per_kind[k] for k in c.layer_kinds) + c.d_model * c.vocab_size
 
 
+def layer_flops(config: ModelConfig, kind: str, seq_len: int) -> float:
+    """Forward FLOPs per token of one sub-layer of the given grammar kind (for pipeline balancing)."""
+    c = config
+    attention = 2.0 * c.d_model * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads) \
+        + 2.0 * c.num_heads * c.head_dim * seq_len
+    chunk = min(c.mamba_chunk_size, seq_len)
+    mamba = 2.0 * (c.d_model * c.mamba_in_proj_dim + c.d_ssm * c.d_model) + c.mamba_n_heads * (
+        chunk * (c.mamba_d_state + c.mamba_d_head) + 4.0 * c.mamba_d_state * c.mamba_d_head)
+    mlp = 6.0 * c.d_model * c.d_ff
+    return {"P": attention + mamba, "M": mamba, "*": attention, "-": mlp}[kind]
+
+
+def pipeline_stages(config: ModelConfig, num_stages: int, seq_len: int) -> list[list[int]]:
+    """Layer indices of each pipeline stage: the layout's '|' cuts if it has them, else balanced by FLOPs."""
+    from .layout import parse_layout, split_by_cost
+
+    layout = parse_layout(config.layout)
+    if len(layout.stages) > 1:
+        if len(layout.stages) != num_stages:
+            raise ValueError(f"layout {config.layout!r} has {len(layout.stages)} stages ('|' cuts) "
+                             f"but {num_stages} pipeline stages were asked for")
+        return layout.stages
+    return split_by_cost([layer_flops(config, k, seq_len) for k in layout.kinds], num_stages)
+
+
 def flops_per_token(config: ModelConfig, seq_len: int, training: bool = True) -> FlopsPerToken:
     c = config
     kinds = c.layer_kinds

@@ -8,7 +8,7 @@ import os
 import torch
 
 from .config import ModelConfig, coerce_field
-from .flops import flops_per_token, memory_estimate
+from .flops import flops_per_token, layer_flops, memory_estimate, pipeline_stages
 from .layout import compact_layout, parse_layout
 from .presets import get_preset, preset_names
 
@@ -20,6 +20,8 @@ def add_arguments(parser) -> None:
                         "(default: 4096, or the model's limit if smaller)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a model config field (repeatable)")
+    parser.add_argument("--pp", type=int, default=1, help="show how the layers split into this many "
+                        "pipeline stages (at '|' cuts, else balanced by FLOPs)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -44,7 +46,7 @@ def resolve_model_config(spec: str, overrides: list[str] = ()) -> ModelConfig:
     return config.replace(**changes) if changes else config
 
 
-def describe(config: ModelConfig, seq_len: int) -> dict:
+def describe(config: ModelConfig, seq_len: int, pp: int = 1) -> dict:
     from .model import HybridLM
 
     with torch.device("meta"):
@@ -61,8 +63,15 @@ def describe(config: ModelConfig, seq_len: int) -> dict:
         "seq_len": seq_len,
         "train_flops_per_token": flops.as_dict(),
         "memory": memory_estimate(params),
+        "pipeline_stages": [describe_stage(config, stage, seq_len) for stage in pipeline_stages(config, pp, seq_len)],
         "config": config.to_dict(),
     }
+
+
+def describe_stage(config: ModelConfig, stage: list[int], seq_len: int) -> dict:
+    kinds = config.layer_kinds
+    return {"layers": [stage[0], stage[-1]], "layout": "".join(kinds[i] for i in stage),
+            "forward_flops_per_token": sum(layer_flops(config, kinds[i], seq_len) for i in stage)}
 
 
 def _human(n: float, unit: str = "") -> str:
@@ -72,28 +81,39 @@ def _human(n: float, unit: str = "") -> str:
     return f"{n:.0f} {unit}"
 
 
+def _bytes(n: int) -> str:
+    return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.1f} MiB"
+
+
 def run(args) -> int:
     config = resolve_model_config(args.model, args.set)
     seq_len = args.seq_len or min(4096, config.max_seq_len)
     if seq_len <= 0:
         raise ValueError(f"--seq-len must be positive, got {seq_len}")
-    info = describe(config, seq_len)
+    if args.pp <= 0:
+        raise ValueError(f"--pp must be positive, got {args.pp}")
+    info = describe(config, seq_len, args.pp)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     counts = ", ".join(f"{n} {name}" for name, n in info["layer_counts"].items() if n)
     layout = compact_layout(config.layout)
     flops = info["train_flops_per_token"]
-    gib = 2 ** 30
     lines = [
         f"model        {args.model}",
         f"layout       {layout}  ({info['layers']} sub-layers: {counts})",
         f"parameters   {info['params']:,} total, {info['params_non_embedding']:,} without the embedding",
         f"train FLOPs  {_human(flops['total'], 'FLOP')} per token at seq_len {seq_len} "
         f"(matmul {_human(flops['matmul'])}, attention {_human(flops['attention'])}, ssd {_human(flops['ssd'])})",
-        "weights      " + ", ".join(f"{k} {v / gib:.2f} GiB" for k, v in info["memory"]["weights_bytes"].items()),
-        "AdamW state  " + ", ".join(f"{k} {v / gib:.2f} GiB" for k, v in info["memory"]["training_bytes"].items())
+        "weights      " + ", ".join(f"{k} {_bytes(v)}" for k, v in info["memory"]["weights_bytes"].items()),
+        "AdamW state  " + ", ".join(f"{k} {_bytes(v)}" for k, v in info["memory"]["training_bytes"].items())
         + " (weights + grads + moments, before activations)",
     ]
+    if len(info["pipeline_stages"]) > 1:
+        total = sum(s["forward_flops_per_token"] for s in info["pipeline_stages"])
+        for rank, stage in enumerate(info["pipeline_stages"]):
+            first, last = stage["layers"]
+            lines.append(f"stage {rank:<6} layers {first}-{last} {compact_layout(stage['layout'])}, "
+                         f"{100 * stage['forward_flops_per_token'] / total:.1f}% of the FLOPs")
     print("\n".join(lines))
     return 0

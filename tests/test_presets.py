@@ -103,3 +103,18 @@ def test_info_reads_a_hugging_face_directory(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps(hf_config_from_model(get_preset("falcon-h1-0.5b"))))
     assert main(["info", str(tmp_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["params"] == our_count("falcon-h1-0.5b")
+
+
+def test_pipeline_split_balances_flops_and_honours_cuts(capsys):
+    from hybridcore.flops import layer_flops, pipeline_stages
+
+    config = get_preset("debug").replace(layout="PPPP" + "-" * 12)
+    stages = pipeline_stages(config, 2, 256)
+    loads = [sum(layer_flops(config, config.layer_kinds[i], 256) for i in s) for s in stages]
+    assert [i for s in stages for i in s] == list(range(16))
+    assert max(loads) / min(loads) < 1.6  # a by-count split (8 | 8) would be about 3 : 1
+    assert pipeline_stages(config.replace(layout="P-|P-|--"), 3, 256) == [[0, 1], [2, 3], [4, 5]]
+    with pytest.raises(ValueError, match="2 stages"):
+        pipeline_stages(config.replace(layout="P-|P-"), 4, 256)
+    assert main(["info", "falcon-h1-0.5b", "--pp", "4"]) == 0
+    assert capsys.readouterr().out.count('"P-" * 9, 25.0% of the FLOPs') == 4
