@@ -21,26 +21,24 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every command is listed; only `command`'s module is imported to add its arguments."""
     parser = argparse.ArgumentParser(prog="hybridcore", description="Train parallel-hybrid attention + Mamba-2 "
                                      "language models (Falcon-H1 and every mix of its layers).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module, help_text) in COMMANDS.items():
-        try:
-            add_arguments = importlib.import_module(module).add_arguments
-        except ModuleNotFoundError as error:
-            if error.name != module:
-                raise
-            continue  # a command whose module is not part of this build yet
-        command = sub.add_parser(name, help=help_text, description=help_text)
-        command.set_defaults(_module=module)
-        add_arguments(command)
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        command_parser.set_defaults(_module=module)
+        if name == command:
+            importlib.import_module(module).add_arguments(command_parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    args = build_parser(command).parse_args(argv)
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except ValueError as error:  # a user's mistake: say what and where, no traceback
@@ -48,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into `head` and cut short
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
