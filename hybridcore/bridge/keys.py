@@ -5,6 +5,8 @@ HF layer i holds one parallel-hybrid block and one MLP; hybridcore writes them a
 
 from __future__ import annotations
 
+import re
+
 from ..config import ModelConfig
 from .config_map import check_exportable
 
@@ -27,6 +29,15 @@ _BLOCK = {  # HF suffix under model.layers.i -> (offset of our layer, our suffix
 }
 _TOP = {"model.embed_tokens.weight": "embed.weight", "model.final_layernorm.weight": "final_norm.weight",
         "lm_head.weight": "lm_head.weight"}
+
+
+# Buffers transformers may have saved that are derived from the config, never parameters.
+_DERIVED = re.compile(r"model\.layers\.\d+\.mamba\.mup_vector")
+
+
+def is_derived_hf_key(key: str) -> bool:
+    """True for checkpoint keys to skip on import (Falcon-H1's mup_vector is a function of the config)."""
+    return _DERIVED.fullmatch(key) is not None
 
 
 def hf_to_ours(config: ModelConfig) -> dict[str, str]:
@@ -54,3 +65,8 @@ def expected_names(config: ModelConfig) -> list[str]:
     with torch.device("meta"):
         model = HybridLM(config)
     return [name for name, _ in model.named_parameters()]  # named_parameters skips the tied duplicate
+
+
+def ours_to_hf(config: ModelConfig) -> dict[str, str]:
+    """Our parameter name -> its HF key (the inverse of hf_to_ours)."""
+    return {ours: hf_key for hf_key, ours in hf_to_ours(config).items()}

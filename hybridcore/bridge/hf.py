@@ -1,0 +1,78 @@
+"""Hugging Face Falcon-H1 directories <-> HybridLM: `load_hf` and `save_hf`."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from ..config import ModelConfig
+from ..model import HybridLM
+from .config_map import encode_special_floats, hf_config_from_model, model_config_from_hf
+from .files import atomic_output_dir, check_output_dir
+from .keys import hf_to_ours, is_derived_hf_key, ours_to_hf
+from .loading import load_checkpoint
+from .safetensors_io import CheckpointReader, parse_size, write_checkpoint
+
+CONFIG_FILE = "config.json"
+TIED_HEAD_KEY = "lm_head.weight"
+DEFAULT_MAX_SHARD_BYTES = 5 * 10 ** 9  # transformers' "5GB"
+
+
+def read_hf_config(path: str) -> ModelConfig:
+    if not os.path.isdir(path):
+        raise ValueError(f"{path} is not a directory (expected a Hugging Face Falcon-H1 model directory)")
+    config_path = os.path.join(path, CONFIG_FILE)
+    try:
+        with open(config_path) as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        raise ValueError(f"{path} has no {CONFIG_FILE}") from None
+    except ValueError as error:
+        raise ValueError(f"{config_path} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{config_path} must hold a JSON object")
+    return model_config_from_hf(data)
+
+
+def load_hf(path: str, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None) -> HybridLM:
+    """A Falcon-H1 directory (config.json + safetensors, sharded or not) as a HybridLM.
+
+    dtype None keeps each tensor's dtype from the checkpoint; device None means CPU.
+    """
+    config = read_hf_config(path)
+    with CheckpointReader(path) as reader:
+        return load_checkpoint(config, reader, hf_to_ours(config), source=path, dtype=dtype, device=device,
+                               skip=is_derived_hf_key,
+                               tied_head_key=TIED_HEAD_KEY if config.tie_embeddings else None)
+
+
+def exportable_tensors(model: HybridLM) -> dict[str, torch.Tensor]:
+    """HF key -> tensor for every parameter; ValueError if the model is not a whole "P-" * n model."""
+    mapping = ours_to_hf(model.config)  # raises for layouts Falcon-H1 cannot express
+    params = dict(model.named_parameters())
+    if set(params) != set(mapping):
+        absent = sorted(set(mapping) - set(params)) or sorted(set(params) - set(mapping))
+        raise ValueError(f"the model's parameters do not match its config (e.g. {absent[0]}); "
+                         f"export a whole model, not a pipeline stage")
+    return {mapping[name]: tensor for name, tensor in params.items()}
+
+
+def save_hf(model: HybridLM, path: str, max_shard_bytes: int | str = DEFAULT_MAX_SHARD_BYTES,
+            overwrite: bool = False) -> None:
+    """Write `path` as a directory transformers' FalconH1ForCausalLM.from_pretrained loads.
+
+    Only "P-" * n layouts export. The directory appears complete or not at all.
+    """
+    limit = parse_size(max_shard_bytes, "max_shard_bytes")
+    check_output_dir(path, overwrite)
+    hf_config = hf_config_from_model(model.config)
+    tensors = exportable_tensors(model)
+    hf_config["dtype"] = str(tensors["model.embed_tokens.weight"].dtype).removeprefix("torch.")
+    sizes = [(key, t.numel() * t.element_size()) for key, t in tensors.items()]
+    with atomic_output_dir(path, overwrite) as staging:
+        with open(os.path.join(staging, CONFIG_FILE), "w") as handle:
+            json.dump(encode_special_floats(hf_config), handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        write_checkpoint(staging, sizes, tensors.__getitem__, limit)

@@ -1,0 +1,71 @@
+"""hybridcore's own model directory: `hybridcore.json` (format, version, ModelConfig) and
+`model.safetensors` under hybridcore's parameter names. Any layout, not only Falcon-H1's."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from ..config import ModelConfig
+from ..model import HybridLM
+from .config_map import decode_special_floats, encode_special_floats
+from .files import atomic_output_dir
+from .loading import load_checkpoint
+from .safetensors_io import CheckpointReader, write_checkpoint
+
+META_FILE = "hybridcore.json"
+FORMAT = "hybridcore-model"
+VERSION = 1
+
+
+def is_model_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, META_FILE))
+
+
+def save_model_dir(model: HybridLM, path: str, overwrite: bool = False) -> None:
+    params = dict(model.named_parameters())  # the tied head is the embedding: stored once
+    with torch.device("meta"):
+        expected = {name for name, _ in HybridLM(model.config).named_parameters()}
+    if set(params) != expected:
+        absent = sorted(expected ^ set(params))
+        raise ValueError(f"the model's parameters do not match its config (e.g. {absent[0]}); "
+                         f"save a whole model, not a pipeline stage")
+    meta = {"format": FORMAT, "version": VERSION, "config": model.config.to_dict()}
+    sizes = [(name, p.numel() * p.element_size()) for name, p in params.items()]
+    with atomic_output_dir(path, overwrite) as staging:
+        with open(os.path.join(staging, META_FILE), "w") as handle:
+            # time_step_limit's default upper bound is infinity: tag it so the file stays strict JSON.
+            json.dump(encode_special_floats(meta), handle, indent=2)
+            handle.write("\n")
+        write_checkpoint(staging, sizes, params.__getitem__, max_shard_bytes=None)
+
+
+def read_model_config(path: str) -> ModelConfig:
+    meta_path = os.path.join(path, META_FILE)
+    try:
+        with open(meta_path) as handle:
+            meta = json.load(handle)
+    except FileNotFoundError:
+        raise ValueError(f"{path} is not a hybridcore model directory (no {META_FILE})") from None
+    except ValueError as error:
+        raise ValueError(f"{meta_path} is not valid JSON: {error}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else meta
+        raise ValueError(f"{meta_path}: format is {found!r}, expected {FORMAT!r}")
+    if meta.get("version") != VERSION:
+        raise ValueError(f"{meta_path}: version is {meta.get('version')!r}, expected {VERSION}")
+    if not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{meta_path}: 'config' must be an object of ModelConfig fields")
+    return ModelConfig.from_dict(decode_special_floats(meta["config"]))
+
+
+def load_model_dir(path: str, dtype: torch.dtype | str | None = None,
+                   device: str | torch.device | None = None) -> HybridLM:
+    config = read_model_config(path)
+    with torch.device("meta"):
+        names = [name for name, _ in HybridLM(config).named_parameters()]
+    with CheckpointReader(path) as reader:
+        return load_checkpoint(config, reader, {name: name for name in names}, source=path, dtype=dtype,
+                               device=device)
