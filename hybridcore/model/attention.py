@@ -44,21 +44,32 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(batch, length, -1, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, L, head_dim]
+        out = self.attend(q, k, v, seq_idx, cache)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx: torch.Tensor | None,
+               cache: AttentionCache | None) -> torch.Tensor:
+        """q [B, heads, L, head_dim], k/v [B, kv_heads, L, head_dim] -> [B, heads, L, head_dim].
+        A method so that context parallelism (hybridcore.parallel) can attend across ranks."""
+        batch, _, length, _ = q.shape
         mask = None
-        if cache is not None:
+        if cache is not None and cache.next_slot is not None:  # static shapes: attend over every slot
+            docs = seq_idx if seq_idx is not None else cache_docs_for_new_tokens(cache, batch, length, q.device)
+            k, v, key_docs, new_slots = cache.append_static(k, v, docs)
+            mask = document_causal_mask(docs, key_docs, new_slots, torch.arange(key_docs.shape[1], device=q.device))
+        elif cache is not None:
             start = cache.filled
-            docs = seq_idx if seq_idx is not None else cache_docs_for_new_tokens(cache, batch, length, x.device)
+            docs = seq_idx if seq_idx is not None else cache_docs_for_new_tokens(cache, batch, length, q.device)
             k, v, key_docs = cache.append(k, v, docs)
-            slots = torch.arange(start + length, device=x.device)
-            mask = document_causal_mask(docs, key_docs, slots[start:], slots)
+            if start > 0 or seq_idx is not None:  # else: a prompt into an empty cache, plainly causal
+                slots = torch.arange(start + length, device=q.device)
+                mask = document_causal_mask(docs, key_docs, slots[start:], slots)
         elif seq_idx is not None:
-            slots = torch.arange(length, device=x.device)
+            slots = torch.arange(length, device=q.device)
             mask = document_causal_mask(seq_idx, seq_idx, slots, slots)
 
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and length > 1,
-                                             enable_gqa=self.num_kv_heads != self.num_heads)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and length > 1,
+                                              enable_gqa=self.num_kv_heads != self.num_heads)
 
 
 def cache_docs_for_new_tokens(cache: AttentionCache, batch: int, length: int, device) -> torch.Tensor:

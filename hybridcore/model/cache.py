@@ -18,6 +18,10 @@ class AttentionCache:
     values: torch.Tensor  # [B, kv_heads, max_len, head_dim]
     key_docs: torch.Tensor  # [B, max_len] document id of each filled slot
     filled: int = 0  # slots written so far (the same for every row)
+    # Static shapes for decoding (CUDA-graph capture), set by `fix_shapes()`: the next slot is a device
+    # tensor, appends write there, and attention reads every slot. Empty slots hold document -1, which
+    # no token belongs to, so they are never attended.
+    next_slot: torch.Tensor | None = None
 
     @classmethod
     def allocate(cls, batch: int, kv_heads: int, max_len: int, head_dim: int, device, dtype) -> "AttentionCache":
@@ -35,6 +39,20 @@ class AttentionCache:
         self.key_docs[:, start:end] = docs
         self.filled = end
         return self.keys[:, :, :end], self.values[:, :, :end], self.key_docs[:, :end]
+
+    def fix_shapes(self) -> None:
+        """From now on append at a device-side slot counter (see `append_static`)."""
+        self.next_slot = torch.tensor(self.filled, device=self.keys.device)
+
+    def append_static(self, keys: torch.Tensor, values: torch.Tensor, docs: torch.Tensor):
+        """Write at `next_slot` without a Python-side shape change; return the whole buffers and the
+        slots written. The caller keeps within max_len (index_copy_ rejects a slot past it)."""
+        slots = self.next_slot + torch.arange(keys.shape[2], device=keys.device)
+        self.keys.index_copy_(2, slots, keys)
+        self.values.index_copy_(2, slots, values)
+        self.key_docs.index_copy_(1, slots, docs)
+        self.next_slot.add_(keys.shape[2])
+        return self.keys, self.values, self.key_docs, slots
 
 
 @dataclass

@@ -17,9 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..ops import causal_conv1d, ssd
+from ..ops import causal_conv1d, gated_rms_norm, ssd, ssd_recurrent
 from .cache import MambaCache
-from .norm import gated_rms_norm
 
 
 class Mamba2Mixer(nn.Module):
@@ -78,25 +77,39 @@ class Mamba2Mixer(nn.Module):
         z, xBC, dt = torch.split(zxbcdt, [self.d_ssm, self.d_ssm + 2 * self.n_groups * self.d_state,
                                           self.num_heads], dim=-1)
 
-        xBC, conv_state = causal_conv1d(
-            xBC, self.conv_weight.squeeze(1), self.conv_bias, seq_idx=seq_idx,
-            initial_state=cache.conv_state if cache is not None else None, return_final_state=cache is not None)
+        xBC, conv_state = self.conv(xBC, seq_idx, cache.conv_state if cache is not None else None)
         xBC = F.silu(xBC)
         x, B, C = torch.split(xBC, [self.d_ssm, self.n_groups * self.d_state, self.n_groups * self.d_state], dim=-1)
 
-        y, ssm_state = ssd(
-            x.view(batch, length, self.num_heads, self.head_dim), dt, -torch.exp(self.A_log.float()),
+        y, ssm_state = self.scan(
+            x.view(batch, length, self.num_heads, self.head_dim), dt,
             B.view(batch, length, self.n_groups, self.d_state), C.view(batch, length, self.n_groups, self.d_state),
-            chunk_size=self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
-            dt_limit=self.time_step_limit, initial_state=cache.ssm_state if cache is not None else None,
-            seq_idx=seq_idx, return_final_state=cache is not None)
+            seq_idx, cache.ssm_state if cache is not None else None)
         if cache is not None:
             cache.conv_state.copy_(conv_state)
             cache.ssm_state.copy_(ssm_state)
         y = y.reshape(batch, length, self.d_ssm)
+        return self.out_proj(self.gate(y, z).to(u.dtype))
 
+    # conv, scan and gate are methods so that hybridcore.parallel can run them across ranks (context
+    # parallel: conv and scan; tensor parallel with a norm group split over ranks: gate). conv and scan
+    # return a final state only when an initial one (a cache) goes in.
+    def gate(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         if self.use_rms_norm:
-            y = gated_rms_norm(y, z, self.norm_weight, self.n_groups, self.norm_eps, self.norm_before_gate)
-        else:
-            y = y * F.silu(z)
-        return self.out_proj(y.to(u.dtype))
+            return gated_rms_norm(y, z, self.norm_weight, self.n_groups, self.norm_eps, self.norm_before_gate)
+        return y * F.silu(z)
+
+    def conv(self, xBC: torch.Tensor, seq_idx: torch.Tensor | None, initial_state: torch.Tensor | None):
+        return causal_conv1d(xBC, self.conv_weight.squeeze(1), self.conv_bias, seq_idx=seq_idx,
+                             initial_state=initial_state, return_final_state=initial_state is not None)
+
+    def scan(self, x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+             seq_idx: torch.Tensor | None, initial_state: torch.Tensor | None):
+        A = -torch.exp(self.A_log.float())
+        options = dict(D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.time_step_limit,
+                       initial_state=initial_state, seq_idx=seq_idx, return_final_state=initial_state is not None)
+        if initial_state is not None and x.shape[1] == 1:
+            # Decoding: one recurrent step h = exp(dt*A) h + dt * x B^T from the cached state, rather
+            # than padding a single token up to a whole chunk.
+            return ssd_recurrent(x, dt, A, B, C, **options)
+        return ssd(x, dt, A, B, C, chunk_size=self.chunk_size, **options)

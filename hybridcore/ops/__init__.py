@@ -1,25 +1,83 @@
-"""Compute ops of the Mamba-2 path. Each name dispatches to a fused kernel where one is registered
-for the device, else to the pure-PyTorch reference twin with the same signature."""
+"""Compute ops of the Mamba-2 path. Each name dispatches to a fused Triton kernel where one applies
+(CUDA tensors, Triton importable, supported shapes), else to the pure-PyTorch reference twin with the
+same signature. HYBRIDCORE_KERNELS=0 forces the reference; `use_kernels(...)` changes it at run time."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+
+import torch
+
 from .conv import causal_conv1d_ref
+from .cross_entropy import chunked_cross_entropy
 from .ssd import ssd_chunked, ssd_recurrent
+
+# "auto": kernels on CUDA; "off": reference everywhere; "on": kernels on any device (the CPU runs them
+# only under TRITON_INTERPRET=1; used by the tests).
+_MODE = "off" if os.environ.get("HYBRIDCORE_KERNELS", "1") == "0" else "auto"
+_FUSED = None  # the fused modules once imported, False if Triton is missing
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # float64 stays on the reference
+
+
+def _fused():
+    global _FUSED
+    if _FUSED is None:
+        try:
+            from . import fused_conv, fused_ssd
+            _FUSED = (fused_ssd, fused_conv)
+        except ImportError:  # no Triton: the reference it is
+            _FUSED = False
+    return _FUSED
+
+
+def kernels_active(t) -> bool:
+    """Would an op on tensor t run the fused kernels?"""
+    if _MODE == "off" or (_MODE == "auto" and not t.is_cuda):
+        return False
+    return bool(_fused())
+
+
+@contextlib.contextmanager
+def use_kernels(mode: str | bool):
+    """Set the dispatch mode ("auto", "on", "off", or True/False for on/off) inside a block."""
+    global _MODE
+    previous = _MODE
+    _MODE = {True: "on", False: "off"}.get(mode, mode)
+    try:
+        yield
+    finally:
+        _MODE = previous
 
 
 def ssd(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=False, dt_limit=(0.0, float("inf")),
         initial_state=None, seq_idx=None, return_final_state=False):
     """Chunked SSD scan; returns (y, final_state or None)."""
-    out = ssd_chunked(x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus,
-                      dt_limit=dt_limit, initial_state=initial_state, seq_idx=seq_idx,
-                      return_final_state=return_final_state)
+    kw = dict(D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit, initial_state=initial_state,
+              seq_idx=seq_idx, return_final_state=return_final_state)
+    if kernels_active(x) and _fused()[0].supported(x, B, chunk_size):
+        out = _fused()[0].ssd(x, dt, A, B, C, chunk_size, **kw)
+    else:
+        out = ssd_chunked(x, dt, A, B, C, chunk_size, **kw)
     return out if return_final_state else (out, None)
 
 
 def causal_conv1d(x, weight, bias=None, seq_idx=None, initial_state=None, return_final_state=False):
     """Causal depthwise conv1d with document resets; returns (y, final_state or None)."""
+    if kernels_active(x) and x.dtype in _KERNEL_DTYPES:
+        return _fused()[1].causal_conv1d(x, weight, bias, seq_idx=seq_idx, initial_state=initial_state,
+                                         return_final_state=return_final_state)
     return causal_conv1d_ref(x, weight, bias, seq_idx=seq_idx, initial_state=initial_state,
                              return_final_state=return_final_state)
 
 
-__all__ = ["ssd", "causal_conv1d", "ssd_chunked", "ssd_recurrent", "causal_conv1d_ref"]
+def gated_rms_norm(y, gate, weight, n_groups, eps, norm_before_gate):
+    """Grouped gated RMSNorm (see model.norm); fused where the kernels are active."""
+    if kernels_active(y) and y.dtype in _KERNEL_DTYPES:
+        return _fused()[1].gated_rms_norm(y, gate, weight, n_groups, eps, norm_before_gate)
+    from ..model.norm import gated_rms_norm as reference
+    return reference(y, gate, weight, n_groups, eps, norm_before_gate)
+
+
+__all__ = ["ssd", "causal_conv1d", "gated_rms_norm", "chunked_cross_entropy", "kernels_active", "use_kernels",
+           "ssd_chunked", "ssd_recurrent", "causal_conv1d_ref"]

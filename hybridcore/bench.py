@@ -1,0 +1,393 @@
+"""`hybridcore bench`: training-step throughput of a preset on one GPU, side by side with transformers.
+
+One process measures, on the same config, shapes, precision and token batch:
+  ours          HybridLM (fused Triton kernels on CUDA), eager, and with each layer torch.compile'd (--compile)
+  hf_kernels    transformers' FalconH1ForCausalLM with mamba_ssm + causal_conv1d (when they import)
+  hf_torch      the same model on transformers' pure-PyTorch path
+A step is forward + loss + backward + AdamW step. Precision "amp": fp32 master weights, bf16 autocast
+(default); "bf16": weights, grads and optimizer state in bf16; "fp32" (the CPU smoke run). Reported:
+tokens/s (median step), model TFLOP/s from `flops.flops_per_token`, MFU against a bf16 8192^3 matmul
+measured in this run, and peak memory. A peer that runs out of memory is recorded as null with status "oom". `--check` compares the
+fused kernels with the reference at the real shapes (outputs and gradients). `--smoke` runs tiny on CPU.
+Results: one JSON object per run under --out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import gc
+import importlib
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+HF_MODULE = "transformers.models.falcon_h1.modeling_falcon_h1"
+PEER_PACKAGES = ("mamba_ssm", "causal_conv1d")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--preset", default="falcon-h1-0.5b")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=4096)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps (median reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (Triton autotunes here)")
+    parser.add_argument("--precision", choices=["amp", "bf16", "fp32"], default="amp")
+    parser.add_argument("--compile", action="store_true", help="also measure ours with each layer compiled")
+    parser.add_argument("--loss", choices=["chunked", "plain"], default="chunked",
+                        help="our loss: chunked linear+cross-entropy, or full logits")
+    parser.add_argument("--no-kernels", action="store_true", help="ours on the PyTorch reference ops")
+    parser.add_argument("--peers", action="store_true", help="also measure transformers' Falcon-H1")
+    parser.add_argument("--peer-fallback-batch", type=int, default=1,
+                        help="batch size to retry a peer at when it runs out of memory (0: no retry)")
+    parser.add_argument("--wait-for-file", default=None,
+                        help="before the kernel peer, wait (up to 7 min) for this file, e.g. a build's marker")
+    parser.add_argument("--check", action="store_true", help="compare fused and reference at real shapes")
+    parser.add_argument("--smoke", action="store_true", help="tiny CPU run (debug preset) for tests")
+    parser.add_argument("--out", default="benchmarks/results", help="folder for the JSON result")
+    parser.add_argument("--tag", default="", help="added to the result's file name")
+
+
+# ---- measuring ----------------------------------------------------------------------------------------
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _clean(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def matmul_ceiling_tflops(device, n=8192, repeats=10) -> float:
+    """bf16 n^3 matmul TFLOP/s (median of several), the MFU denominator; random data, not zeros."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    times = []
+    for i in range(repeats + 3):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    del a, b
+    return 2 * n ** 3 / statistics.median(times) / 1e12
+
+
+def time_steps(step, warmup: int, steps: int, device) -> list[float]:
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure(name: str, build, tokens: int, args, device) -> dict:
+    """Build a step (model + optimizer), run it, return tokens/s, step time and peak memory."""
+    _clean(device)
+    result = {"name": name, "status": "ok", "tok_s": None, "step_ms": None, "peak_gib": None}
+    try:
+        step, info = build()
+        result.update(info)
+        times = time_steps(step, args.warmup, args.steps, device)
+        median = statistics.median(times)
+        result.update(tok_s=tokens / median, step_ms=1e3 * median, step_ms_all=[round(1e3 * t, 2) for t in times])
+        if device.type == "cuda":
+            result["peak_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+    except torch.OutOfMemoryError:
+        result["status"] = "oom"
+    except Exception as error:  # a peer that cannot run here: say why, keep going
+        result["status"] = f"error: {type(error).__name__}: {str(error)[:300]}"
+    step = info = None
+    _clean(device)
+    print(f"  {name:22s} {result['status']:6s} tok/s={_fmt(result['tok_s'])} step_ms={_fmt(result['step_ms'])} "
+          f"peak_gib={_fmt(result['peak_gib'])}", flush=True)
+    return result
+
+
+def _fmt(value):
+    return "-" if value is None else f"{value:,.1f}"
+
+
+# ---- the three contenders -----------------------------------------------------------------------------
+def _autocast(device, precision):
+    if precision == "amp":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _optimizer(params, device):
+    return torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
+
+
+def build_ours(config, ids, args, device, compiled=False):
+    from . import ops
+    from .model import build_model
+
+    def build():
+        dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+        model = build_model(config, device=device, dtype=dtype, seed=0)
+        model.train()
+        if compiled:
+            for layer in model.layers.values():
+                layer.compile()
+        optimizer = _optimizer(model.parameters(), device)
+        inputs, labels = ids[:, :-1], ids[:, 1:]
+        mode = "off" if args.no_kernels else "auto"
+
+        def step():
+            with ops.use_kernels(mode), _autocast(device, args.precision):
+                hidden = model.hidden_states(inputs)
+                if args.loss == "chunked":
+                    loss = ops.chunked_cross_entropy(hidden, model.lm_head.weight, labels,
+                                                     config.lm_head_multiplier, chunk_size=8192)
+                else:
+                    loss = F.cross_entropy(model.logits(hidden).float().flatten(0, 1), labels.flatten())
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return loss
+
+        with ops.use_kernels(mode):
+            kernels = ops.kernels_active(ids.new_empty(0, dtype=torch.float32))
+        return step, {"kernels": kernels, "compiled": compiled, "loss": args.loss}
+    return build
+
+
+def hf_module(kernels: bool):
+    """A fresh import of transformers' Falcon-H1 modeling, with the peer kernel packages visible or hidden
+    (transformers picks its implementation at import time, so each path gets its own module object)."""
+    sys.modules.pop(HF_MODULE, None)
+    hidden = {}
+    if not kernels:
+        for name in PEER_PACKAGES:
+            hidden[name] = sys.modules.get(name)
+            sys.modules[name] = None  # makes `import name` fail
+    try:
+        module = importlib.import_module(HF_MODULE)
+    finally:
+        for name, previous in hidden.items():
+            if previous is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = previous
+        sys.modules.pop(HF_MODULE, None)
+    return module
+
+
+def peer_kernels_available() -> dict:
+    found = {}
+    for name, probe in (("mamba_ssm", "mamba_ssm.ops.triton.ssd_combined"), ("causal_conv1d", "causal_conv1d_cuda")):
+        try:
+            importlib.import_module(probe)
+            found[name] = True
+        except Exception:
+            found[name] = False
+    return found
+
+
+def build_hf(config, ids, args, device, kernels: bool, batch_size=None):
+    def build():
+        from transformers import FalconH1Config
+
+        from .bridge.config_map import hf_config_from_model
+
+        fields = {k: v for k, v in hf_config_from_model(config).items() if k not in ("architectures", "model_type")}
+        hf_config = FalconH1Config(**fields, attn_implementation="sdpa")
+        module = hf_module(kernels)
+        if kernels and not peer_kernels_available()["causal_conv1d"]:
+            # transformers' training path needs both packages; with mamba_ssm alone, use its SSD
+            # kernel inside the unfused path (conv in PyTorch)
+            module.mamba2_split_conv1d_scan_combined = lambda *a, **k: None
+        dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+        with torch.device(device):
+            model = module.FalconH1ForCausalLM(hf_config)
+        model.to(dtype).train()
+        optimizer = _optimizer(model.parameters(), device)
+        inputs = ids[:batch_size, :-1] if batch_size else ids[:, :-1]
+
+        def step():
+            with _autocast(device, args.precision):
+                loss = model(input_ids=inputs, labels=inputs).loss  # transformers shifts the labels
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return loss
+        return step, {"batch_size": inputs.shape[0]}
+    return build
+
+
+# ---- correctness at real shapes -----------------------------------------------------------------------
+def _rel(a, b) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def check(config, batch: int, seq_len: int, device) -> dict:
+    """Fused vs reference for the Mamba-2 mixer of this preset at [batch, seq_len] (bf16 autocast), and the
+    SSD alone; each error is against an fp32 reference, beside the reference's own bf16 error."""
+    from . import ops
+    from .model.mamba2 import Mamba2Mixer
+
+    torch.manual_seed(0)
+    mixer = Mamba2Mixer(config).to(device)
+    mixer.reset_parameters()
+    with torch.no_grad():
+        for linear in (mixer.in_proj, mixer.out_proj):
+            linear.weight.normal_(0, config.init_std)
+    u = torch.randn(batch, seq_len, config.d_model, device=device)
+    grad_out = torch.randn(batch, seq_len, config.d_model, device=device)
+    lengths = [seq_len // 3, seq_len // 2, seq_len - seq_len // 3 - seq_len // 2]  # three packed documents
+    seq_idx = torch.cat([torch.full((n,), i, device=device) for i, n in enumerate(lengths)])[None].expand(batch, -1)
+
+    def run(mode, amp, docs):
+        mixer.zero_grad(set_to_none=True)
+        x = u.clone().requires_grad_()
+        with ops.use_kernels(mode), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = mixer(x, seq_idx=seq_idx if docs else None)
+        (out.float() * grad_out).sum().backward()
+        grads = {"out": out.detach().float(), "d_input": x.grad}
+        grads.update({f"d_{n}": p.grad for n, p in mixer.named_parameters()})
+        return grads
+
+    report = {}
+    for docs in (False, True):
+        truth = run("off", False, docs)
+        fused = run("on", True, docs)
+        ref_bf16 = run("off", True, docs)
+        key = "mixer_packed" if docs else "mixer"
+        report[key] = {name: {"fused": _rel(fused[name], truth[name]),
+                              "reference_bf16": _rel(ref_bf16[name], truth[name])} for name in truth}
+    ok = all(v["fused"] <= max(2 * v["reference_bf16"], 2e-2) for part in report.values() for v in part.values())
+    report["pass"] = ok
+    for part, values in report.items():
+        if isinstance(values, dict):
+            print(f"  check {part}: " + ", ".join(f"{k} {v['fused']:.1e} (ref bf16 {v['reference_bf16']:.1e})"
+                                                 for k, v in values.items()))
+    print(f"  check pass: {ok}")
+    return report
+
+
+# ---- the run -------------------------------------------------------------------------------------------
+def versions() -> dict:
+    found = {"torch": torch.__version__, "python": sys.version.split()[0]}
+    for name in ("triton", "transformers", "mamba_ssm", "causal_conv1d"):
+        try:
+            found[name] = getattr(importlib.import_module(name), "__version__", "?")
+        except Exception:
+            found[name] = None
+    return found
+
+
+def run(args) -> int:
+    from .flops import flops_per_token
+    from .presets import get_preset
+
+    if args.smoke:
+        args.preset, args.batch_size, args.seq_len = "debug", 2, 64
+        args.steps, args.warmup, args.precision = 1, 1, "fp32"  # bf16 is slow on CPUs
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    for name, value in (("--batch-size", args.batch_size), ("--seq-len", args.seq_len), ("--steps", args.steps)):
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    config = get_preset(args.preset)
+    tokens = args.batch_size * args.seq_len
+    gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(f"hybridcore bench: {args.preset} {args.batch_size}x{args.seq_len} {args.precision} on {gpu}", flush=True)
+
+    result = {
+        "gpu": gpu, "preset": args.preset, "batch_size": args.batch_size, "seq_len": args.seq_len,
+        "precision": {"amp": "bf16 autocast, fp32 master weights", "bf16": "pure bf16",
+                      "fp32": "fp32"}[args.precision],
+        "step": "forward + loss + backward + AdamW",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "hybridcore bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
+    }
+    if args.check:
+        result["check"] = check(config, args.batch_size, args.seq_len, device)
+
+    flops = flops_per_token(config, args.seq_len).total
+    ceiling = matmul_ceiling_tflops(device, n=8192 if device.type == "cuda" else 256)
+    result.update(flops_per_token=flops, matmul_tflops=ceiling)
+    print(f"  bf16 matmul ceiling {ceiling:.0f} TFLOP/s; model {flops / 1e9:.2f} GFLOP/token", flush=True)
+
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len + 1), generator=generator).to(device)
+    runs = {"ours": measure("ours", build_ours(config, ids, args, device), tokens, args, device)}
+    if args.compile:
+        runs["ours_compiled"] = measure("ours_compiled", build_ours(config, ids, args, device, compiled=True),
+                                        tokens, args, device)
+    if args.peers:
+        for name, kernels in (("hf_torch", False), ("hf_kernels", True)):
+            if kernels:
+                _wait_for(args.wait_for_file)
+                result["peer_packages"] = peer_kernels_available()
+                if not result["peer_packages"]["mamba_ssm"]:
+                    runs[name] = {"name": name, "status": "unavailable", "tok_s": None, "peak_gib": None}
+                    continue
+            runs[name] = measure(name, build_hf(config, ids, args, device, kernels), tokens, args, device)
+            fallback = args.peer_fallback_batch
+            if runs[name]["status"] == "oom" and 0 < fallback < args.batch_size:
+                small = measure(f"{name}_b{fallback}", build_hf(config, ids, args, device, kernels, fallback),
+                                fallback * args.seq_len, args, device)
+                runs[f"{name}_b{fallback}"] = small
+
+    for name, r in runs.items():
+        if r.get("tok_s"):
+            r["model_tflops"] = r["tok_s"] * flops / 1e12
+            r["mfu"] = r["model_tflops"] * 1e12 / (ceiling * 1e12)
+    best = max((r for n, r in runs.items() if n.startswith("ours") and r.get("tok_s")), key=lambda r: r["tok_s"],
+               default=runs["ours"])
+    result.update(ours_variant=best["name"], tok_s=best.get("tok_s"), mfu=best.get("mfu"),
+                  model_tflops=best.get("model_tflops"), peak_gib=best.get("peak_gib"))
+    for peer in ("hf_kernels", "hf_torch"):
+        r = runs.get(peer, {})
+        result[f"{peer}_tok_s"] = r.get("tok_s")
+        result[f"{peer}_peak_gib"] = r.get("peak_gib")
+        result[f"{peer}_status"] = r.get("status", "not run")
+        if r.get("tok_s") and best.get("tok_s"):
+            result[f"speedup_vs_{peer}"] = best["tok_s"] / r["tok_s"]
+    result["runs"] = runs
+    result["versions"] = versions()  # after the peers ran: a package built meanwhile is seen too
+
+    os.makedirs(args.out, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    tag = f"-{args.tag}" if args.tag else ""
+    path = os.path.join(args.out, f"bench-{args.preset}-{args.batch_size}x{args.seq_len}{tag}-{stamp}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1, default=_json_default)
+    print(f"  ours ({best['name']}): {_fmt(result['tok_s'])} tok/s, MFU {_pct(result['mfu'])}, "
+          f"peak {_fmt(result['peak_gib'])} GiB; vs hf_kernels x{_fmt(result.get('speedup_vs_hf_kernels'))}, "
+          f"vs hf_torch x{_fmt(result.get('speedup_vs_hf_torch'))}")
+    print(f"  wrote {path}")
+    return 0
+
+
+def _wait_for(path, limit_s=420):
+    start = time.time()
+    while path and not os.path.exists(path) and time.time() - start < limit_s:
+        time.sleep(5)
+
+
+def _pct(value):
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _json_default(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)

@@ -1,0 +1,116 @@
+"""Triton gated RMSNorm over groups, forward and backward. Twin: `model.norm.gated_rms_norm`.
+
+Rows of d channels split into G groups; each group is normalised on its own (statistics in fp32):
+    norm_before_gate=False: out = rmsnorm(y * silu(z)) * w        True: out = rmsnorm(y) * w * silu(z)
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_ssd import INTERPRET
+
+BLOCK_R = 4 if INTERPRET else 16
+
+
+@triton.jit
+def _gnorm_fwd_kernel(y_ptr, z_ptr, w_ptr, out_ptr, rstd_ptr, R, DG, G, s_y_r, s_z_r, s_o_r, eps,
+                      BEFORE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    g = tl.program_id(1)
+    offs_d = tl.arange(0, BLOCK_D)
+    r_ok = offs_r < R
+    d_ok = offs_d < DG
+    mask = r_ok[:, None] & d_ok[None, :]
+    col = g * DG + offs_d
+    y = tl.load(y_ptr + offs_r[:, None] * s_y_r + col[None, :], mask=mask, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + offs_r[:, None] * s_z_r + col[None, :], mask=mask, other=0.0).to(tl.float32)
+    silu = z * tl.sigmoid(z)
+    if not BEFORE:
+        y = y * silu
+    rstd = 1.0 / tl.sqrt(tl.sum(y * y, axis=1) / DG + eps)
+    w = tl.load(w_ptr + col, mask=d_ok, other=0.0).to(tl.float32)
+    out = y * rstd[:, None] * w[None, :]
+    if BEFORE:
+        out = out * silu
+    tl.store(out_ptr + offs_r[:, None] * s_o_r + col[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(rstd_ptr + offs_r * G + g, rstd, mask=r_ok)
+
+
+@triton.jit
+def _gnorm_bwd_kernel(y_ptr, z_ptr, w_ptr, rstd_ptr, dout_ptr, dy_ptr, dz_ptr, dw_part_ptr, R, DG, G, D,
+                      s_y_r, s_z_r, s_do_r, s_dy_r, s_dz_r,
+                      BEFORE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_r = tl.program_id(0)
+    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    g = tl.program_id(1)
+    offs_d = tl.arange(0, BLOCK_D)
+    r_ok = offs_r < R
+    d_ok = offs_d < DG
+    mask = r_ok[:, None] & d_ok[None, :]
+    col = g * DG + offs_d
+    y = tl.load(y_ptr + offs_r[:, None] * s_y_r + col[None, :], mask=mask, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + offs_r[:, None] * s_z_r + col[None, :], mask=mask, other=0.0).to(tl.float32)
+    dout = tl.load(dout_ptr + offs_r[:, None] * s_do_r + col[None, :], mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + col, mask=d_ok, other=0.0).to(tl.float32)
+    rstd = tl.load(rstd_ptr + offs_r * G + g, mask=r_ok, other=0.0)
+    sig = tl.sigmoid(z)
+    silu = z * sig
+    dsilu = sig * (1.0 + z * (1.0 - sig))
+    if BEFORE:
+        n = y * rstd[:, None]
+        dz = dout * n * w[None, :] * dsilu
+        dn = dout * silu * w[None, :]
+        dw = tl.sum(dout * silu * n, axis=0)
+        du = rstd[:, None] * (dn - n * (tl.sum(dn * n, axis=1) / DG)[:, None])
+        dy = du
+    else:
+        u = y * silu
+        n = u * rstd[:, None]
+        dn = dout * w[None, :]
+        dw = tl.sum(dout * n, axis=0)
+        du = rstd[:, None] * (dn - n * (tl.sum(dn * n, axis=1) / DG)[:, None])
+        dy = du * silu
+        dz = du * y * dsilu
+    tl.store(dy_ptr + offs_r[:, None] * s_dy_r + col[None, :], dy.to(dy_ptr.dtype.element_ty), mask=mask)
+    tl.store(dz_ptr + offs_r[:, None] * s_dz_r + col[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mask)
+    tl.store(dw_part_ptr + pid_r * D + col, dw, mask=d_ok)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """[..., d] -> [rows, d] with unit channel stride (a view when the layout allows)."""
+    t2 = t.reshape(-1, t.shape[-1])
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
+def gnorm_forward(y, z, weight, n_groups, eps, norm_before_gate):
+    d = y.shape[-1]
+    y2, z2 = _rows(y), _rows(z)
+    rows = y2.shape[0]
+    dg = d // n_groups
+    out = torch.empty(rows, d, device=y.device, dtype=y.dtype)
+    rstd = torch.empty(rows, n_groups, device=y.device, dtype=torch.float32)
+    block_d = triton.next_power_of_2(dg)
+    _gnorm_fwd_kernel[(triton.cdiv(rows, BLOCK_R), n_groups)](
+        y2, z2, weight, out, rstd, rows, dg, n_groups, y2.stride(0), z2.stride(0), out.stride(0), float(eps),
+        BEFORE=bool(norm_before_gate), BLOCK_R=BLOCK_R, BLOCK_D=block_d, num_warps=4 if block_d <= 2048 else 8)
+    return out.view(y.shape), rstd
+
+
+def gnorm_backward(dout, y, z, weight, rstd, n_groups, norm_before_gate):
+    d = y.shape[-1]
+    y2, z2, do2 = _rows(y), _rows(z), _rows(dout)
+    rows = y2.shape[0]
+    dg = d // n_groups
+    dy = torch.empty(rows, d, device=y.device, dtype=y.dtype)
+    dz = torch.empty(rows, d, device=z.device, dtype=z.dtype)
+    num_r = triton.cdiv(rows, BLOCK_R)
+    dw_part = torch.empty(num_r, d, device=y.device, dtype=torch.float32)
+    block_d = triton.next_power_of_2(dg)
+    _gnorm_bwd_kernel[(num_r, n_groups)](
+        y2, z2, weight, rstd, do2, dy, dz, dw_part, rows, dg, n_groups, d, y2.stride(0), z2.stride(0), do2.stride(0),
+        dy.stride(0), dz.stride(0), BEFORE=bool(norm_before_gate), BLOCK_R=BLOCK_R, BLOCK_D=block_d,
+        num_warps=4 if block_d <= 2048 else 8)
+    return dy.view(y.shape), dz.view(z.shape), dw_part.sum(0)
