@@ -1,0 +1,105 @@
+"""`hybridcore generate`: the streamed text equals hybridcore.generate decoded, from a Hugging Face
+directory (tokenizer.json) and from a training checkpoint (the run's prepared-data tokenizer)."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+import torch
+
+import hybridcore
+from hybridcore.cli import main
+from hybridcore.data.tokenizers import ByteTokenizer
+from hybridcore.generate_cli import print_stream
+
+from .helpers import random_model, randomize, tiny_config
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+WORDS = ["[UNK]", "<|end_of_text|>", "hello", "world", "the", "cat", "sat", "on", "mat", "a", "dog", "ran"]
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("hf")
+    config = transformers.FalconH1Config(
+        vocab_size=len(WORDS), hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, mamba_d_ssm=32, mamba_n_heads=4, mamba_d_head="auto", mamba_n_groups=1,
+        mamba_d_state=8, mamba_d_conv=3, mamba_chunk_size=16, eos_token_id=1, bos_token_id=None, pad_token_id=0,
+        max_position_embeddings=256, rope_parameters={"rope_type": "default", "rope_theta": 1e4})
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    model = transformers.FalconH1ForCausalLM(config)
+    randomize(model, seed=0)
+    model.save_pretrained(directory)
+    vocab = {word: index for index, word in enumerate(WORDS)}
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tokenizer.add_special_tokens(["<|end_of_text|>"])
+    tokenizer.save(str(directory / "tokenizer.json"))
+    return directory
+
+
+def test_generate_from_hf_dir_streams_the_greedy_continuation(hf_dir, capsys):
+    assert main(["generate", "--hf", str(hf_dir), "--prompt", "the cat sat", "--max-new-tokens", "12",
+                 "--device", "cpu"]) == 0
+    model = hybridcore.load_hf(str(hf_dir)).eval()
+    ids = hybridcore.generate(model, torch.tensor([[4, 5, 6]]), 12, eos_token_id=1)[0, 3:].tolist()
+    ids = ids[:ids.index(1)] if 1 in ids else ids
+    assert ids, "the continuation should not be empty"
+    expected = "".join(" " + WORDS[i] for i in ids)  # the word-level decoder joins words with spaces
+    assert capsys.readouterr().out == "the cat sat" + expected + "\n"
+
+
+def test_sampling_from_the_cli_is_reproducible(hf_dir, capsys):
+    command = ["generate", "--hf", str(hf_dir), "--prompt", "a dog", "--max-new-tokens", "10", "--temperature",
+               "1.5", "--top-k", "8", "--top-p", "0.9", "--seed", "3", "--device", "cpu"]
+    outputs = []
+    for _ in range(2):
+        assert main(command) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and outputs[0].startswith("a dog")
+
+
+def test_generate_from_a_training_checkpoint(tmp_path, capsys):
+    from hybridcore.data import prepare
+    from hybridcore.train.checkpoint import save_checkpoint
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("some text to prepare\n" * 20)
+    run_dir = tmp_path / "run"
+    prepare([corpus], run_dir / "data", tokenizer="byte", progress=False, val_fraction=0.0)
+    config = tiny_config(vocab_size=258, eos_token_id=256)
+    model = random_model(config, seed=5, dtype=torch.float32)
+    save_checkpoint(run_dir, 1, model, None, {}, {"model": config.to_dict(), "train": {"data": None}})
+
+    assert main(["generate", "--checkpoint", str(run_dir), "--prompt", "hi", "--max-new-tokens", "6",
+                 "--device", "cpu"]) == 0
+    ids = hybridcore.generate(model, torch.tensor([[104, 105]]), 6, eos_token_id=256)[0, 2:].tolist()
+    ids = ids[:ids.index(256)] if 256 in ids else ids
+    assert capsys.readouterr().out == "hi" + ByteTokenizer().decode(ids) + "\n"
+
+
+def test_missing_checkpoint_is_a_clean_error(tmp_path, capsys):
+    assert main(["generate", "--checkpoint", str(tmp_path / "absent"), "--prompt", "x", "--device", "cpu"]) == 2
+    assert "absent" in capsys.readouterr().err
+
+
+def test_hf_dir_without_tokenizer_is_a_clean_error(tmp_path, hf_dir, capsys):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).write_bytes((hf_dir / name).read_bytes())
+    assert main(["generate", "--hf", str(bare), "--prompt", "x", "--device", "cpu"]) == 2
+    assert "tokenizer.json" in capsys.readouterr().err
+
+
+def test_stream_holds_back_half_a_character():
+    out = io.StringIO()
+    steps = [torch.tensor([t]) for t in [ord("o"), 0xC3, 0xA9, ord("!"), 256, ord("x")]]  # "é" is 2 bytes
+    writes = []
+    out.write = lambda text: writes.append(text)  # record each write
+    print_stream("n", [ord("n")], iter(steps), ByteTokenizer(), eos_id=256, out=out)
+    assert writes == ["n", "o", "é", "!", "\n"]  # nothing printed for the first half of "é"
