@@ -1,0 +1,205 @@
+"""Context parallelism: the sequence split over the cp ranks, exact for attention and Mamba-2.
+
+Load balance. The sequence is cut into 2 x cp equal chunks and rank r holds chunks r and 2cp-1-r
+("zigzag"), so every rank has the same share of causal attention work. Model inputs (ids, targets,
+seq_idx, positions) are sharded with `shard_sequence`; positions are those of the full sequence.
+
+Attention. Keys and values are all-gathered over cp (their gradients reduce-scattered back); each
+rank attends with its own queries under a mask built from global token slots and document ids, so
+packed documents stay separate across rank borders.
+
+Mamba-2 (state passing, exact). Each chunk is scanned from a zero state, giving its final state S_c
+and how much of a state entering it survives to its end (exp of the summed dt*A; zero when a document
+starts inside it). These are all-gathered, every rank runs the short recurrence
+    E_0 = 0,   E_{c+1} = (S_c + decay_c * E_c) * [chunk c+1 starts in the document chunk c ends in]
+and then scans its chunks again from their true entering states E_c. The causal conv receives the last
+d_conv-1 inputs of the previous chunk the same way, with inputs of another document zeroed. The
+second scan doubles the (small) scan cost but keeps every fused scan kernel usable unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
+
+from ..model.attention import Attention, document_causal_mask
+from ..model.mamba2 import Mamba2Mixer
+from ..model.model import HybridLM, positions_from_seq_idx
+from ..ops import causal_conv1d, ssd
+from ..ops.ssd import prepare_dt
+from .segments import mix_in
+
+
+def chunk_ids(rank: int, cp: int) -> tuple[int, int]:
+    """The two global chunks rank `rank` holds."""
+    return rank, 2 * cp - 1 - rank
+
+
+def shard_sequence(tensor: torch.Tensor, mesh: DeviceMesh, dim: int = 1) -> torch.Tensor:
+    """This cp rank's part of a full-sequence tensor: chunks r and 2cp-1-r of 2cp, concatenated.
+    `mesh`: the full mesh from build_mesh, or its 1-D cp mesh."""
+    cp_mesh = mesh if mesh.ndim == 1 else mesh["cp"]
+    return zigzag(tensor, cp_mesh.get_local_rank(), cp_mesh.size(), dim)
+
+
+def zigzag(tensor: torch.Tensor, rank: int, cp: int, dim: int = 1) -> torch.Tensor:
+    if cp == 1:
+        return tensor
+    if tensor.shape[dim] % (2 * cp):
+        raise ValueError(f"sequence length {tensor.shape[dim]} must be divisible by 2 x ParallelConfig.cp "
+                         f"({2 * cp}) for context parallelism")
+    chunks = tensor.chunk(2 * cp, dim=dim)
+    return torch.cat([chunks[i] for i in chunk_ids(rank, cp)], dim=dim)
+
+
+def token_slots(rank: int, cp: int, local_length: int, device) -> torch.Tensor:
+    """Global positions in the sequence of this rank's tokens."""
+    size = local_length // 2
+    return torch.cat([torch.arange(c * size, (c + 1) * size, device=device) for c in chunk_ids(rank, cp)])
+
+
+def gather_chunks(local: torch.Tensor, mesh: DeviceMesh, dim: int) -> torch.Tensor:
+    """All-gather this rank's two chunks (concatenated along `dim`) into the full tensor in sequence
+    order. Differentiable: each rank's gradient is a partial sum, reduce-scattered back to the owners."""
+    cp = mesh.size()
+    full = DTensor.from_local(local.contiguous(), mesh, [Shard(dim)], run_check=False)
+    full = full.redistribute(mesh, [Replicate()]).to_local(grad_placements=[Partial()])
+    pieces = full.chunk(2 * cp, dim=dim)  # rank order: rank 0's two chunks, rank 1's, ...
+    position = {}
+    for rank in range(cp):
+        for k, chunk in enumerate(chunk_ids(rank, cp)):
+            position[chunk] = 2 * rank + k
+    return torch.cat([pieces[position[c]] for c in range(2 * cp)], dim=dim)
+
+
+def _mesh_of(module: nn.Module) -> DeviceMesh:
+    return module.__dict__["_cp_mesh"]
+
+
+class ContextParallelAttention:
+    """Mixin for Attention: keys/values from every cp rank, mask on global slots and documents."""
+
+    def attend(self, q, k, v, seq_idx, cache):
+        if cache is not None:
+            raise ValueError("caches (generation) are not supported with ParallelConfig.cp > 1")
+        mesh = _mesh_of(self)
+        length = q.shape[2]
+        keys, values = gather_chunks(k, mesh, dim=2), gather_chunks(v, mesh, dim=2)
+        query_slots = token_slots(mesh.get_local_rank(), mesh.size(), length, q.device)
+        key_slots = torch.arange(keys.shape[2], device=q.device)
+        if seq_idx is not None:
+            key_docs = gather_chunks(seq_idx, mesh, dim=1)
+            mask = document_causal_mask(seq_idx, key_docs, query_slots, key_slots)
+        else:
+            mask = (key_slots[None, :] <= query_slots[:, None])[None, None]
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
+                                              enable_gqa=self.num_kv_heads != self.num_heads)
+
+
+class ContextParallelMamba2:
+    """Mixin for Mamba2Mixer: conv windows and SSM states passed across chunk borders (module doc)."""
+
+    def conv(self, xBC, seq_idx, initial_state):
+        if initial_state is not None:
+            raise ValueError("caches (generation) are not supported with ParallelConfig.cp > 1")
+        mesh = _mesh_of(self)
+        history = self.d_conv - 1
+        if xBC.shape[1] // 2 < history:
+            raise ValueError(f"context-parallel chunks of {xBC.shape[1] // 2} tokens are shorter than "
+                             f"mamba_d_conv - 1 = {history}")
+        weight, bias = self.conv_weight.squeeze(1), self.conv_bias
+        chunks = xBC.chunk(2, dim=1)
+        docs = seq_idx.chunk(2, dim=1) if seq_idx is not None else (None, None)
+        if history == 0:
+            return torch.cat([causal_conv1d(c, weight, bias, seq_idx=d)[0] for c, d in zip(chunks, docs)], 1), None
+        tails = gather_chunks(torch.cat([c[:, -history:] for c in chunks], dim=1), mesh, dim=1)
+        tails = tails.unflatten(1, (2 * mesh.size(), history))  # [B, chunk, history, channels]
+        if seq_idx is not None:
+            tail_docs = gather_chunks(torch.cat([d[:, -history:] for d in docs], dim=1), mesh, dim=1)
+            tail_docs = tail_docs.unflatten(1, (2 * mesh.size(), history))
+        outputs = []
+        for chunk, doc, index in zip(chunks, docs, chunk_ids(mesh.get_local_rank(), mesh.size())):
+            state = None
+            if index > 0:
+                before = tails[:, index - 1]
+                if seq_idx is not None:  # inputs of an earlier document must not leak in
+                    before = before * (tail_docs[:, index - 1] == doc[:, :1]).unsqueeze(-1).to(before.dtype)
+                state = before.transpose(1, 2)
+            outputs.append(causal_conv1d(chunk, weight, bias, seq_idx=doc, initial_state=state)[0])
+        return torch.cat(outputs, dim=1), None
+
+    def scan(self, x, dt, B, C, seq_idx, initial_state):
+        if initial_state is not None:
+            raise ValueError("caches (generation) are not supported with ParallelConfig.cp > 1")
+        mesh = _mesh_of(self)
+        A = -torch.exp(self.A_log.float())
+        options = dict(chunk_size=self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
+                       dt_limit=self.time_step_limit)
+        docs = seq_idx.chunk(2, dim=1) if seq_idx is not None else (None, None)
+        pieces = list(zip(x.chunk(2, 1), dt.chunk(2, 1), B.chunk(2, 1), C.chunk(2, 1), docs))
+
+        finals, decays = [], []  # per local chunk, scanned from a zero state
+        for x_c, dt_c, B_c, C_c, doc in pieces:
+            finals.append(ssd(x_c, dt_c, A, B_c, C_c, seq_idx=doc, return_final_state=True, **options)[1])
+            decay = torch.exp((prepare_dt(dt_c, self.dt_bias, True, self.time_step_limit) * A).sum(1))  # [B, H]
+            if doc is not None:
+                decay = decay * (doc[:, 0] == doc[:, -1])[:, None].to(decay.dtype)
+            decays.append(decay)
+        finals = gather_chunks(torch.stack(finals, dim=1), mesh, dim=1)  # [B, chunk, H, P, N]
+        decays = gather_chunks(torch.stack(decays, dim=1), mesh, dim=1)  # [B, chunk, H]
+        if seq_idx is not None:  # [B, chunk, (first document, last document)]
+            ends = gather_chunks(torch.stack([torch.stack([d[:, 0], d[:, -1]], dim=-1) for d in docs], dim=1),
+                                 mesh, dim=1)
+
+        entering = [torch.zeros_like(finals[:, 0])]
+        for c in range(finals.shape[1] - 1):
+            state = finals[:, c] + decays[:, c, :, None, None] * entering[c]  # state at the end of chunk c
+            if seq_idx is not None:
+                state = state * (ends[:, c, 1] == ends[:, c + 1, 0]).to(state.dtype)[:, None, None, None]
+            entering.append(state)
+
+        outputs = []
+        for (x_c, dt_c, B_c, C_c, doc), index in zip(pieces, chunk_ids(mesh.get_local_rank(), mesh.size())):
+            outputs.append(ssd(x_c, dt_c, A, B_c, C_c, seq_idx=doc, initial_state=entering[index], **options)[0])
+        return torch.cat(outputs, dim=1), None
+
+
+def apply_context_parallel(model: HybridLM, mesh: DeviceMesh, tp: int, sequence_parallel: bool) -> None:
+    """Swap in the cross-rank attention and Mamba-2 steps; fill in global positions when not given."""
+    for module in model.modules():
+        if isinstance(module, Attention):
+            mix_in(module, ContextParallelAttention)
+            module.__dict__["_cp_mesh"] = mesh
+        elif isinstance(module, Mamba2Mixer):
+            mix_in(module, ContextParallelMamba2)
+            module.__dict__["_cp_mesh"] = mesh
+    # prepend: runs before the sequence-parallel hook, which would number the tokens locally
+    model.register_forward_pre_hook(_global_positions(mesh, tp if sequence_parallel else 1), with_kwargs=True,
+                                    prepend=True)
+
+
+def _global_positions(mesh: DeviceMesh, sequence_shards: int):
+    """The model would number a rank's tokens from 0: give it their global positions instead."""
+    from .parallelize import bind_forward
+
+    def hook(module: HybridLM, args, kwargs):
+        bound = bind_forward(module, args, kwargs)
+        if bound.arguments.get("caches") is not None:
+            raise ValueError("caches (generation) are not supported with ParallelConfig.cp > 1")
+        if bound.arguments.get("positions") is None:
+            input_ids, seq_idx = bound.arguments["input_ids"], bound.arguments.get("seq_idx")
+            batch, length = input_ids.shape[:2]
+            if module.embed is None:  # a later pipeline stage: hidden states, maybe sequence-sharded
+                length *= sequence_shards
+            if seq_idx is not None:
+                positions = shard_sequence(positions_from_seq_idx(gather_chunks(seq_idx, mesh, dim=1)), mesh)
+            else:
+                positions = token_slots(mesh.get_local_rank(), mesh.size(), length, input_ids.device)
+                positions = positions.expand(batch, -1)
+            bound.arguments["positions"] = positions
+        return bound.args[1:], bound.kwargs
+
+    return hook

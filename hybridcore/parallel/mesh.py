@@ -1,0 +1,51 @@
+"""The device mesh: one named dimension per kind of parallelism, size-1 dimensions included.
+
+Besides the five named dimensions, `build_mesh` creates the flattened ones the rest of the package asks
+for by name:
+    dp           dp_replicate x dp_shard       which slice of the global batch a rank reads
+    dp_shard_cp  dp_shard x cp                 what FSDP shards over (context-parallel ranks hold
+                                               the same weights, so they share the shards)
+    dp_cp        dp_replicate x dp_shard x cp  over which the loss is averaged
+"""
+
+from __future__ import annotations
+
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+from .config import MESH_DIMS, ParallelConfig
+
+
+def build_mesh(parallel_config: ParallelConfig, device_type: str) -> DeviceMesh:
+    """DeviceMesh over (pp, dp_replicate, dp_shard, cp, tp) for the already-initialised process group."""
+    if not dist.is_initialized():
+        raise RuntimeError("build_mesh needs torch.distributed to be initialised (run under torchrun, "
+                           "or call torch.distributed.init_process_group first)")
+    config = parallel_config.resolve(dist.get_world_size())
+    mesh = init_device_mesh(device_type, config.mesh_shape(), mesh_dim_names=MESH_DIMS)
+    # Newer torch asks callers to keep the flattened meshes rather than slice them from the root.
+    _FLATTENED[id(mesh)] = (mesh, {name: mesh[dims]._flatten(name) for name, dims in FLATTENED_DIMS.items()})
+    return mesh
+
+
+FLATTENED_DIMS = {"dp": ("dp_replicate", "dp_shard"), "dp_shard_cp": ("dp_shard", "cp"),
+                  "dp_cp": ("dp_replicate", "dp_shard", "cp")}
+_FLATTENED: dict[int, tuple[DeviceMesh, dict[str, DeviceMesh]]] = {}
+
+
+def mesh_dim(mesh: DeviceMesh, name: str) -> DeviceMesh:
+    """The 1-D mesh of a named dimension, flattened ones (dp, dp_shard_cp, dp_cp) included."""
+    if name in FLATTENED_DIMS:
+        entry = _FLATTENED.get(id(mesh))
+        if entry is None or entry[0] is not mesh:
+            raise ValueError(f"mesh dimension {name!r} exists only on meshes made by build_mesh")
+        return entry[1][name]
+    return mesh[name]
+
+
+def data_parallel_rank(mesh: DeviceMesh | None) -> tuple[int, int]:
+    """(index of this rank's slice of the global batch, number of slices)."""
+    if mesh is None:
+        return 0, 1
+    dp = mesh_dim(mesh, "dp")
+    return dp.get_local_rank(), dp.size()

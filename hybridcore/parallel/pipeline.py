@@ -1,0 +1,165 @@
+"""Pipeline parallelism on torch.distributed.pipelining.
+
+The model is cut into pp x pp_stages_per_rank stages: at the layout's '|' marks when it has them, else
+by FLOPs (flops.pipeline_stages -> layout.split_by_cost). Each stage is a HybridLM that keeps only its
+layers (the ModuleDict keeps global indices, so parameter names and checkpoint keys do not change);
+the embedding lives on the first stage and the final norm + LM head on the last. Rank r of the pp
+mesh holds stages r, r + pp, r + 2 pp, ... (the loop order interleaved 1F1B expects). Each stage is
+then parallelized like a whole model (TP, activation checkpointing, compile, FSDP2).
+
+Every microbatch carries its own `seq_idx` to every stage (the schedules pass keyword arguments to all
+stages), so document masking and resets work as in one process.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
+
+from ..flops import pipeline_stages
+from ..model.model import HybridLM
+from .config import ParallelConfig
+from .fsdp import mixed_precision_policy
+from .parallelize import apply_parallelisms, check_mesh
+
+
+def stage_layers(model: HybridLM, num_stages: int, seq_len: int) -> list[list[int]]:
+    """Global layer indices of every stage."""
+    if num_stages > model.config.num_layers:
+        raise ValueError(f"ParallelConfig: {num_stages} pipeline stages (pp x pp_stages_per_rank) for a model "
+                         f"of {model.config.num_layers} layers")
+    return pipeline_stages(model.config, num_stages, seq_len)
+
+
+def stage_module(model: HybridLM, stages: list[list[int]], index: int) -> HybridLM:
+    """A copy of `model` with only stage `index`'s layers (and the embedding / head where they belong)."""
+    part = copy.deepcopy(model)
+    keep = {str(i) for i in stages[index]}
+    for name in list(part.layers):
+        if name not in keep:
+            del part.layers[name]
+    if index > 0:
+        part.embed = None
+    if index < len(stages) - 1:
+        part.final_norm = None
+        part.lm_head = None
+    return part
+
+
+class Pipeline:
+    """This rank's stages of a pipelined model and the schedule that runs them.
+
+    `model_parts` are the stage modules (HybridLM each), in stage order; give each its own optimizer.
+    `step(input_ids, targets, seq_idx)` runs forward and backward of one local batch (split into
+    microbatches); it returns the mean loss on ranks holding the last stage and None elsewhere.
+    """
+
+    def __init__(self, model_parts: list[HybridLM], stage_indices: list[int], num_stages: int,
+                 config: ParallelConfig, mesh: DeviceMesh, loss_fn: Callable, compute_dtype: torch.dtype):
+        self.model_parts = model_parts
+        self.stage_indices = stage_indices
+        self.num_stages = num_stages
+        self.config = config
+        self.mesh = mesh
+        self.loss_fn = loss_fn
+        self.compute_dtype = compute_dtype
+        self._schedule = None
+        self._batch_shape = None
+
+    @property
+    def has_first_stage(self) -> bool:
+        return 0 in self.stage_indices
+
+    @property
+    def has_last_stage(self) -> bool:
+        return self.num_stages - 1 in self.stage_indices
+
+    def parameters(self):
+        for part in self.model_parts:
+            yield from part.parameters()
+
+    def _device(self) -> torch.device:
+        if self.mesh.device_type == "cuda":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device(self.mesh.device_type)
+
+    def _build_schedule(self, batch: int, length: int):
+        """Stages with static shapes (no shape inference: it would run TP collectives on fake tensors)."""
+        microbatches = self.config.num_microbatches
+        if batch % microbatches:
+            raise ValueError(f"local batch of {batch} rows does not split into ParallelConfig.pp_microbatches "
+                             f"= {microbatches} microbatches")
+        rows = batch // microbatches
+        device = self._device()
+        # `length` is this rank's (context-parallel) share; between stages the residual stream is also
+        # split over tp under sequence parallelism.
+        shard = self.mesh["tp"].size() if self.config.sequence_parallel else 1
+        d_model, vocab = self.model_parts[0].config.d_model, self.model_parts[0].config.vocab_size
+        # requires_grad: activations crossing a stage boundary carry gradients back.
+        hidden = torch.empty(rows, length // shard, d_model, device=device, dtype=self.compute_dtype,
+                             requires_grad=True)
+        stages = []
+        for part, index in zip(self.model_parts, self.stage_indices):
+            first, last = index == 0, index == self.num_stages - 1
+            inputs = torch.empty(rows, length, dtype=torch.long, device=device) if first else hidden
+            outputs = torch.empty(rows, length, vocab, device=device, dtype=self.compute_dtype,
+                                  requires_grad=True) if last else hidden
+            stages.append(PipelineStage(part, index, self.num_stages, device, input_args=inputs,
+                                        output_args=outputs, group=self.mesh["pp"].get_group()))
+        kind = self.config.pp_schedule
+        if kind == "interleaved_1f1b":
+            return ScheduleInterleaved1F1B(stages, microbatches, loss_fn=self.loss_fn, scale_grads=True)
+        schedule = {"1f1b": Schedule1F1B, "gpipe": ScheduleGPipe}[kind]
+        return schedule(stages[0], microbatches, loss_fn=self.loss_fn, scale_grads=True)
+
+    def step(self, input_ids: torch.Tensor, targets: torch.Tensor, seq_idx: torch.Tensor | None = None):
+        shape = tuple(input_ids.shape)
+        if self._schedule is None or shape != self._batch_shape:
+            self._schedule, self._batch_shape = self._build_schedule(*shape), shape
+        kwargs = {"seq_idx": seq_idx} if seq_idx is not None else {}
+        losses = [] if self.has_last_stage else None
+        args = (input_ids,) if self.has_first_stage else ()
+        target = targets if self.has_last_stage else None
+        self._schedule.step(*args, target=target, losses=losses, **kwargs)
+        if losses is None:
+            return None
+        return torch.stack([loss.detach().float() for loss in losses]).mean()
+
+    def loss_across_stages(self, loss: torch.Tensor | None) -> torch.Tensor:
+        """The last stage's loss on every rank of the pp group."""
+        value = loss.clone() if loss is not None else torch.zeros((), device=self._device())
+        dist.all_reduce(value, group=self.mesh["pp"].get_group())
+        return value
+
+
+def build_pipeline(model: HybridLM, parallel_config: ParallelConfig, mesh: DeviceMesh, loss_fn: Callable, *,
+                   seq_len: int, activation_checkpointing: bool = False, compile: bool = False,
+                   mixed_precision=None) -> Pipeline:
+    """Cut `model` (initialised, full) into stages, keep this rank's, parallelize each; see the module doc.
+
+    loss_fn(logits, targets) -> mean loss of one microbatch. seq_len: the training sequence length
+    (balances stages by FLOPs when the layout has no '|').
+    """
+    config = parallel_config.resolve(mesh.size())
+    check_mesh(config, mesh)
+    if model.config.tie_embeddings and config.pp > 1:
+        raise ValueError("ModelConfig.tie_embeddings cannot be used with ParallelConfig.pp > 1: the embedding "
+                         "and the LM head live on different stages")
+    num_stages = config.pp * config.pp_stages_per_rank
+    stages = stage_layers(model, num_stages, seq_len)
+    pp_rank = mesh["pp"].get_local_rank()
+    indices = list(range(pp_rank, num_stages, config.pp))
+    parts = []
+    for index in indices:
+        part = stage_module(model, stages, index)
+        apply_parallelisms(part, config, mesh, activation_checkpointing=activation_checkpointing, compile=compile,
+                           mixed_precision=mixed_precision, pipelined=True)
+        parts.append(part)
+    policy = mixed_precision_policy(mixed_precision, mesh.device_type)
+    compute_dtype = policy.param_dtype or next(model.parameters()).dtype
+    return Pipeline(parts, indices, num_stages, config, mesh, loss_fn, compute_dtype)

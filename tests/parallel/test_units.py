@@ -1,0 +1,167 @@
+"""Single-process pieces of hybridcore.parallel: config validation, segment splitting, checkpoints."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from hybridcore.model import build_model
+from hybridcore.parallel import (ParallelConfig, check_tensor_parallel, full_state_dict, load_sharded,
+                                 mixed_precision_policy, save_sharded)
+from hybridcore.parallel.checkpoint import checkpoint_state
+from hybridcore.parallel.harness import build_parallel_model, train_steps
+from hybridcore.parallel.segments import split_mamba_segments
+
+from .common import document_index, global_batch, tiny_config
+
+
+@pytest.mark.parametrize("fields, name", [
+    (dict(tp=0), "ParallelConfig.tp"), (dict(pp=-1), "ParallelConfig.pp"), (dict(cp=1.5), "ParallelConfig.cp"),
+    (dict(dp_shard=0), "ParallelConfig.dp_shard"), (dict(dp_replicate=0), "ParallelConfig.dp_replicate"),
+    (dict(sequence_parallel="yes"), "ParallelConfig.sequence_parallel"),
+    (dict(pp_schedule="zigzag"), "ParallelConfig.pp_schedule"),
+    (dict(pp_microbatches=0), "ParallelConfig.pp_microbatches"),
+    (dict(pp_stages_per_rank=2), "ParallelConfig.pp_stages_per_rank")])
+def test_parallel_config_names_the_bad_field(fields, name):
+    with pytest.raises(ValueError, match=name):
+        ParallelConfig(**fields)
+
+
+def test_parallel_config_resolves_the_world_size():
+    assert ParallelConfig(tp=2, dp_shard=-1).resolve(8).dp_shard == 4
+    assert ParallelConfig(tp=2, dp_replicate=2, dp_shard=2).resolve(8).mesh_shape() == (1, 2, 2, 1, 2)
+    with pytest.raises(ValueError, match="world size is 6"):
+        ParallelConfig(tp=2, dp_shard=2).resolve(6)
+    with pytest.raises(ValueError, match="not divisible"):
+        ParallelConfig(tp=4, dp_shard=-1).resolve(6)
+
+
+@pytest.mark.parametrize("field, changes", [
+    ("num_heads", dict(num_heads=3, num_kv_heads=1)), ("num_kv_heads", dict(num_kv_heads=1)),
+    ("mamba_n_heads", dict(mamba_n_heads=3, mamba_n_groups=1)),
+    ("mamba_n_groups", dict(mamba_n_heads=6, mamba_n_groups=3)),
+    ("d_ff", dict(d_ff=63))])
+def test_tensor_parallel_divisibility_errors(field, changes):
+    with pytest.raises(ValueError, match=f"ModelConfig.{field} .* ParallelConfig.tp \\(2\\)"):
+        check_tensor_parallel(tiny_config("P-", **changes), 2)
+
+
+def test_divisibility_only_checks_layers_that_exist():
+    check_tensor_parallel(tiny_config("M-", num_kv_heads=1), 2)  # no attention layer
+    check_tensor_parallel(tiny_config("*-", mamba_n_groups=3, mamba_n_heads=3), 2)  # no Mamba layer
+    check_tensor_parallel(tiny_config("M-", mamba_n_groups=1), 2)  # one group: B/C replicated
+    check_tensor_parallel(tiny_config("P", d_ff=63), 2)  # no MLP layer
+
+
+def test_mixed_precision_policy():
+    assert mixed_precision_policy(None, "cpu").param_dtype is None
+    bf16 = mixed_precision_policy(None, "cuda")
+    assert (bf16.param_dtype, bf16.reduce_dtype) == (torch.bfloat16, torch.float32)
+    assert mixed_precision_policy("fp32", "cuda").param_dtype is None
+    with pytest.raises(ValueError, match="mixed_precision"):
+        mixed_precision_policy("int8", "cpu")
+
+
+def test_split_segments_keeps_numerics_bit_for_bit():
+    model = build_model(tiny_config("M*-P"), seed=3)
+    split = copy.deepcopy(model)
+    for module in split.modules():
+        if type(module).__name__ == "Mamba2Mixer":
+            split_mamba_segments(module)
+    assert "layers.0.mamba.in_proj.weight_dt" in dict(split.named_parameters())
+    assert "layers.0.mamba.conv_weight_C" in dict(split.named_parameters())
+    assert "layers.0.mamba.in_proj.weight" not in dict(split.named_parameters())
+    ids, docs = global_batch()[:, :-1], document_index()[:, :-1]
+    assert torch.equal(model(ids, seq_idx=docs), split(ids, seq_idx=docs))
+    with pytest.raises(AttributeError, match="weight_z"):
+        split.layers["0"].mamba.in_proj.weight  # outside forward a fused name is an error, not a copy
+    # Exported state is the model's own layout again.
+    exported = full_state_dict(split)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(exported[name], tensor), name
+
+
+def test_checkpoint_state_uses_segment_keys_for_a_plain_model():
+    model, optimizer = build_parallel_model(tiny_config("P-"), seed=0)
+    train_steps(model, optimizer, global_batch(), steps=1)
+    state = checkpoint_state(model, optimizer)
+    assert "layers.0.mamba.in_proj.weight_x" in state["model"]
+    assert "layers.0.mamba.in_proj.weight" not in state["model"]
+    assert state["optimizer"]["state.layers.0.mamba.conv_bias_B.exp_avg"].shape == (16,)  # G * N rows
+    assert state["optimizer"]["param_groups.layers.0.mamba.conv_bias_B.lr"] == 1e-3
+    assert not any(".in_proj.weight." in key for key in state["optimizer"])
+
+
+def test_single_process_round_trip(tmp_path):
+    batches = [global_batch(seed=s) for s in range(4)]
+    model, optimizer = build_parallel_model(tiny_config("M*-P"), seed=0)
+    train_steps(model, optimizer, batches[:2])
+    save_sharded(tmp_path / "ckpt", model, optimizer, extra={"step": 2, "note": "x"})
+    want = train_steps(model, optimizer, batches[2:])
+
+    other, other_optimizer = build_parallel_model(tiny_config("M*-P"), seed=1)
+    assert load_sharded(tmp_path / "ckpt", other, other_optimizer) == {"step": 2, "note": "x"}
+    assert train_steps(other, other_optimizer, batches[2:]) == want  # bit for bit in one process
+
+
+def test_parallel_bench_smoke(tmp_path):
+    """The GPU benchmark's --smoke mode runs end to end (2 ranks, tp2, CPU + gloo) and writes its JSON."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "bench.json"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(root / "benchmarks" / "parallel_bench.py"), "--smoke", "--tp", "2",
+               "--set", "mamba_n_groups=2", "--out", str(out)]
+    import os  # the script runs from benchmarks/, so the package must come from the checkout, installed or not
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, cwd=root, env=env, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["world_size"] == 2 and result["parallel"]["tp"] == 2
+    assert result["tokens_per_second_per_gpu"] > 0 and 0 < result["mfu_vs_matmul_ceiling"] < 1
+    assert len(result["first_losses"]) == 4 and result["first_losses"][-1] < result["first_losses"][0]
+
+
+def test_zigzag_shards_cover_the_sequence_once_and_match_token_slots():
+    from hybridcore.parallel.context_parallel import token_slots, zigzag
+
+    sequence = torch.arange(24)[None]
+    for cp in (1, 2, 3):
+        shards = [zigzag(sequence, rank, cp) for rank in range(cp)]
+        assert sorted(torch.cat(shards, dim=1)[0].tolist()) == list(range(24))
+        for rank, shard in enumerate(shards):
+            assert torch.equal(shard[0], token_slots(rank, cp, 24 // cp, "cpu")) or cp == 1
+    # Rank 0 holds the first and the last chunk: equal causal-attention work on every rank.
+    assert zigzag(sequence, 0, 2)[0].tolist() == [0, 1, 2, 3, 4, 5, 18, 19, 20, 21, 22, 23]
+    with pytest.raises(ValueError, match="ParallelConfig.cp"):
+        zigzag(torch.arange(10)[None], 0, 2)
+
+
+@pytest.mark.parametrize("layout, num_stages, want", [
+    ("M*-|P-M|-", 3, [[0, 1, 2], [3, 4, 5], [6]]),  # '|' marks decide
+    ("M-M-", 2, [[0, 1], [2, 3]])])  # by cost: M and - weigh differently but the halves are equal
+def test_pipeline_stages_partition_the_model(layout, num_stages, want):
+    from hybridcore.parallel.pipeline import stage_layers, stage_module
+
+    model = build_model(tiny_config(layout), seed=0)
+    stages = stage_layers(model, num_stages, seq_len=32)
+    assert stages == want
+    parts = [stage_module(model, stages, index) for index in range(num_stages)]
+    keys = [set(part.state_dict()) for part in parts]
+    assert set().union(*keys) == set(model.state_dict())
+    assert sum(len(k) for k in keys) == len(model.state_dict())  # each parameter on exactly one stage
+    assert parts[0].embed is not None and all(p.embed is None for p in parts[1:])
+    assert parts[-1].lm_head is not None and all(p.lm_head is None for p in parts[:-1])
+    # Chained, the stages compute the whole model.
+    ids = global_batch()[:, :-1]
+    h = ids
+    for part in parts:
+        h = part(h)
+    torch.testing.assert_close(h, model(ids), rtol=0, atol=0)
