@@ -1,0 +1,30 @@
+"""Training: the loop, AdamW and schedules, DCP checkpoints, metrics, and the train/eval/plot commands.
+
+    from hybridcore.train import TrainConfig, train
+    train(TrainConfig(out="runs/debug", preset="debug", steps=50))
+
+Modules: config (TrainConfig), trainer (train), schedule, optim, loss, checkpoint (load_model, ...),
+metrics, data, model_setup (the parallelize slot), cli / evaluate / plot (subcommands).
+Names load on first use, so `hybridcore plot` does not pay for torch.distributed's imports.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "TrainConfig": "config", "train": "trainer", "check_run": "trainer", "TrainResult": "trainer",
+    "TrainingDiverged": "trainer", "Schedule": "schedule", "build_optimizer": "optim", "param_groups": "optim",
+    "split_by_decay": "optim", "token_losses": "loss", "loss_sum": "loss", "evaluate_loss": "loss",
+    "load_model": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    "latest_checkpoint": "checkpoint", "read_metrics": "metrics",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = list(_EXPORTS)

@@ -1,0 +1,108 @@
+"""`hybridcore train`: flags -> TrainConfig -> train().
+
+Every flag defaults to None here, so "given on the command line" can be told apart from "left at its
+default": a resumed run keeps its saved settings and applies only the flags given again.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .config import DEVICES, DTYPES, SCHEDULES, TrainConfig
+
+_DEFAULTS = TrainConfig()
+
+
+def _flag(parser, name: str, type=None, help: str = "", **kwargs) -> None:
+    default = getattr(_DEFAULTS, name.lstrip("-").replace("-", "_"), None)
+    shown = f" (default {default})" if default not in (None, "", []) else ""
+    if "choices" not in kwargs:
+        kwargs.setdefault("metavar", {int: "N", float: "X"}.get(type, "TEXT"))
+    parser.add_argument(name, type=type, default=None, help=help + shown, **kwargs)
+
+
+def add_arguments(parser) -> None:
+    model = parser.add_argument_group("model")
+    _flag(model, "--preset", metavar="NAME", help="model preset (see `hybridcore info`); not needed with "
+          "--init-hf or --resume")
+    model.add_argument("--set", dest="overrides", action="append", default=None, metavar="KEY=VALUE",
+                       help="override a model config field (repeatable)")
+    _flag(model, "--init-hf", metavar="HF_DIR", help="start from the weights of a Hugging Face Falcon-H1 directory "
+          "(or a hybridcore model directory from import-hf) instead of a random init")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory: metrics.jsonl, run_config.json, checkpoints/")
+    _flag(run, "--data", metavar="DATA_DIR", help="prepared data directory (`hybridcore prepare`); default: the built-in corpus, "
+          "prepared into OUT/data")
+    _flag(run, "--steps", type=int, help="optimizer steps in total")
+    _flag(run, "--seed", type=int, help="seed of the init and the data order")
+    _flag(run, "--batch-size", type=int, help="rows per micro-batch per process")
+    _flag(run, "--seq-len", type=int, help="tokens per row")
+    _flag(run, "--grad-accum", type=int, help="micro-batches per optimizer step")
+    run.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in OUT "
+                     "(its saved settings apply; flags given again override those that may change)")
+
+    optim = parser.add_argument_group("optimizer")
+    _flag(optim, "--lr", type=float, help="peak learning rate")
+    _flag(optim, "--min-lr-ratio", type=float, help="lowest lr as a fraction of --lr")
+    _flag(optim, "--warmup", type=int, help="linear warmup steps")
+    _flag(optim, "--schedule", choices=SCHEDULES, help="cosine, warmup-stable-decay, or Falcon-H1's power-law "
+          "decay of lr and weight decay")
+    _flag(optim, "--decay-fraction", type=float, help="wsd: fraction of the steps spent decaying")
+    _flag(optim, "--power-exponent", type=float, help="power: lr and wd fall as (step/warmup)^-exponent")
+    _flag(optim, "--weight-decay", type=float, help="AdamW weight decay (matrices only)")
+    _flag(optim, "--clip", type=float, help="gradient-norm clipping threshold, 0 disables")
+
+    ckpt = parser.add_argument_group("checkpoints and evaluation")
+    _flag(ckpt, "--save-every", type=int, help="checkpoint every K steps (0: only at the end)")
+    _flag(ckpt, "--keep-last", type=int, help="keep the newest K checkpoints")
+    _flag(ckpt, "--eval-every", type=int, help="validation loss every K steps (0: only at the end)")
+    _flag(ckpt, "--eval-batches", type=int, help="validation batches per evaluation")
+
+    execution = parser.add_argument_group("execution")
+    _flag(execution, "--device", choices=DEVICES, help="default: cuda when available")
+    _flag(execution, "--dtype", choices=DTYPES, help="compute dtype; bf16 autocasts over fp32 master weights "
+          "(default: bf16 on cuda, fp32 on cpu)")
+    execution.add_argument("--activation-checkpointing", action="store_true", default=None,
+                           help="recompute each layer's activations in backward")
+    execution.add_argument("--no-doc-masking", dest="doc_masking", action="store_false", default=None,
+                           help="let attention and the Mamba state cross document boundaries in a packed row")
+    _flag(execution, "--loss-chunk", type=int, help="tokens per logits chunk in the loss (0: automatic)")
+    execution.add_argument("--tensorboard", action="store_true", default=None, help="also log to OUT/tensorboard")
+    execution.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                           help="no progress bar")
+    _flag(execution, "--peak-flops", type=float, help="peak FLOP/s per device for MFU")
+    _flag(execution, "--max-bad-steps", type=int, help="stop after this many non-finite steps in a row")
+    _flag(execution, "--sample-tokens", type=int, help="greedy sample length printed at the end (0: none)")
+    _flag(execution, "--sample-prompt", help="prompt of the final sample")
+
+    parallel = parser.add_argument_group("parallel layout (stored; > 1 arrives with the parallel issues)")
+    for name in ("--tp", "--pp", "--cp", "--dp-shard", "--dp-replicate"):
+        _flag(parallel, name, type=int, help=f"{name[2:]} degree")
+
+
+def config_from_args(args) -> tuple[TrainConfig, object]:
+    """(TrainConfig, saved ModelConfig or None) for these arguments, merging with a saved run on --resume."""
+    from .run_config import merge_for_resume, read_run_config
+
+    known = set(TrainConfig().to_dict())
+    explicit = {name: value for name, value in vars(args).items() if name in known and value is not None}
+    saved = read_run_config(args.out) if args.resume else None
+    if saved is not None:
+        saved_train, saved_model = saved
+        explicit["out"] = saved_train.out = args.out  # the directory may have moved
+        return merge_for_resume(saved_train, explicit), saved_model
+    return TrainConfig(**explicit), None
+
+
+def run(args) -> int:
+    from .trainer import TrainingDiverged, train
+
+    config, model_config = config_from_args(args)
+    try:
+        train(config, resume=args.resume, model_config=model_config)
+    except TrainingDiverged as error:
+        print(f"hybridcore train: error: {error}", file=sys.stderr)
+        return 3
+    return 0
+

@@ -1,0 +1,73 @@
+"""Process-group helpers: the same code runs in one process or under torchrun.
+
+Under torchrun (WORLD_SIZE > 1 in the environment) the trainer initialises the default group itself:
+NCCL on CUDA, gloo on CPU. Without it every helper degrades to the single-process answer.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def init_from_environment(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world_size, this rank's device); initialises the process group under torchrun."""
+    wanted = int(os.environ.get("WORLD_SIZE", "1"))
+    if wanted > 1 and not is_distributed():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    if device == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank(), world_size(), torch.device("cuda", local)
+    return rank(), world_size(), torch.device("cpu")
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    if is_distributed():
+        value = value.clone()
+        dist.all_reduce(value)
+    return value
+
+
+def any_rank(flag: bool, device) -> bool:
+    """True when `flag` is true on any rank (e.g. a SIGTERM that reached only some)."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value)
+    return bool(value.item() > 0)
+
+
+def average_gradients(model: torch.nn.Module) -> None:
+    """Plain data parallel: every rank ends with the mean gradient (what DDP or FSDP would give)."""
+    if not is_distributed() or world_size() == 1:
+        return
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+        offset += grad.numel()

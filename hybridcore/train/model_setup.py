@@ -1,0 +1,111 @@
+"""From TrainConfig to a model ready for the optimizer: config resolution, init, the parallelize slot.
+
+Order (torchtitan's): build and initialise the full model from the seed (or load --init-hf weights),
+then `parallelize` (today: activation checkpointing only; the parallel issues insert
+hybridcore.parallel.parallelize(model, parallel_config, mesh) here, which applies TP, AC, compile and
+FSDP2 in its own order), and only then build the optimizer, so it sees the final parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from ..config import ModelConfig, coerce_field
+from ..model import HybridLM, build_model
+from ..presets import get_preset
+
+
+def apply_overrides(config: ModelConfig, overrides: list[str]) -> ModelConfig:
+    changes = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = (part.strip() for part in item.split("=", 1))
+        try:
+            changes[key] = coerce_field(key, value)
+        except ValueError as error:
+            raise ValueError(f"--set {key}: {error}") from None
+    if not changes:
+        return config
+    try:
+        return config.replace(**changes)
+    except ValueError as error:
+        raise ValueError(f"--set: {error}") from None
+
+
+def _init_source_config(path: str) -> ModelConfig:
+    """The ModelConfig of an --init-hf directory: a Hugging Face Falcon-H1 one or a hybridcore model dir."""
+    if not os.path.isdir(path):
+        raise ValueError(f"--init-hf: {path} is not a directory")
+    from ..bridge.model_dir import is_model_dir, read_model_config
+
+    if is_model_dir(path):
+        return read_model_config(path)
+    from ..bridge import read_hf_config
+
+    return read_hf_config(path)
+
+
+def resolve_model_config(train_config) -> ModelConfig:
+    if train_config.init_hf is not None:
+        if train_config.preset is not None:
+            raise ValueError("--preset and --init-hf both name a model; give one (--init-hf brings its own config)")
+        base = _init_source_config(train_config.init_hf)
+    else:
+        base = get_preset(train_config.preset)
+    return apply_overrides(base, train_config.overrides)
+
+
+def build_train_model(model_config: ModelConfig, train_config, device: torch.device, load_init: bool = True
+                      ) -> HybridLM:
+    """The full model in fp32 (the master weights) on `device`: seeded init, or --init-hf weights."""
+    model = build_model(model_config, device=device, dtype=torch.float32, seed=train_config.seed)
+    if train_config.init_hf is not None and load_init:
+        source = _load_init(train_config.init_hf)
+        try:
+            model.load_state_dict(source.state_dict(), strict=True)
+        except RuntimeError as error:
+            raise ValueError(f"--set: the overrides change parameter shapes of the --init-hf model "
+                             f"({str(error).splitlines()[-1].strip()})") from None
+        del source
+    return model
+
+
+def _load_init(path: str) -> HybridLM:
+    from ..bridge.model_dir import is_model_dir, load_model_dir
+
+    if is_model_dir(path):
+        return load_model_dir(path, dtype=torch.float32, device="cpu")
+    from ..bridge import load_hf  # imported lazily: the bridge is only needed for --init-hf
+
+    return load_hf(path, dtype=torch.float32, device="cpu")
+
+
+def _checkpointed_forward(original, *args, **kwargs):
+    if not torch.is_grad_enabled():
+        return original(*args, **kwargs)
+    return checkpoint(original, *args, use_reentrant=False, **kwargs)
+
+
+def apply_activation_checkpointing(model: HybridLM) -> None:
+    """Recompute each layer's activations in backward. Done by replacing each layer's bound forward on
+    the instance, so module names and state-dict keys stay exactly as they were."""
+    for layer in model.layers.values():
+        if not isinstance(layer.forward, functools.partial):
+            layer.forward = functools.partial(_checkpointed_forward, layer.forward)
+
+
+def parallelize(model: HybridLM, train_config, mesh=None) -> HybridLM:
+    """The slot between building the model and building the optimizer (see the module docstring).
+
+    Today every ParallelConfig size is 1 (check_single_process_layout refuses more), so this only
+    applies activation checkpointing; several torchrun processes then run plain data parallel, the
+    trainer averaging gradients itself. Once hybridcore.parallel.parallelize is called here, FSDP2
+    reduces the gradients and the trainer's `manual_gradient_sync` must become False."""
+    if train_config.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    return model

@@ -1,0 +1,306 @@
+"""The training loop: `train(config)` runs a whole run, fresh or resumed, in one process or under torchrun.
+
+One optimizer step = grad_accum micro-batches of batch_size rows per rank. The loss is the mean over
+every token of the step (all micro-batches, all ranks), so the numbers do not depend on how the global
+batch is split. Everything a step depends on (weights, AdamW moments, the step for the schedule, the
+loader's position) is checkpointed, so a resumed run repeats the uninterrupted run's losses exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..config import ModelConfig
+from ..flops import flops_per_token
+from . import distributed
+from .checkpoint import (clean_partial, latest_checkpoint, list_checkpoints, load_checkpoint, prune_checkpoints,
+                         save_checkpoint)
+from .config import TrainConfig, check_single_process_layout
+from .data import check_data_fits_model, ensure_data, train_loader, val_batches
+from .loss import autocast, evaluate_loss, loss_sum
+from .metrics import MetricsLogger, check_tensorboard_available, memory_gib, read_metrics, truncate_metrics
+from .model_setup import build_train_model, parallelize, resolve_model_config
+from .optim import build_optimizer, set_hyperparameters
+from .run_config import write_run_config
+from .schedule import schedule_from_config
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient was not finite for --max-bad-steps optimizer steps in a row."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    last_step: int
+    losses: dict[int, float]  # step -> train loss, for the steps this call ran
+    val_loss: float | None = None
+    stopped_by_signal: bool = False
+    sample: str | None = None
+
+
+def check_run(config: TrainConfig, resume: bool, model_config: ModelConfig | None = None) -> ModelConfig:
+    """Every user mistake this run can detect, as a ValueError naming the setting, before any work."""
+    config.validate()
+    check_single_process_layout(config)
+    model_config = model_config or resolve_model_config(config)
+    if config.seq_len > model_config.max_seq_len:
+        raise ValueError(f"--seq-len {config.seq_len} exceeds the model's max_seq_len {model_config.max_seq_len} "
+                         f"(raise it with --set max_seq_len=N)")
+    check_data_fits_model(config, model_config)
+    if config.tensorboard:
+        check_tensorboard_available()
+    config.resolved_device()
+    if not resume and (list_checkpoints(config.out) or read_metrics(config.out)):
+        raise ValueError(f"--out: {config.out} already holds a run; pass --resume to continue it, "
+                         "or choose a new directory")
+    saved = list_checkpoints(config.out) if resume else []
+    if saved and saved[-1][0] > config.steps:
+        raise ValueError(f"--steps {config.steps} is below the step of the newest checkpoint ({saved[-1][0]}) "
+                         f"in {config.out}")
+    return model_config
+
+
+class _StopFlag:
+    """Set by SIGTERM; the loop finishes its step, saves, and returns."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+            self.previous = None
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def train(config: TrainConfig, resume: bool = False, model_config: ModelConfig | None = None) -> TrainResult:
+    model_config = check_run(config, resume, model_config)
+    device_name = config.resolved_device()
+    rank, world_size, device = distributed.init_from_environment(device_name)
+    run_dir = Path(config.out)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
+    return _Run(config, model_config, run_dir, device, rank, world_size, resume).run()
+
+
+class _Run:
+    def __init__(self, config: TrainConfig, model_config: ModelConfig, run_dir: Path, device: torch.device,
+                 rank: int, world_size: int, resume: bool):
+        self.config, self.model_config, self.run_dir = config, model_config, run_dir
+        self.device, self.rank, self.world_size = device, rank, world_size
+        self.is_main = rank == 0
+        self.bar = None  # the progress bar while the loop runs (messages go through it)
+        dtype = config.resolved_dtype(device.type)
+        self.autocast_dtype = torch.bfloat16 if dtype == "bf16" else None
+        self.schedule = schedule_from_config(config)
+        self.tokens_per_step = config.batch_size * config.seq_len * config.grad_accum * world_size
+        self.flops_per_token = flops_per_token(model_config, config.seq_len).total
+
+        _seed_everything(config.seed)
+        checkpoint = latest_checkpoint(run_dir) if resume else None
+        self.model = build_train_model(model_config, config, device, load_init=checkpoint is None)
+        self.model = parallelize(self.model, config)
+        self.manual_gradient_sync = world_size > 1  # plain data parallel: nothing else reduces gradients
+        self.model.train()
+        self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay, (config.beta1, config.beta2),
+                                         config.eps)
+        data_dir = ensure_data(config, progress=config.progress and self.is_main)
+        self.data_dir = data_dir
+        self.loader = train_loader(data_dir, config, rank, world_size)
+        self.val_batches = val_batches(data_dir, config, rank, world_size)
+
+        self.start_step, self.tokens = 0, 0
+        if self.is_main:
+            clean_partial(run_dir)
+        distributed.barrier()
+        if checkpoint is not None:
+            extra = load_checkpoint(checkpoint, self.model, self.optimizer)
+            self.loader.load_state_dict(extra["loader"])
+            self.start_step, self.tokens = int(extra["step"]), int(extra["tokens"])
+            self._say(f"resumed from {checkpoint} (step {self.start_step})")
+        elif resume:
+            self._say(f"no complete checkpoint in {run_dir / 'checkpoints'}: starting from step 0")
+        if self.is_main:
+            truncate_metrics(run_dir, self.start_step)
+            write_run_config(run_dir, config, model_config)
+        distributed.barrier()
+        self.metrics = MetricsLogger(run_dir, enabled=self.is_main, tensorboard=config.tensorboard,
+                                     start_step=self.start_step)
+
+    # ---- messages ---------------------------------------------------------------------------------------
+    def _say(self, message: str, error: bool = False) -> None:
+        if not self.is_main:
+            return
+        stream = sys.stderr if error else sys.stdout
+        if self.bar is not None:
+            tqdm.write(message, file=stream)
+        else:
+            print(message, file=stream, flush=True)
+
+    # ---- one optimizer step ---------------------------------------------------------------------------
+    def _micro_batches(self) -> list[dict]:
+        return [next(self.loader) for _ in range(self.config.grad_accum)]
+
+    def step(self, step: int) -> dict:
+        config = self.config
+        lr = config.lr * self.schedule.lr_factor(step)
+        weight_decay = config.weight_decay * self.schedule.wd_factor(step)
+        set_hyperparameters(self.optimizer, lr, weight_decay)
+        started = time.perf_counter()
+        batches = self._micro_batches()
+        local_tokens = sum(int(b["labels"].numel()) for b in batches)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for batch in batches:
+            seq_idx = batch["seq_idx"].to(self.device) if batch.get("seq_idx") is not None else None
+            with autocast(self.device, self.autocast_dtype):
+                loss, _ = loss_sum(self.model, batch["input_ids"].to(self.device), batch["labels"].to(self.device),
+                                   seq_idx, config.loss_chunk)
+                loss = loss / local_tokens  # mean over the step's tokens; each micro-batch adds its share
+            loss.backward()
+            total += loss.detach().double()
+        if self.manual_gradient_sync:
+            distributed.average_gradients(self.model)
+        loss_value = distributed.all_reduce_sum(total).item() / self.world_size
+        max_norm = config.clip if config.clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item()
+        finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
+        if finite:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - started
+        self.tokens += self.tokens_per_step
+        record = {"step": step, "loss": loss_value if finite else None, "lr": lr, "weight_decay": weight_decay,
+                  "grad_norm": grad_norm if math.isfinite(grad_norm) else None, "tokens": self.tokens,
+                  "tokens_per_s": self.tokens_per_step / elapsed, "step_time_s": elapsed,
+                  "memory_gib": memory_gib(self.device)}
+        if self.device.type == "cuda":
+            record["mfu"] = self.flops_per_token * record["tokens_per_s"] / (config.peak_flops * self.world_size)
+        if not finite:
+            record["skipped"] = True
+        return record
+
+    # ---- evaluation, checkpoints -----------------------------------------------------------------------
+    def evaluate(self, step: int, log: bool = True) -> float | None:
+        if not self.val_batches:
+            return None
+        val_loss, tokens = evaluate_loss(self.model, self.val_batches, self.device, self.autocast_dtype,
+                                         self.config.loss_chunk)
+        if log:
+            self.metrics.log({"step": step, "val_loss": val_loss, "val_ppl": _perplexity(val_loss),
+                              "val_tokens": tokens})
+        return val_loss
+
+    def save(self, step: int) -> None:
+        extra = {"loader": self.loader.state_dict(), "tokens": self.tokens}
+        config = {"model": self.model_config.to_dict(), "train": self.config.to_dict()}
+        path = save_checkpoint(self.run_dir, step, self.model, self.optimizer, extra, config)
+        for old in prune_checkpoints(self.run_dir, self.config.keep_last):
+            self._say(f"removed old checkpoint {old.name}")
+        self._say(f"saved checkpoint {path}")
+
+    # ---- the loop ------------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        config = self.config
+        stop = _StopFlag()
+        stop.install()
+        losses: dict[int, float] = {}
+        bad_in_a_row, step, val_loss, saved_at = 0, self.start_step, None, self.start_step
+        self.bar = tqdm(total=config.steps, initial=self.start_step, unit="step", dynamic_ncols=True,
+                        disable=not (config.progress and self.is_main), desc="train")
+        try:
+            for step in range(self.start_step + 1, config.steps + 1):
+                record = self.step(step)
+                self.metrics.log(record)
+                if record.get("skipped"):
+                    bad_in_a_row += 1
+                    self._say(f"warning: step {step}: non-finite loss or gradient (loss {record['loss']}, "
+                              f"grad_norm {record['grad_norm']}); update skipped "
+                              f"({bad_in_a_row} in a row, limit --max-bad-steps {config.max_bad_steps})", error=True)
+                    if bad_in_a_row >= config.max_bad_steps:
+                        raise TrainingDiverged(
+                            f"training diverged: {bad_in_a_row} optimizer steps in a row (up to step {step}) had a "
+                            f"non-finite loss or gradient (--max-bad-steps {config.max_bad_steps}); lower --lr, "
+                            f"lengthen --warmup or resume from an earlier checkpoint")
+                else:
+                    bad_in_a_row = 0
+                    losses[step] = record["loss"]
+                shown = record["loss"] if record["loss"] is not None else math.nan
+                self.bar.set_postfix(loss=f"{shown:.4f}", lr=f"{record['lr']:.2e}",
+                                     tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
+                self.bar.update(1)
+                if config.eval_every and step % config.eval_every == 0 and step < config.steps:
+                    val_loss = self.evaluate(step)
+                    if val_loss is not None:
+                        self._say(f"step {step}: validation loss {val_loss:.4f}")
+                if distributed.any_rank(stop.requested, self.device):
+                    self.save(step)
+                    self._say(f"SIGTERM: saved step {step} and stopped; continue with --resume")
+                    return TrainResult(str(self.run_dir), step, losses, val_loss, stopped_by_signal=True)
+                if config.save_every and step % config.save_every == 0 and step < config.steps:
+                    self.save(step)
+                    saved_at = step
+            self.bar.close()
+            self.bar = None
+            final_step = config.steps
+            # a resume of a finished run evaluates again but does not log the same line twice
+            val_loss = self.evaluate(final_step, log=self.start_step < final_step)
+            if saved_at < final_step and self.start_step < final_step:
+                self.save(final_step)
+            if val_loss is not None:
+                self._say(f"validation loss {val_loss:.4f} (perplexity {_perplexity(val_loss):.2f}) "
+                          f"at step {final_step}")
+            sample = self.sample()
+            return TrainResult(str(self.run_dir), final_step, losses, val_loss, sample=sample)
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+            stop.restore()
+            self.metrics.close()
+
+    def sample(self) -> str | None:
+        # rank 0 alone: right while every rank holds the whole model (a sharded model needs all ranks)
+        if not self.is_main or self.config.sample_tokens <= 0:
+            return None
+        from ..data import load_tokenizer_from_data_dir
+        from .sample import sample_text
+
+        tokenizer = load_tokenizer_from_data_dir(self.data_dir)
+        text = sample_text(self.model, tokenizer, self.config.sample_prompt, self.config.sample_tokens, self.device)
+        self._say(f"greedy sample ({self.config.sample_tokens} tokens at most):\n{text}")
+        return text
+
+
+def _perplexity(loss: float) -> float:
+    return math.exp(loss) if loss < 700 else math.inf
+
+
+__all__ = ["train", "check_run", "TrainResult", "TrainingDiverged"]

@@ -1,0 +1,89 @@
+"""The loss: it falls, packing with seq_idx equals one document at a time, chunking changes nothing."""
+
+import torch
+
+from hybridcore.model import build_model
+from hybridcore.train import token_losses, train
+from hybridcore.train.loss import resolve_chunk
+from hybridcore.train.model_setup import apply_activation_checkpointing, apply_overrides
+from hybridcore.presets import get_preset
+
+from .conftest import TINY, tiny_train_config
+
+
+def tiny_model(seed=0):
+    return build_model(apply_overrides(get_preset("debug"), TINY), seed=seed)
+
+
+def test_loss_falls_clearly_within_a_few_dozen_steps(tmp_path, data_dir):
+    result = train(tiny_train_config(tmp_path / "run", data_dir, steps=30, save_every=0, eval_every=0, warmup=5))
+    first = result.losses[1]
+    last = sum(result.losses[s] for s in (28, 29, 30)) / 3
+    assert first > 5.0  # about ln(258): an untrained byte model
+    assert last < 0.8 * first, (first, last)
+    assert result.val_loss is not None and result.val_loss < 0.8 * first
+
+
+def test_packed_documents_score_like_documents_run_one_by_one():
+    torch.manual_seed(0)
+    model = tiny_model().eval()
+    eos = 256
+    docs = [torch.randint(0, 256, (n,)).tolist() + [eos] for n in (7, 19, 12)]  # 7 + 19 + 12 + 3 EOS = 41
+    row = torch.tensor([sum(docs, [])])
+    seq_idx = torch.tensor([[d for d, doc in enumerate(docs) for _ in doc]], dtype=torch.int32)
+    with torch.no_grad():
+        packed = token_losses(model, row[:, :-1], row[:, 1:], seq_idx[:, :-1])[0]
+        start = 0
+        for doc in docs:
+            ids = torch.tensor([doc])
+            alone = token_losses(model, ids[:, :-1], ids[:, 1:])[0]
+            # the packed row's predictions inside this document (not the EOS -> next document one)
+            inside = packed[start:start + len(doc) - 1]
+            torch.testing.assert_close(inside, alone, atol=1e-5, rtol=1e-5)
+            start += len(doc)
+        # without seq_idx the later documents see the earlier ones: the losses must differ
+        unmasked = token_losses(model, row[:, :-1], row[:, 1:])[0]
+        assert not torch.allclose(unmasked[len(docs[0]):], packed[len(docs[0]):], atol=1e-4)
+
+
+def test_chunked_logits_give_the_same_loss_and_gradients():
+    ids = torch.randint(0, 256, (2, 33), generator=torch.Generator().manual_seed(1))
+    seq_idx = torch.zeros(2, 32, dtype=torch.int32)
+    seq_idx[:, 20:] = 1
+    grads = []
+    for chunk in (0, 7):  # 0: one piece (64 tokens are far below the automatic threshold)
+        model = tiny_model()
+        losses = token_losses(model, ids[:, :-1], ids[:, 1:], seq_idx, chunk_tokens=chunk)
+        losses.mean().backward()
+        grads.append((losses.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-6, rtol=1e-6)
+    for name, grad in grads[0][1].items():
+        torch.testing.assert_close(grad, grads[1][1][name], atol=1e-6, rtol=1e-5, msg=name)
+    assert resolve_chunk(4096, 261120) < 4096  # a 261K vocabulary is chunked automatically
+    assert resolve_chunk(1000, 258) == 1000
+
+
+def test_activation_checkpointing_keeps_values_gradients_and_keys():
+    ids = torch.randint(0, 256, (2, 17), generator=torch.Generator().manual_seed(2))
+    results = []
+    for checkpointed in (False, True):
+        model = tiny_model()
+        keys = list(model.state_dict())
+        if checkpointed:
+            apply_activation_checkpointing(model)
+            assert list(model.state_dict()) == keys
+        loss = token_losses(model, ids[:, :-1], ids[:, 1:]).mean()
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b)
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, data_dir):
+    # 4 rows x 2 micro-batches = the same 8 rows in the same order as one batch of 8
+    big = train(tiny_train_config(tmp_path / "big", data_dir, steps=3, batch_size=8, save_every=0, eval_every=0))
+    accum = train(tiny_train_config(tmp_path / "accum", data_dir, steps=3, batch_size=4, grad_accum=2,
+                                    save_every=0, eval_every=0))
+    for step in (1, 2, 3):
+        assert abs(big.losses[step] - accum.losses[step]) < 1e-4, step
