@@ -27,11 +27,8 @@ def load_source(src: str):
                          f"run/checkpoint directory)")
     if is_model_dir(src):
         return load_model_dir(src, device="cpu")
-    try:
-        from ..train.checkpoint import load_model
-    except ImportError as error:
-        raise ValueError(f"{src} is not a hybridcore model directory (no hybridcore.json), and training "
-                         f"checkpoints cannot be read here (hybridcore.train.checkpoint: {error})") from None
+    from ..train.checkpoint import load_model
+
     return load_model(src, device="cpu")
 
 
