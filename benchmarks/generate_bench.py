@@ -34,7 +34,7 @@ import torch
 import hybridcore
 from hybridcore.bridge.config_map import hf_config_from_model
 from hybridcore.bridge.keys import ours_to_hf
-from hybridcore.config import coerce_field
+from hybridcore.config import apply_overrides
 from hybridcore.model import build_model
 from hybridcore.presets import get_preset
 
@@ -68,13 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ---- models -------------------------------------------------------------------------------------------
 def model_config(args):
-    config = get_preset(args.preset)
-    changes = {}
-    for item in args.sets:
-        key, _, value = item.partition("=")
-        changes[key] = coerce_field(key, value)
-    changes["max_seq_len"] = max(max(args.contexts) + args.new_tokens + 1, config.max_seq_len)
-    return config.replace(**changes)
+    config = apply_overrides(get_preset(args.preset), args.sets)
+    return config.replace(max_seq_len=max(max(args.contexts) + args.new_tokens + 1, config.max_seq_len))
 
 
 def build_ours(config, device, dtype):

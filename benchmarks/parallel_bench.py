@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from hybridcore.config import coerce_field
+from hybridcore.config import apply_overrides
 from hybridcore.flops import flops_per_token
 from hybridcore.parallel import ParallelConfig, build_mesh
 from hybridcore.parallel.harness import build_parallel_model, global_mean, split_batch, train_step
@@ -64,12 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def model_config(args):
-    config = get_preset(args.preset)
-    changes = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        changes[key] = coerce_field(key, value)
-    return config.replace(**changes) if changes else config
+    return apply_overrides(get_preset(args.preset), args.set)
 
 
 def init_distributed(smoke: bool) -> str:

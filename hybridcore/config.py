@@ -163,4 +163,23 @@ def coerce_field(name: str, text: str):
                          f"(expected {type(current).__name__})") from None
 
 
-__all__ = ["ModelConfig", "coerce_field"]
+def apply_overrides(config: ModelConfig, overrides: list[str]) -> ModelConfig:
+    """`config` with every `--set KEY=VALUE` of `overrides` applied; errors name the flag and the key."""
+    changes = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = (part.strip() for part in item.split("=", 1))
+        try:
+            changes[key] = coerce_field(key, value)
+        except ValueError as error:
+            raise ValueError(f"--set {key}: {error}") from None
+    if not changes:
+        return config
+    try:
+        return config.replace(**changes)
+    except ValueError as error:
+        raise ValueError(f"--set: {error}") from None
+
+
+__all__ = ["ModelConfig", "coerce_field", "apply_overrides"]

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from .config import ModelConfig, coerce_field
+from .config import ModelConfig, apply_overrides
 from .flops import flops_per_token, layer_flops, memory_estimate, pipeline_stages
 from .layout import compact_layout, parse_layout
 from .presets import get_preset, preset_names
@@ -37,13 +37,7 @@ def resolve_model_config(spec: str, overrides: list[str] = ()) -> ModelConfig:
             config = model_config_from_hf(json.load(handle))
     else:
         config = get_preset(spec)
-    changes = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        changes[key.strip()] = coerce_field(key.strip(), value.strip())
-    return config.replace(**changes) if changes else config
+    return apply_overrides(config, overrides)
 
 
 def describe(config: ModelConfig, seq_len: int, pp: int = 1) -> dict:
