@@ -3,6 +3,7 @@ then rename it into place, so an interrupted or failed export never leaves a hal
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -57,3 +58,17 @@ def _replace(staging: str, target: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.remove(old)
+
+
+def read_json_object(path: str, missing: str) -> dict:
+    """The JSON object in `path`; ValueError saying `missing` when the file is absent, or what is wrong."""
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        raise ValueError(missing) from None
+    except ValueError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return data

@@ -10,7 +10,7 @@ import torch
 from ..config import ModelConfig
 from ..model import HybridLM
 from .config_map import encode_special_floats, hf_config_from_model, model_config_from_hf
-from .files import atomic_output_dir, check_output_dir
+from .files import atomic_output_dir, check_output_dir, read_json_object
 from .keys import hf_to_ours, is_derived_hf_key, ours_to_hf
 from .loading import load_checkpoint
 from .safetensors_io import CheckpointReader, parse_size, write_checkpoint
@@ -23,16 +23,7 @@ DEFAULT_MAX_SHARD_BYTES = 5 * 10 ** 9  # transformers' "5GB"
 def read_hf_config(path: str) -> ModelConfig:
     if not os.path.isdir(path):
         raise ValueError(f"{path} is not a directory (expected a Hugging Face Falcon-H1 model directory)")
-    config_path = os.path.join(path, CONFIG_FILE)
-    try:
-        with open(config_path) as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        raise ValueError(f"{path} has no {CONFIG_FILE}") from None
-    except ValueError as error:
-        raise ValueError(f"{config_path} is not valid JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{config_path} must hold a JSON object")
+    data = read_json_object(os.path.join(path, CONFIG_FILE), f"{path} has no {CONFIG_FILE}")
     return model_config_from_hf(data)
 
 

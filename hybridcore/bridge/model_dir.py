@@ -11,7 +11,7 @@ import torch
 from ..config import ModelConfig
 from ..model import HybridLM
 from .config_map import decode_special_floats, encode_special_floats
-from .files import atomic_output_dir
+from .files import atomic_output_dir, read_json_object
 from .loading import load_checkpoint
 from .safetensors_io import CheckpointReader, write_checkpoint
 
@@ -44,16 +44,9 @@ def save_model_dir(model: HybridLM, path: str, overwrite: bool = False) -> None:
 
 def read_model_config(path: str) -> ModelConfig:
     meta_path = os.path.join(path, META_FILE)
-    try:
-        with open(meta_path) as handle:
-            meta = json.load(handle)
-    except FileNotFoundError:
-        raise ValueError(f"{path} is not a hybridcore model directory (no {META_FILE})") from None
-    except ValueError as error:
-        raise ValueError(f"{meta_path} is not valid JSON: {error}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else meta
-        raise ValueError(f"{meta_path}: format is {found!r}, expected {FORMAT!r}")
+    meta = read_json_object(meta_path, f"{path} is not a hybridcore model directory (no {META_FILE})")
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
     if meta.get("version") != VERSION:
         raise ValueError(f"{meta_path}: version is {meta.get('version')!r}, expected {VERSION}")
     if not isinstance(meta.get("config"), dict):
