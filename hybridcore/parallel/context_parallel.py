@@ -15,6 +15,19 @@ starts inside it). These are all-gathered, every rank runs the short recurrence
 and then scans its chunks again from their true entering states E_c. The causal conv receives the last
 d_conv-1 inputs of the previous chunk the same way, with inputs of another document zeroed. The
 second scan doubles the (small) scan cost but keeps every fused scan kernel usable unchanged.
+
+Why state passing and not Megatron's all-to-all (head split around the scan): communication per Mamba
+layer and rank, forward + backward, L tokens over cp ranks, H heads of P channels, state N, G groups.
+  all-to-all:     2 x (L/cp) x (cp-1)/cp x (H*P + 2*G*N + H  [xBC, dt in]  +  H*P  [y out]) elements
+  state passing:  2 x (2cp-2) x H*P*N fp32 (chunk states) + conv tails of (d_conv-1) tokens, whatever L is
+For falcon-h1-0.5b (H=24, P=64, N=128, G=1) at L=32K, cp=2: about 55M bf16 elements (110 MB) against
+0.4M fp32 (1.6 MB). This is arithmetic, not a measurement: the all-to-all variant was not built.
+Attention's K/V all-gather adds 2 x kv_heads x head_dim x L x (cp-1)/cp elements per layer.
+
+Memory: without packed documents, attention runs one call per local chunk with a lower-right causal
+bias (no mask tensor on CUDA's fused kernels; the CPU fallback materialises it). With packed documents
+the [L/cp, L] boolean document mask is built and kept for backward, which grows as L^2/cp.
+benchmarks/cp_activation_memory.py counts the bytes saved for backward per rank.
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
+from torch.nn.attention.bias import causal_lower_right
 
 from ..model.attention import Attention, document_causal_mask
 from ..model.mamba2 import Mamba2Mixer
@@ -88,15 +102,22 @@ class ContextParallelAttention:
         mesh = _mesh_of(self)
         length = q.shape[2]
         keys, values = gather_chunks(k, mesh, dim=2), gather_chunks(v, mesh, dim=2)
+        gqa = self.num_kv_heads != self.num_heads
+        if seq_idx is None:
+            # One call per local chunk over the keys up to its end, causal aligned to the lower right:
+            # the fused kernels apply that without a mask tensor, which would grow as L^2 / cp.
+            outputs = []
+            for queries, chunk in zip(q.chunk(2, dim=2), chunk_ids(mesh.get_local_rank(), mesh.size())):
+                end = (chunk + 1) * queries.shape[2]
+                outputs.append(F.scaled_dot_product_attention(
+                    queries, keys[:, :, :end], values[:, :, :end],
+                    attn_mask=causal_lower_right(queries.shape[2], end), enable_gqa=gqa))
+            return torch.cat(outputs, dim=2)
+        # Packed documents: a mask on global slots and document ids ([B, 1, L / cp, L] booleans).
         query_slots = token_slots(mesh.get_local_rank(), mesh.size(), length, q.device)
         key_slots = torch.arange(keys.shape[2], device=q.device)
-        if seq_idx is not None:
-            key_docs = gather_chunks(seq_idx, mesh, dim=1)
-            mask = document_causal_mask(seq_idx, key_docs, query_slots, key_slots)
-        else:
-            mask = (key_slots[None, :] <= query_slots[:, None])[None, None]
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
-                                              enable_gqa=self.num_kv_heads != self.num_heads)
+        mask = document_causal_mask(seq_idx, gather_chunks(seq_idx, mesh, dim=1), query_slots, key_slots)
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=gqa)
 
 
 class ContextParallelMamba2:
