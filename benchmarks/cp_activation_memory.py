@@ -1,9 +1,7 @@
 """Activation memory per rank against the context-parallel degree: what one training forward keeps for
 its backward, counted exactly with autograd's saved-tensor hooks (unique storages, bytes).
 
-    torchrun --nproc_per_node 1 benchmarks/cp_activation_memory.py --seq-lens 2048 8192 16384
-    torchrun --nproc_per_node 2 benchmarks/cp_activation_memory.py --seq-lens 2048 8192 16384
-    torchrun --nproc_per_node 4 benchmarks/cp_activation_memory.py --seq-lens 2048 8192 16384
+    torchrun --nproc_per_node N benchmarks/cp_activation_memory.py --seq-lens 4096 16384 [--layout M-M-]
 
 cp is the world size (no data parallel), one sequence per step, fp32, any device (gloo on CPU).
 The count is of tensors saved for backward, not the allocator's peak: it is the same on CPU and GPU
@@ -54,6 +52,7 @@ def main() -> None:
     parser.add_argument("--preset", default="debug")
     parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                         help="model config overrides (default: a small P-P- shape, so activations dominate)")
+    parser.add_argument("--layout", default=None, help="replace the layout string only (e.g. M-M-)")
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[2048, 8192, 16384])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "cp_activation_memory.jsonl")
     args = parser.parse_args()
@@ -63,7 +62,8 @@ def main() -> None:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if device == "cuda" else "gloo")
     world = dist.get_world_size()
-    config = apply_overrides(get_preset(args.preset), SHAPE if args.set is None else args.set)
+    overrides = (SHAPE if args.set is None else args.set) + ([f"layout={args.layout}"] if args.layout else [])
+    config = apply_overrides(get_preset(args.preset), overrides)
     parallel_config = ParallelConfig(cp=world, dp_shard=1).resolve(world)
     mesh = build_mesh(parallel_config, device)
     model, _ = build_parallel_model(config, parallel_config, mesh, seed=0, device=device, lr=1e-3,
@@ -79,7 +79,7 @@ def main() -> None:
         if dist.get_rank() == 0:
             row = {"cp": world, "seq_len": seq_len, "saved_bytes_max_rank": int(per_rank.item()),
                    "saved_gib_max_rank": per_rank.item() / 2 ** 30, "layout": config.layout,
-                   "overrides": SHAPE if args.set is None else args.set, "device": device,
+                   "overrides": overrides, "device": device,
                    "torch": torch.__version__,
                    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
             print(json.dumps(row), flush=True)

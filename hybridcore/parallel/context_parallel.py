@@ -8,13 +8,14 @@ Attention. Keys and values are all-gathered over cp (their gradients reduce-scat
 rank attends with its own queries under a mask built from global token slots and document ids, so
 packed documents stay separate across rank borders.
 
-Mamba-2 (state passing, exact). Each chunk is scanned from a zero state, giving its final state S_c
-and how much of a state entering it survives to its end (exp of the summed dt*A; zero when a document
-starts inside it). These are all-gathered, every rank runs the short recurrence
+Mamba-2 (state passing, exact). For each chunk, `chunk_final_state` gives its final state S_c from a
+zero state and how much of a state entering it survives to its end (exp of the summed dt*A; zero when
+a document starts inside it), as weighted sums without a scan. These are all-gathered, every rank runs
+the short recurrence
     E_0 = 0,   E_{c+1} = (S_c + decay_c * E_c) * [chunk c+1 starts in the document chunk c ends in]
-and then scans its chunks again from their true entering states E_c. The causal conv receives the last
-d_conv-1 inputs of the previous chunk the same way, with inputs of another document zeroed. The
-second scan doubles the (small) scan cost but keeps every fused scan kernel usable unchanged.
+and then scans its chunks from their true entering states E_c. The causal conv receives the last
+d_conv-1 inputs of the previous chunk the same way, with inputs of another document zeroed. Every
+fused scan kernel stays usable unchanged.
 
 Why state passing and not Megatron's all-to-all (head split around the scan): communication per Mamba
 layer and rank, forward + backward, L tokens over cp ranks, H heads of P channels, state N, G groups.
@@ -162,12 +163,11 @@ class ContextParallelMamba2:
         docs = seq_idx.chunk(2, dim=1) if seq_idx is not None else (None, None)
         pieces = list(zip(x.chunk(2, 1), dt.chunk(2, 1), B.chunk(2, 1), C.chunk(2, 1), docs))
 
-        finals, decays = [], []  # per local chunk, scanned from a zero state
-        for x_c, dt_c, B_c, C_c, doc in pieces:
-            finals.append(ssd(x_c, dt_c, A, B_c, C_c, seq_idx=doc, return_final_state=True, **options)[1])
-            decay = torch.exp((prepare_dt(dt_c, self.dt_bias, True, self.time_step_limit) * A).sum(1))  # [B, H]
-            if doc is not None:
-                decay = decay * (doc[:, 0] == doc[:, -1])[:, None].to(decay.dtype)
+        finals, decays = [], []  # per local chunk, from a zero state
+        for x_c, dt_c, B_c, _, doc in pieces:
+            final, decay = chunk_final_state(x_c, prepare_dt(dt_c, self.dt_bias, True, self.time_step_limit), A,
+                                             B_c, doc)
+            finals.append(final)
             decays.append(decay)
         finals = gather_chunks(torch.stack(finals, dim=1), mesh, dim=1)  # [B, chunk, H, P, N]
         decays = gather_chunks(torch.stack(decays, dim=1), mesh, dim=1)  # [B, chunk, H]
@@ -186,6 +186,30 @@ class ContextParallelMamba2:
         for (x_c, dt_c, B_c, C_c, doc), index in zip(pieces, chunk_ids(mesh.get_local_rank(), mesh.size())):
             outputs.append(ssd(x_c, dt_c, A, B_c, C_c, seq_idx=doc, initial_state=entering[index], **options)[0])
         return torch.cat(outputs, dim=1), None
+
+
+def chunk_final_state(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                      seq_idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A chunk's final SSM state from a zero state, without its outputs, and the share of an entering
+    state that survives the chunk: (sum_t exp(sum_{s>t} dt_s A) dt_t x_t B_t^T  [B, H, P, N] fp32,
+    exp(sum_t dt_t A) [B, H], zero where a document starts inside). Tokens of a document that ends
+    before the chunk does contribute nothing. x [B, L, H, P], dt (prepared) [B, L, H], B [B, L, G, N].
+    Cheaper than a scan, and keeps only O(L) tensors for backward."""
+    a = dt * A  # [B, L, H], log-decay per token
+    # sum over s > t, accumulated from the end (no difference of large cumulative sums)
+    after = torch.flip(torch.cumsum(torch.flip(a, [1]), 1), [1])
+    after = torch.cat([after[:, 1:], torch.zeros_like(after[:, :1])], dim=1)
+    weight = torch.exp(after) * dt
+    decay = torch.exp(a.sum(1))
+    if seq_idx is not None:
+        in_last_document = seq_idx == seq_idx[:, -1:]
+        weight = weight * in_last_document[..., None].to(weight.dtype)
+        decay = decay * in_last_document[:, :1].to(decay.dtype)
+    batch, length, heads, head_dim = x.shape
+    groups = B.shape[2]
+    weighted = (x.to(weight.dtype) * weight[..., None]).view(batch, length, groups, heads // groups, head_dim)
+    state = torch.einsum("blgkp,blgn->bgkpn", weighted, B.to(weight.dtype))
+    return state.reshape(batch, heads, head_dim, -1), decay
 
 
 def apply_context_parallel(model: HybridLM, mesh: DeviceMesh, tp: int, sequence_parallel: bool) -> None:

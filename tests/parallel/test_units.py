@@ -165,3 +165,29 @@ def test_pipeline_stages_partition_the_model(layout, num_stages, want):
     for part in parts:
         h = part(h)
     torch.testing.assert_close(h, model(ids), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("groups, documents", [(1, False), (2, True)])
+def test_chunk_final_state_equals_the_scans_final_state(groups, documents):
+    """Context parallel's scan-free final state against the chunked SSD reference, float64."""
+    from hybridcore.ops.ssd import prepare_dt, ssd_chunked
+    from hybridcore.parallel.context_parallel import chunk_final_state
+
+    torch.manual_seed(0)
+    batch, length, heads, head_dim, state = 2, 37, 4, 3, 5
+    x = torch.randn(batch, length, heads, head_dim, dtype=torch.float64)
+    dt = prepare_dt(torch.randn(batch, length, heads, dtype=torch.float64), None, True, (0.0, float("inf")))
+    A = -torch.rand(heads, dtype=torch.float64) - 0.2
+    B = torch.randn(batch, length, groups, state, dtype=torch.float64)
+    C = torch.randn(batch, length, groups, state, dtype=torch.float64)
+    seq_idx = None
+    if documents:  # row 0: a document starts at 11 and at 30; row 1: one document
+        seq_idx = torch.zeros(batch, length, dtype=torch.long)
+        seq_idx[0, 11:], seq_idx[0, 30:] = 1, 2
+    _, want = ssd_chunked(x, dt, A, B, C, chunk_size=8, seq_idx=seq_idx, return_final_state=True)
+    final, decay = chunk_final_state(x, dt, A, B, seq_idx)
+    assert torch.allclose(final, want, rtol=1e-10, atol=1e-12)
+    survive = torch.exp((dt * A).sum(1))
+    if documents:
+        survive[0] = 0
+    assert torch.allclose(decay, survive)
