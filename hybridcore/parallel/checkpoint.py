@@ -159,13 +159,16 @@ def save_sharded(path, model, optimizer=None, extra: dict | None = None) -> None
         dcp.save(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
 
 
-def load_sharded(path, model, optimizer=None) -> dict:
+def load_sharded(path, model, optimizer=None, collective: bool = True) -> dict:
     """Load a checkpoint written by `save_sharded` under any layout into `model` (and `optimizer`)
-    as they are sharded now; collective. Returns the saved `extra` dict."""
+    as they are sharded now; collective. Returns the saved `extra` dict.
+
+    collective=False: this process reads alone into an unsharded model, even while a process group
+    exists (e.g. rank 0 loading the full model to sample from it; the other ranks do not call this)."""
     state = checkpoint_state(model, optimizer)
     state["extra"] = ""
-    with _quiet_single_process():
-        dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    with _quiet_single_process(collective):
+        dcp.load(state, checkpoint_id=str(path), no_dist=not (collective and dist.is_initialized()))
     for module, optim in _parts(model, optimizer):
         fused = plain_fused_tensors(module)
         keys = set(get_model_state_dict(module, options=_FLAT)) - set(fused) | \
@@ -183,10 +186,10 @@ def load_sharded(path, model, optimizer=None) -> dict:
 
 
 @contextlib.contextmanager
-def _quiet_single_process():
+def _quiet_single_process(collective: bool = True):
     """DCP warns that it assumes one process when torch.distributed is not initialised: that is intended."""
     with warnings.catch_warnings():
-        if not dist.is_initialized():
+        if not (collective and dist.is_initialized()):
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         yield
 

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
+from ..config import ModelConfig
 from ..flops import pipeline_stages
 from ..model.model import HybridLM
 from .config import ParallelConfig
@@ -28,12 +29,34 @@ from .fsdp import mixed_precision_policy
 from .parallelize import apply_parallelisms, check_mesh
 
 
-def stage_layers(model: HybridLM, num_stages: int, seq_len: int) -> list[list[int]]:
-    """Global layer indices of every stage."""
-    if num_stages > model.config.num_layers:
+def stage_layers(model: HybridLM | ModelConfig, num_stages: int, seq_len: int) -> list[list[int]]:
+    """Global layer indices of every stage (of a model, or of the model a ModelConfig describes)."""
+    config = model if isinstance(model, ModelConfig) else model.config
+    if num_stages > config.num_layers:
         raise ValueError(f"ParallelConfig: {num_stages} pipeline stages (pp x pp_stages_per_rank) for a model "
-                         f"of {model.config.num_layers} layers")
-    return pipeline_stages(model.config, num_stages, seq_len)
+                         f"of {config.num_layers} layers")
+    return pipeline_stages(config, num_stages, seq_len)
+
+
+def check_pipeline(model_config: ModelConfig, config: ParallelConfig, seq_len: int) -> list[list[int]]:
+    """ValueError naming the field when the model cannot be cut into this layout's stages; the stages."""
+    if model_config.tie_embeddings and config.pp > 1:
+        raise ValueError("ModelConfig.tie_embeddings cannot be used with ParallelConfig.pp > 1: the embedding "
+                         "and the LM head live on different stages")
+    return stage_layers(model_config, config.pp * config.pp_stages_per_rank, seq_len)
+
+
+def check_microbatches(config: ParallelConfig, microbatches: int) -> None:
+    """ValueError naming the field when the schedule cannot run this many microbatches in one step
+    (torch.distributed.pipelining's rules, told before a schedule is built)."""
+    if config.pp_schedule == "1f1b" and microbatches < config.pp:
+        raise ValueError(f"the 1f1b schedule needs at least ParallelConfig.pp = {config.pp} microbatches per step "
+                         f"(ParallelConfig.pp_microbatches), got {microbatches}")
+    rounds = max(1, microbatches // config.pp)
+    if config.pp_schedule == "interleaved_1f1b" and microbatches % rounds:
+        raise ValueError(f"the interleaved_1f1b schedule runs microbatches in rounds of ParallelConfig.pp = "
+                         f"{config.pp}: {microbatches} microbatches per step (ParallelConfig.pp_microbatches) do "
+                         f"not divide into its {rounds} rounds; use a multiple of {config.pp}")
 
 
 def stage_module(model: HybridLM, stages: list[list[int]], index: int) -> HybridLM:
@@ -57,6 +80,7 @@ class Pipeline:
     `model_parts` are the stage modules (HybridLM each), in stage order; give each its own optimizer.
     `step(input_ids, targets, seq_idx)` runs forward and backward of one local batch (split into
     microbatches); it returns the mean loss on ranks holding the last stage and None elsewhere.
+    `evaluate(...)` runs the forward passes only and returns each microbatch's loss there.
     """
 
     def __init__(self, model_parts: list[HybridLM], stage_indices: list[int], num_stages: int,
@@ -68,8 +92,7 @@ class Pipeline:
         self.mesh = mesh
         self.loss_fn = loss_fn
         self.compute_dtype = compute_dtype
-        self._schedule = None
-        self._batch_shape = None
+        self._schedules = {}  # (local batch shape, microbatches) -> schedule
 
     @property
     def has_first_stage(self) -> bool:
@@ -88,9 +111,8 @@ class Pipeline:
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device(self.mesh.device_type)
 
-    def _build_schedule(self, batch: int, length: int):
+    def _build_schedule(self, batch: int, length: int, microbatches: int):
         """Stages with static shapes (no shape inference: it would run TP collectives on fake tensors)."""
-        microbatches = self.config.num_microbatches
         if batch % microbatches:
             raise ValueError(f"local batch of {batch} rows does not split into ParallelConfig.pp_microbatches "
                              f"= {microbatches} microbatches")
@@ -117,18 +139,32 @@ class Pipeline:
         schedule = {"1f1b": Schedule1F1B, "gpipe": ScheduleGPipe}[kind]
         return schedule(stages[0], microbatches, loss_fn=self.loss_fn, scale_grads=True)
 
-    def step(self, input_ids: torch.Tensor, targets: torch.Tensor, seq_idx: torch.Tensor | None = None):
-        shape = tuple(input_ids.shape)
-        if self._schedule is None or shape != self._batch_shape:
-            self._schedule, self._batch_shape = self._build_schedule(*shape), shape
+    def _schedule(self, input_ids: torch.Tensor, microbatches: int | None):
+        key = (tuple(input_ids.shape), microbatches or self.config.num_microbatches)
+        if key not in self._schedules:
+            self._schedules[key] = self._build_schedule(*key[0], key[1])
+        return self._schedules[key]
+
+    def _run(self, run, input_ids, targets, seq_idx) -> list[torch.Tensor] | None:
         kwargs = {"seq_idx": seq_idx} if seq_idx is not None else {}
         losses = [] if self.has_last_stage else None
         args = (input_ids,) if self.has_first_stage else ()
         target = targets if self.has_last_stage else None
-        self._schedule.step(*args, target=target, losses=losses, **kwargs)
-        if losses is None:
-            return None
-        return torch.stack([loss.detach().float() for loss in losses]).mean()
+        run(*args, target=target, losses=losses, **kwargs)
+        return None if losses is None else [loss.detach().float() for loss in losses]
+
+    def step(self, input_ids: torch.Tensor, targets: torch.Tensor, seq_idx: torch.Tensor | None = None,
+             microbatches: int | None = None):
+        """Forward and backward of one local batch; microbatches: default ParallelConfig.num_microbatches
+        (gradient accumulation is more microbatches per step: the schedule scales gradients per step)."""
+        losses = self._run(self._schedule(input_ids, microbatches).step, input_ids, targets, seq_idx)
+        return None if losses is None else torch.stack(losses).mean()
+
+    @torch.no_grad()
+    def evaluate(self, input_ids: torch.Tensor, targets: torch.Tensor, seq_idx: torch.Tensor | None = None,
+                 microbatches: int | None = None) -> list[torch.Tensor] | None:
+        """Forward passes only: each microbatch's loss on ranks holding the last stage, None elsewhere."""
+        return self._run(self._schedule(input_ids, microbatches).eval, input_ids, targets, seq_idx)
 
     def loss_across_stages(self, loss: torch.Tensor | None) -> torch.Tensor:
         """The last stage's loss on every rank of the pp group."""
@@ -147,11 +183,8 @@ def build_pipeline(model: HybridLM, parallel_config: ParallelConfig, mesh: Devic
     """
     config = parallel_config.resolve(mesh.size())
     check_mesh(config, mesh)
-    if model.config.tie_embeddings and config.pp > 1:
-        raise ValueError("ModelConfig.tie_embeddings cannot be used with ParallelConfig.pp > 1: the embedding "
-                         "and the LM head live on different stages")
-    num_stages = config.pp * config.pp_stages_per_rank
-    stages = stage_layers(model, num_stages, seq_len)
+    stages = check_pipeline(model.config, config, seq_len)
+    num_stages = len(stages)
     pp_rank = mesh["pp"].get_local_rank()
     indices = list(range(pp_rank, num_stages, config.pp))
     parts = []

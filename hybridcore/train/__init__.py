@@ -4,7 +4,8 @@
     train(TrainConfig(out="runs/debug", preset="debug", steps=50))
 
 Modules: config (TrainConfig), trainer (train), schedule, optim, loss, checkpoint (load_model, ...),
-metrics, data, model_setup (the parallelize slot), cli / evaluate / plot (subcommands).
+metrics, data, model_setup (the parallelize slot), parallel_layout (the layout flags, checked up front),
+parallel_run (the step under torchrun, on hybridcore.parallel), cli / evaluate / plot (subcommands).
 Names load on first use, so `hybridcore plot` does not pay for torch.distributed's imports.
 """
 

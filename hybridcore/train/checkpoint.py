@@ -182,14 +182,16 @@ def read_checkpoint_config(path: str | Path) -> dict:
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
     """A HybridLM from a checkpoint directory or a run directory (its newest complete checkpoint).
 
-    The weights are the fp32 master weights as trained; `dtype` converts them after loading."""
+    Checkpoints written under any parallel layout load here, in this process alone (safe to call on
+    one rank of a process group). The weights are the fp32 master weights as trained; `dtype` converts
+    them after loading."""
     from ..config import ModelConfig
     from ..model import build_model
 
     checkpoint = resolve_checkpoint(path)
     config = ModelConfig.from_dict(read_checkpoint_config(checkpoint)["model"])
     model = build_model(config, device=device, seed=None)  # every value is overwritten by the load
-    load_sharded(checkpoint, model)
+    load_sharded(checkpoint, model, collective=False)  # whole tensors into one process, whatever the layout
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()

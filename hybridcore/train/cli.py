@@ -6,9 +6,10 @@ default": a resumed run keeps its saved settings and applies only the flags give
 
 from __future__ import annotations
 
+import argparse
 import sys
 
-from .config import DEVICES, DTYPES, SCHEDULES, TrainConfig
+from .config import DEVICES, DTYPES, PIPELINE_SCHEDULES, SCHEDULES, TrainConfig
 
 _DEFAULTS = TrainConfig()
 
@@ -36,7 +37,8 @@ def add_arguments(parser) -> None:
           "prepared into OUT/data")
     _flag(run, "--steps", type=int, help="optimizer steps in total")
     _flag(run, "--seed", type=int, help="seed of the init and the data order")
-    _flag(run, "--batch-size", type=int, help="rows per micro-batch per process")
+    _flag(run, "--batch-size", type=int, help="rows per micro-batch, all processes together (the global "
+          "batch: the parallel layout splits it)")
     _flag(run, "--seq-len", type=int, help="tokens per row")
     _flag(run, "--grad-accum", type=int, help="micro-batches per optimizer step")
     run.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in OUT "
@@ -61,8 +63,8 @@ def add_arguments(parser) -> None:
 
     execution = parser.add_argument_group("execution")
     _flag(execution, "--device", choices=DEVICES, help="default: cuda when available")
-    _flag(execution, "--dtype", choices=DTYPES, help="compute dtype; bf16 autocasts over fp32 master weights "
-          "(default: bf16 on cuda, fp32 on cpu)")
+    _flag(execution, "--dtype", choices=DTYPES, help="compute dtype over fp32 master weights: autocast in one "
+          "process, FSDP2 mixed precision under a parallel layout (default: bf16 on cuda, fp32 on cpu)")
     execution.add_argument("--activation-checkpointing", action="store_true", default=None,
                            help="recompute each layer's activations in backward")
     execution.add_argument("--no-doc-masking", dest="doc_masking", action="store_false", default=None,
@@ -76,9 +78,22 @@ def add_arguments(parser) -> None:
     _flag(execution, "--sample-tokens", type=int, help="greedy sample length printed at the end (0: none)")
     _flag(execution, "--sample-prompt", help="prompt of the final sample")
 
-    parallel = parser.add_argument_group("parallel layout (stored; > 1 arrives with the parallel issues)")
-    for name in ("--tp", "--pp", "--cp", "--dp-shard", "--dp-replicate"):
-        _flag(parallel, name, type=int, help=f"{name[2:]} degree")
+    parallel = parser.add_argument_group(
+        "parallel layout", "Under torchrun (torchrun --nproc-per-node N -m hybridcore train ...): the product "
+        "pp x dp-replicate x dp-shard x cp x tp is N. The global batch (--batch-size rows) is the same on any "
+        "layout, so are the losses; checkpoints resume under any layout and export from any.")
+    _flag(parallel, "--tp", type=int, help="tensor parallel: heads and channels split over N ranks")
+    _flag(parallel, "--pp", type=int, help="pipeline stages (at the layout's '|' marks, else balanced by FLOPs)")
+    _flag(parallel, "--cp", type=int, help="context parallel: the sequence split over N ranks (zigzag)")
+    _flag(parallel, "--dp-shard", type=int, help="FSDP2: parameters, gradients and optimizer state sharded over N "
+          "ranks; -1: every rank the other flags leave")
+    _flag(parallel, "--dp-replicate", type=int, help="replicated data parallel over the shards (HSDP)")
+    parallel.add_argument("--sequence-parallel", action=argparse.BooleanOptionalAction, default=None,
+                          help="with --tp: split norms and the residual stream along the sequence (default on)")
+    _flag(parallel, "--pp-schedule", choices=PIPELINE_SCHEDULES, help="pipeline schedule")
+    _flag(parallel, "--microbatches", type=int, help="pipeline microbatches per data-parallel rank's rows "
+          "(default 2 x pp x stages per rank; --grad-accum multiplies them)")
+    _flag(parallel, "--pp-stages-per-rank", type=int, help="pipeline stages each rank holds (interleaved_1f1b)")
 
 
 def config_from_args(args) -> tuple[TrainConfig, object]:

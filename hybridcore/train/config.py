@@ -4,6 +4,10 @@ The defaults are tuned so that `hybridcore train --preset debug --out runs/debug
 of 8 x 192 tokens in about 2.5 minutes on 2 CPU cores (lr 1e-3 was as good as any of 5e-4..2e-3 there
 and better than 3e-3..1e-2); larger models want their own --lr, --batch-size and --steps.
 A run directory keeps its TrainConfig in run_config.json, so `--resume` needs no other flags.
+
+--batch-size is the global batch (rows per micro-batch of the whole run): under torchrun the parallel
+flags only decide how it is split, so the same flags give the same losses on any layout, and a run can
+resume under another layout (give the new layout's flags with --resume).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ SCHEDULES = ("cosine", "wsd", "power")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("fp32", "bf16")
 PARALLEL_FLAGS = ("tp", "pp", "cp", "dp_shard", "dp_replicate")
+PIPELINE_SCHEDULES = ("1f1b", "interleaved_1f1b", "gpipe")  # hybridcore.parallel's, without importing it
 # Settings a resumed run cannot change without changing the data order or the meaning of a step.
 FIXED_ON_RESUME = ("seed", "batch_size", "seq_len", "grad_accum", "data", "doc_masking")
 
@@ -29,7 +34,7 @@ class TrainConfig:
     data: str | None = None  # None: the default corpus, prepared into <out>/data
     steps: int = 200
     seed: int = 0
-    batch_size: int = 8
+    batch_size: int = 8  # rows per micro-batch of the whole run (the global batch), split over data parallel
     seq_len: int = 192
     grad_accum: int = 1
     # optimizer and schedule
@@ -61,12 +66,16 @@ class TrainConfig:
     max_bad_steps: int = 5
     sample_tokens: int = 200  # greedy sample printed at the end; 0 disables it
     sample_prompt: str = "def "
-    # parallel layout (ParallelConfig fields); > 1 is refused until the parallel issues land
+    # parallel layout (hybridcore.parallel.ParallelConfig fields); their product is the world size
     tp: int = 1
     pp: int = 1
     cp: int = 1
-    dp_shard: int = 1
+    dp_shard: int = -1  # -1: the rest of the world (FSDP over every rank the other flags leave)
     dp_replicate: int = 1
+    sequence_parallel: bool = True  # with tp > 1: norms and the residual stream split along the sequence
+    pp_schedule: str = "1f1b"
+    microbatches: int | None = None  # pipeline microbatches per data-parallel rank and micro-batch; None: 2 x pp
+    pp_stages_per_rank: int = 1  # > 1 with pp_schedule interleaved_1f1b
 
     def __post_init__(self) -> None:
         self.overrides = list(self.overrides)
@@ -82,8 +91,16 @@ class TrainConfig:
             _check_int(name, getattr(self, name), minimum=1)
         for name in ("warmup", "save_every", "eval_every", "loss_chunk", "sample_tokens"):
             _check_int(name, getattr(self, name), minimum=0)
-        for name in PARALLEL_FLAGS:
+        for name in ("tp", "pp", "cp", "dp_replicate", "pp_stages_per_rank"):
             _check_int(name, getattr(self, name), minimum=1)
+        if self.dp_shard != -1:  # -1: the rest of the world
+            _check_int("dp_shard", self.dp_shard, minimum=1)
+        if self.microbatches is not None:
+            _check_int("microbatches", self.microbatches, minimum=1)
+        if self.pp_schedule not in PIPELINE_SCHEDULES:
+            raise ValueError(f"--pp-schedule must be one of {', '.join(PIPELINE_SCHEDULES)}, got {self.pp_schedule!r}")
+        if self.pp_stages_per_rank > 1 and self.pp_schedule != "interleaved_1f1b":
+            raise ValueError(f"--pp-stages-per-rank {self.pp_stages_per_rank} needs --pp-schedule interleaved_1f1b")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -113,10 +130,12 @@ class TrainConfig:
         return {name: getattr(self, name) for name in PARALLEL_FLAGS}
 
     def parallel_config(self):
-        """The flags as hybridcore.parallel's ParallelConfig (what `parallelize` will take)."""
+        """The flags as hybridcore.parallel's ParallelConfig (dp_shard may still be -1: resolve it)."""
         from ..parallel.config import ParallelConfig
 
-        return ParallelConfig(**self.parallel_sizes())
+        return ParallelConfig(**self.parallel_sizes(), sequence_parallel=self.sequence_parallel,
+                              pp_schedule=self.pp_schedule, pp_microbatches=self.microbatches,
+                              pp_stages_per_rank=self.pp_stages_per_rank)
 
     def resolved_device(self) -> str:
         import torch
@@ -148,13 +167,4 @@ def _check_int(name: str, value, minimum: int) -> None:
         raise ValueError(f"{flag} must be an integer >= {minimum}, got {value!r}")
 
 
-def check_single_process_layout(config: TrainConfig) -> None:
-    """Parallel layouts are accepted as flags and stored, but not run yet."""
-    wanted = {name: size for name, size in config.parallel_sizes().items() if size > 1}
-    if wanted:
-        flags = ", ".join(f"--{name.replace('_', '-')} {size}" for name, size in wanted.items())
-        raise ValueError(f"{flags}: parallel layouts land with the parallel issues; this trainer runs "
-                         "one process, or plain data parallel under torchrun (leave the flags at 1)")
-
-
-__all__ = ["TrainConfig", "SCHEDULES", "FIXED_ON_RESUME", "PARALLEL_FLAGS", "check_single_process_layout"]
+__all__ = ["TrainConfig", "SCHEDULES", "FIXED_ON_RESUME", "PARALLEL_FLAGS", "PIPELINE_SCHEDULES"]

@@ -55,19 +55,3 @@ def any_rank(flag: bool, device) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(value)
     return bool(value.item() > 0)
-
-
-def average_gradients(model: torch.nn.Module) -> None:
-    """Plain data parallel: every rank ends with the mean gradient (what DDP or FSDP would give)."""
-    if not is_distributed() or world_size() == 1:
-        return
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world_size()
-    offset = 0
-    for grad in grads:
-        grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
-        offset += grad.numel()

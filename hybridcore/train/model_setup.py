@@ -1,9 +1,9 @@
 """From TrainConfig to a model ready for the optimizer: config resolution, init, the parallelize slot.
 
 Order (torchtitan's): build and initialise the full model from the seed (or load --init-hf weights),
-then `parallelize` (today: activation checkpointing only; the parallel issues insert
-hybridcore.parallel.parallelize(model, parallel_config, mesh) here, which applies TP, AC, compile and
-FSDP2 in its own order), and only then build the optimizer, so it sees the final parameters.
+then parallelize, and only then build the optimizer, so it sees the final parameters. One process uses
+`parallelize` below (activation checkpointing only); under torchrun parallel_run.ParallelModel calls
+hybridcore.parallel.parallelize / build_pipeline instead, which apply TP, AC and FSDP2 in their order.
 """
 
 from __future__ import annotations
@@ -99,13 +99,10 @@ def apply_activation_checkpointing(model: HybridLM) -> None:
             layer.forward = functools.partial(_checkpointed_forward, layer.forward)
 
 
-def parallelize(model: HybridLM, train_config, mesh=None) -> HybridLM:
-    """The slot between building the model and building the optimizer (see the module docstring).
-
-    Today every ParallelConfig size is 1 (check_single_process_layout refuses more), so this only
-    applies activation checkpointing; several torchrun processes then run plain data parallel, the
-    trainer averaging gradients itself. Once hybridcore.parallel.parallelize is called here, FSDP2
-    reduces the gradients and the trainer's `manual_gradient_sync` must become False."""
+def parallelize(model: HybridLM, train_config) -> HybridLM:
+    """The one-process slot between building the model and building the optimizer: activation
+    checkpointing when asked (module names and keys unchanged). Several processes go through
+    parallel_run.ParallelModel instead."""
     if train_config.activation_checkpointing:
         apply_activation_checkpointing(model)
     return model

@@ -41,11 +41,23 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95),
                     eps: float = 1e-8) -> torch.optim.AdamW:
-    """torch.optim.AdamW over the two groups, fused where this build supports it, else foreach."""
+    """torch.optim.AdamW over the two groups, fused where this build supports it, else foreach.
+
+    A parallel layout that leaves some parameters plain beside DTensors (tensor parallel without
+    sequence parallel or FSDP: the norms) gets the per-parameter loop, as multi-tensor kernels refuse
+    to mix the two kinds."""
+    if _mixes_plain_and_dtensor(param_groups(model, weight_decay)):
+        return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, foreach=False)
     try:
         return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, fused=True)
     except (RuntimeError, ValueError, TypeError):  # e.g. a device or dtype without the fused kernel
         return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, foreach=True)
+
+
+def _mixes_plain_and_dtensor(groups: list[dict]) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(len({isinstance(p, DTensor) for p in group["params"]}) > 1 for group in groups)
 
 
 def set_hyperparameters(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:

@@ -1,9 +1,11 @@
 """The training loop: `train(config)` runs a whole run, fresh or resumed, in one process or under torchrun.
 
-One optimizer step = grad_accum micro-batches of batch_size rows per rank. The loss is the mean over
-every token of the step (all micro-batches, all ranks), so the numbers do not depend on how the global
-batch is split. Everything a step depends on (weights, AdamW moments, the step for the schedule, the
-loader's position) is checkpointed, so a resumed run repeats the uninterrupted run's losses exactly.
+One optimizer step = grad_accum micro-batches of batch_size rows (the global batch: under torchrun
+every rank reads it and takes its share, see parallel_run.py). The loss is the mean over every token of
+the step, so the numbers do not depend on the parallel layout. Everything a step depends on (weights,
+AdamW moments, the step for the schedule, the loader's position) is checkpointed in a layout-free form,
+so a resumed run repeats the uninterrupted run's losses, exactly in one process and to rounding under
+another layout.
 """
 
 from __future__ import annotations
@@ -24,14 +26,16 @@ from tqdm import tqdm
 from ..config import ModelConfig
 from ..flops import flops_per_token
 from . import distributed
-from .checkpoint import (clean_partial, latest_checkpoint, list_checkpoints, load_checkpoint, prune_checkpoints,
-                         save_checkpoint)
-from .config import TrainConfig, check_single_process_layout
+from .checkpoint import (clean_partial, latest_checkpoint, list_checkpoints, load_checkpoint, load_model,
+                         prune_checkpoints, save_checkpoint)
+from .config import TrainConfig
 from .data import check_data_fits_model, ensure_data, train_loader, val_batches
 from .loss import autocast, evaluate_loss, loss_sum
 from .metrics import MetricsLogger, check_tensorboard_available, memory_gib, read_metrics, truncate_metrics
 from .model_setup import build_train_model, parallelize, resolve_model_config
 from .optim import build_optimizer, set_hyperparameters
+from .parallel_layout import launched_world_size, resolve_layout
+from .parallel_run import ParallelModel
 from .run_config import write_run_config
 from .schedule import schedule_from_config
 
@@ -53,8 +57,8 @@ class TrainResult:
 def check_run(config: TrainConfig, resume: bool, model_config: ModelConfig | None = None) -> ModelConfig:
     """Every user mistake this run can detect, as a ValueError naming the setting, before any work."""
     config.validate()
-    check_single_process_layout(config)
     model_config = model_config or resolve_model_config(config)
+    resolve_layout(config, model_config, launched_world_size())
     if config.seq_len > model_config.max_seq_len:
         raise ValueError(f"--seq-len {config.seq_len} exceeds the model's max_seq_len {model_config.max_seq_len} "
                          f"(raise it with --set max_seq_len=N)")
@@ -106,12 +110,13 @@ def train(config: TrainConfig, resume: bool = False, model_config: ModelConfig |
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
     distributed.barrier()
-    return _Run(config, model_config, run_dir, device, rank, world_size, resume).run()
+    layout = resolve_layout(config, model_config, world_size)
+    return _Run(config, model_config, run_dir, device, rank, world_size, resume, layout).run()
 
 
 class _Run:
     def __init__(self, config: TrainConfig, model_config: ModelConfig, run_dir: Path, device: torch.device,
-                 rank: int, world_size: int, resume: bool):
+                 rank: int, world_size: int, resume: bool, layout=None):
         self.config, self.model_config, self.run_dir = config, model_config, run_dir
         self.device, self.rank, self.world_size = device, rank, world_size
         self.is_main = rank == 0
@@ -119,21 +124,28 @@ class _Run:
         dtype = config.resolved_dtype(device.type)
         self.autocast_dtype = torch.bfloat16 if dtype == "bf16" else None
         self.schedule = schedule_from_config(config)
-        self.tokens_per_step = config.batch_size * config.seq_len * config.grad_accum * world_size
+        self.tokens_per_step = config.batch_size * config.seq_len * config.grad_accum
         self.flops_per_token = flops_per_token(model_config, config.seq_len).total
 
         _seed_everything(config.seed)
         checkpoint = latest_checkpoint(run_dir) if resume else None
         self.model = build_train_model(model_config, config, device, load_init=checkpoint is None)
-        self.model = parallelize(self.model, config)
-        self.manual_gradient_sync = world_size > 1  # plain data parallel: nothing else reduces gradients
-        self.model.train()
-        self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay, (config.beta1, config.beta2),
-                                         config.eps)
+        self.parallel = None  # one process: the plain model; else hybridcore.parallel's (parallel_run.py)
+        if layout is None:
+            self.model = parallelize(self.model, config)
+            self.model.train()
+            self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay,
+                                             (config.beta1, config.beta2), config.eps)
+            self.optimizers = [self.optimizer]
+        else:
+            self.parallel = ParallelModel(self.model, layout, config, device)
+            self.model, self.optimizers = self.parallel.model, self.parallel.optimizers
+            self.optimizer = self.parallel.checkpoint_optimizer()
         data_dir = ensure_data(config, progress=config.progress and self.is_main)
         self.data_dir = data_dir
-        self.loader = train_loader(data_dir, config, rank, world_size)
-        self.val_batches = val_batches(data_dir, config, rank, world_size)
+        # Every rank reads the whole global batch; under a layout split_batch takes this rank's share.
+        self.loader = train_loader(data_dir, config, 0, 1)
+        self.val_batches = val_batches(data_dir, config, 0, 1)
 
         self.start_step, self.tokens = 0, 0
         if self.is_main:
@@ -171,28 +183,20 @@ class _Run:
         config = self.config
         lr = config.lr * self.schedule.lr_factor(step)
         weight_decay = config.weight_decay * self.schedule.wd_factor(step)
-        set_hyperparameters(self.optimizer, lr, weight_decay)
+        for optimizer in self.optimizers:
+            set_hyperparameters(optimizer, lr, weight_decay)
         started = time.perf_counter()
         batches = self._micro_batches()
-        local_tokens = sum(int(b["labels"].numel()) for b in batches)
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        for batch in batches:
-            seq_idx = batch["seq_idx"].to(self.device) if batch.get("seq_idx") is not None else None
-            with autocast(self.device, self.autocast_dtype):
-                loss, _ = loss_sum(self.model, batch["input_ids"].to(self.device), batch["labels"].to(self.device),
-                                   seq_idx, config.loss_chunk)
-                loss = loss / local_tokens  # mean over the step's tokens; each micro-batch adds its share
-            loss.backward()
-            total += loss.detach().double()
-        if self.manual_gradient_sync:
-            distributed.average_gradients(self.model)
-        loss_value = distributed.all_reduce_sum(total).item() / self.world_size
         max_norm = config.clip if config.clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item()
+        if self.parallel is None:
+            loss_value, grad_norm = self._forward_backward(batches, max_norm)
+        else:
+            loss_value, grad_norm = self.parallel.forward_backward(batches, max_norm)
         finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
-        if finite:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        for optimizer in self.optimizers:
+            if finite:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - started
@@ -207,12 +211,30 @@ class _Run:
             record["skipped"] = True
         return record
 
+    def _forward_backward(self, batches: list[dict], max_norm: float) -> tuple[float, float]:
+        """One process: (mean loss over the step's tokens, gradient norm before clipping)."""
+        local_tokens = sum(int(b["labels"].numel()) for b in batches)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for batch in batches:
+            seq_idx = batch["seq_idx"].to(self.device) if batch.get("seq_idx") is not None else None
+            with autocast(self.device, self.autocast_dtype):
+                loss, _ = loss_sum(self.model, batch["input_ids"].to(self.device), batch["labels"].to(self.device),
+                                   seq_idx, self.config.loss_chunk)
+                loss = loss / local_tokens  # mean over the step's tokens; each micro-batch adds its share
+            loss.backward()
+            total += loss.detach().double()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item()
+        return total.item(), grad_norm
+
     # ---- evaluation, checkpoints -----------------------------------------------------------------------
     def evaluate(self, step: int, log: bool = True) -> float | None:
         if not self.val_batches:
             return None
-        val_loss, tokens = evaluate_loss(self.model, self.val_batches, self.device, self.autocast_dtype,
-                                         self.config.loss_chunk)
+        if self.parallel is not None:
+            val_loss, tokens = self.parallel.evaluate(self.val_batches)
+        else:
+            val_loss, tokens = evaluate_loss(self.model, self.val_batches, self.device, self.autocast_dtype,
+                                             self.config.loss_chunk)
         if log:
             self.metrics.log({"step": step, "val_loss": val_loss, "val_ppl": _perplexity(val_loss),
                               "val_tokens": tokens})
@@ -287,14 +309,15 @@ class _Run:
             self.metrics.close()
 
     def sample(self) -> str | None:
-        # rank 0 alone: right while every rank holds the whole model (a sharded model needs all ranks)
+        # rank 0 alone; a sharded model is read back whole from the final checkpoint (no collectives)
         if not self.is_main or self.config.sample_tokens <= 0:
             return None
         from ..data import load_tokenizer_from_data_dir
         from .sample import sample_text
 
+        model = self.model if self.parallel is None else load_model(latest_checkpoint(self.run_dir), self.device)
         tokenizer = load_tokenizer_from_data_dir(self.data_dir)
-        text = sample_text(self.model, tokenizer, self.config.sample_prompt, self.config.sample_tokens, self.device)
+        text = sample_text(model, tokenizer, self.config.sample_prompt, self.config.sample_tokens, self.device)
         self._say(f"greedy sample ({self.config.sample_tokens} tokens at most):\n{text}")
         return text
 

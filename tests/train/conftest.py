@@ -37,12 +37,13 @@ def tiny_train_config(out, data_dir, **changes) -> TrainConfig:
     return TrainConfig(**settings)
 
 
-def train_cli_args(out, data_dir, steps=12, save_every=4, extra=()) -> list[str]:
+def train_cli_args(out, data_dir, steps=12, save_every=4, extra=(), model=TINY) -> list[str]:
+    """The command line of tiny_train_config(out, data_dir, steps=..., save_every=..., overrides=model)."""
     args = ["train", "--preset", "debug", "--out", str(out), "--data", str(data_dir), "--steps", str(steps),
             "--batch-size", "4", "--seq-len", "64", "--lr", "3e-3", "--warmup", "3", "--save-every", str(save_every),
             "--keep-last", "5", "--eval-every", "6", "--eval-batches", "2", "--no-progress", "--sample-tokens", "0",
             "--device", "cpu"]
-    for item in TINY:
+    for item in model:
         args += ["--set", item]
     return args + list(extra)
 

@@ -1,4 +1,5 @@
-"""Under torchrun (2 CPU processes, gloo) the run equals one process with the same global batch."""
+"""Under torchrun (2 CPU processes, gloo) without layout flags: FSDP over both ranks (--dp-shard -1), and
+the run equals one process given the same flags (--batch-size is the global batch)."""
 
 import subprocess
 import sys
@@ -14,8 +15,7 @@ from .conftest import cli_env, loss_lines, tiny_train_config, train_cli_args
 @pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, data_dir):
     out = tmp_path / "ddp"
-    args = train_cli_args(out, data_dir, steps=4, save_every=2)
-    args[args.index("--batch-size") + 1] = "2"  # 2 ranks x 2 rows
+    args = train_cli_args(out, data_dir, steps=4, save_every=2)  # 4 rows: 2 per rank
     env = {**cli_env(), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            "-m", "hybridcore", *args],

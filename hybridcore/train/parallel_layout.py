@@ -1,0 +1,75 @@
+"""The run's parallel layout: the flags resolved against the world size and checked against the model
+and the global batch before any work, with hybridcore.parallel's errors retold in terms of the flags."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from .config import TrainConfig
+
+# hybridcore.parallel names fields; the user typed flags.
+FLAG_OF_FIELD = {"pp_microbatches": "--microbatches", "pp_stages_per_rank": "--pp-stages-per-rank",
+                 "pp_schedule": "--pp-schedule", "sequence_parallel": "--sequence-parallel",
+                 "dp_replicate": "--dp-replicate", "dp_shard": "--dp-shard", "tp": "--tp", "pp": "--pp", "cp": "--cp"}
+_DEFAULTS = TrainConfig()
+
+
+def launched_world_size() -> int:
+    """Processes torchrun started (1 without torchrun); readable before the process group exists."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def layout_flags(config: TrainConfig) -> str:
+    """The layout flags that differ from their defaults, as typed: "--tp 2 --dp-shard 2"."""
+    given = []
+    for field in ("pp", "dp_replicate", "dp_shard", "cp", "tp", "sequence_parallel", "pp_schedule", "microbatches",
+                  "pp_stages_per_rank"):
+        value = getattr(config, field)
+        if value != getattr(_DEFAULTS, field):
+            flag = "--" + field.replace("_", "-")
+            given.append(f"--no-{flag[2:]}" if value is False else flag if value is True else f"{flag} {value}")
+    return " ".join(given) or "the default layout (--dp-shard -1)"
+
+
+def _in_flags(message: str) -> str:
+    for field, flag in FLAG_OF_FIELD.items():
+        message = message.replace(f"ParallelConfig.{field}", flag)
+    return message
+
+
+@contextlib.contextmanager
+def naming_flags(config: TrainConfig, context: str = ""):
+    """Re-raise hybridcore.parallel's ValueErrors prefixed with the layout flags and in their terms."""
+    try:
+        yield
+    except ValueError as error:
+        raise ValueError(f"{layout_flags(config)}{context}: {_in_flags(str(error))}") from None
+
+
+def resolve_layout(config: TrainConfig, model_config, world_size: int):
+    """The resolved ParallelConfig for `world_size` processes, checked against the model and the global
+    batch (--batch-size x --seq-len); None for one process, which trains without hybridcore.parallel."""
+    from ..parallel import check_layout
+
+    with naming_flags(config):
+        parallel_config = config.parallel_config()
+        try:
+            resolved = parallel_config.resolve(world_size)
+        except ValueError as error:
+            needed = parallel_config.world_size  # at least; dp_shard -1 counts as 1 here
+            hint = (f"; launch it with torchrun --nproc-per-node {needed}, or give other layout flags (a resumed "
+                    f"run keeps its saved layout unless they are given again)") if world_size < needed else ""
+            raise ValueError(f"{error}{hint}") from None
+    if world_size == 1:
+        return None
+    if config.loss_chunk:
+        raise ValueError(f"--loss-chunk {config.loss_chunk}: chunked logits are not supported under a parallel "
+                         f"layout ({layout_flags(config)}); the sharded model computes its logits in one forward")
+    with naming_flags(config, f" with --batch-size {config.batch_size} --seq-len {config.seq_len}"):
+        check_layout(resolved, model_config, rows=config.batch_size, length=config.seq_len,
+                     grad_accum=config.grad_accum)
+    return resolved
+
+
+__all__ = ["resolve_layout", "launched_world_size", "layout_flags", "naming_flags", "FLAG_OF_FIELD"]
