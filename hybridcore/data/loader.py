@@ -5,7 +5,10 @@ EOS) into one stream and cuts it into back-to-back rows of seq_len + 1 tokens; t
 row is dropped. A row gives `input_ids = row[:-1]`, `labels = row[1:]`, so the EOS that ends one
 document predicts the next document's first token, as in GPT-style pretraining.
 
-Global batch g of an epoch is rows [g * B * W, (g + 1) * B * W) for batch_size B and world_size W;
+The rows of an epoch are then visited in a seeded random order too (shuffle=True), so the rows of one
+batch come from all over the corpus rather than from one long document.
+
+Global batch g of an epoch is rows [g * B * W, (g + 1) * B * W) of that order for batch_size B and world_size W;
 rank r takes the r-th block of B rows. The row order therefore never depends on W: W ranks together
 see exactly the rows one process would see with batch_size B * W.
 
@@ -87,8 +90,9 @@ class PackedLoader:
         self.row = end  # advance before handing the batch out: state_dict() then means "after it"
         return batch
 
-    def _epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(document ids, stream start, stream end) of the epoch's concatenated order, cached."""
+    def _epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(document ids, stream start, stream end) of the epoch's concatenated order, and the order in
+        which its rows are visited; cached."""
         if self._order_epoch != epoch:
             starts, lengths = self.dataset.documents
             if self.shuffle:
@@ -96,13 +100,19 @@ class PackedLoader:
             else:
                 order = np.arange(len(starts))
             ends = np.cumsum(lengths[order])
-            self._order = (order, ends - lengths[order], ends)
+            rows = (np.random.default_rng([self.seed, epoch, 1]).permutation(self.rows_per_epoch) if self.shuffle
+                    else np.arange(self.rows_per_epoch))
+            self._order = (order, ends - lengths[order], ends, rows)
             self._order_epoch = epoch
         return self._order
 
+    def row_order(self, epoch: int) -> np.ndarray:
+        """The stream rows of `epoch` in the order they are yielded (identity without shuffle)."""
+        return self._epoch_order(epoch)[3]
+
     def _row(self, epoch: int, row: int) -> tuple[np.ndarray, np.ndarray]:
         """Tokens of one row and each token's document number within the row."""
-        order, doc_starts, doc_ends = self._epoch_order(epoch)
+        order, doc_starts, doc_ends, _ = self._epoch_order(epoch)
         begin, end = row * self.row_tokens, (row + 1) * self.row_tokens
         tokens = np.empty(self.row_tokens, dtype=np.int64)
         docs = np.empty(self.row_tokens, dtype=np.int32)
@@ -117,7 +127,8 @@ class PackedLoader:
         return tokens, docs
 
     def _batch(self, epoch: int, rows: range) -> dict:
-        pairs = [self._row(epoch, r) for r in rows]
+        visit = self.row_order(epoch)
+        pairs = [self._row(epoch, int(visit[r])) for r in rows]
         tokens = np.stack([t for t, _ in pairs]) if pairs else np.empty((0, self.row_tokens), dtype=np.int64)
         docs = np.stack([d for _, d in pairs]) if pairs else np.empty((0, self.row_tokens), dtype=np.int32)
         tokens = torch.from_numpy(tokens)

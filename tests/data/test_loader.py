@@ -26,8 +26,11 @@ def test_shapes_and_labels_shift(packed_dir):
 def test_rows_are_whole_documents_in_sequence(packed_dir):
     dataset = TokenDataset(packed_dir)
     loader = PackedLoader(dataset, batch_size=2, seq_len=31, seed=5, drop_last=False, epochs=1)
-    rows = [torch.cat([b["input_ids"], b["labels"][:, -1:]], dim=1) for b in loader]
-    stream = torch.cat(rows).flatten().tolist()
+    rows = torch.cat([torch.cat([b["input_ids"], b["labels"][:, -1:]], dim=1) for b in loader])
+    visit = loader.row_order(0)
+    assert sorted(visit.tolist()) == list(range(len(rows)))
+    assert visit.tolist() != list(range(len(rows)))  # rows are shuffled, not consecutive
+    stream = rows[np.argsort(visit)].flatten().tolist()  # back in stream order
     assert len(stream) == dataset.num_tokens // 32 * 32  # every full row, the tail dropped
     pieces, current = [], []
     for token in stream:
@@ -38,6 +41,14 @@ def test_rows_are_whole_documents_in_sequence(packed_dir):
     documents = {tuple(dataset.document(i).tolist()) for i in range(len(dataset))}
     assert all(piece in documents for piece in pieces)  # documents stay whole and contiguous
     assert len(set(pieces)) == len(pieces)  # each at most once per epoch
+
+
+def test_without_shuffle_rows_follow_the_stored_stream(packed_dir):
+    dataset = TokenDataset(packed_dir)
+    loader = PackedLoader(dataset, batch_size=2, seq_len=15, shuffle=False, drop_last=False, epochs=1)
+    rows = torch.cat([torch.cat([b["input_ids"], b["labels"][:, -1:]], dim=1) for b in loader])
+    stored = torch.from_numpy(np.concatenate([dataset.document(i) for i in range(len(dataset))]).astype(np.int64))
+    assert torch.equal(rows.flatten(), stored[:rows.numel()])
 
 
 def test_seq_idx_increments_after_eos(packed_dir):
