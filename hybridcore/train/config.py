@@ -58,6 +58,7 @@ class TrainConfig:
     device: str | None = None  # None: cuda when available, else cpu
     dtype: str | None = None  # None: bf16 on cuda, fp32 on cpu; bf16 is autocast over fp32 master weights
     activation_checkpointing: bool = False
+    compile: bool = False  # torch.compile each layer (after activation checkpointing)
     doc_masking: bool = True
     loss_chunk: int = 0  # tokens per logits chunk; 0: chunk only when the logits would be large
     tensorboard: bool = False

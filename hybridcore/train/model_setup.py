@@ -101,8 +101,11 @@ def apply_activation_checkpointing(model: HybridLM) -> None:
 
 def parallelize(model: HybridLM, train_config) -> HybridLM:
     """The one-process slot between building the model and building the optimizer: activation
-    checkpointing when asked (module names and keys unchanged). Several processes go through
-    parallel_run.ParallelModel instead."""
+    checkpointing, then per-layer compile, when asked (module names and keys unchanged either way).
+    Several processes go through parallel_run.ParallelModel instead."""
     if train_config.activation_checkpointing:
         apply_activation_checkpointing(model)
+    if train_config.compile:
+        for layer in model.layers.values():
+            layer.compile()  # in place: no _orig_mod prefix in the state dict
     return model
