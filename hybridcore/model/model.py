@@ -45,7 +45,8 @@ class HybridLM(nn.Module):
     # ---- initialisation ---------------------------------------------------------------------------
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:
-        """Initialise every parameter. With a seed the result is the same on any device or layout."""
+        """Initialise every parameter. With a seed the result is the same under any parallel layout (on
+        one kind of device: CPU and CUDA random streams differ)."""
         if seed is not None:
             torch.manual_seed(seed)
         std = self.config.init_std
