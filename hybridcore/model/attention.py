@@ -1,18 +1,32 @@
 """Grouped-query attention with RoPE on scaled_dot_product_attention.
 
-Causal, and when `seq_idx` is given (packed documents) a token attends only to its own document.
+Causal, and when `seq_idx` is given (packed documents) a token attends only to its own document:
+through a boolean [B, 1, Lq, Lk] mask while that is small, else (long sequences, where the mask and
+the bias kept for backward would grow as L^2) one call per document run without a mask.
 Falcon-H1 multiplies keys by `key_multiplier`; the input/output multipliers live in layers.py.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 
 from ..config import ModelConfig
 from .cache import AttentionCache
 from .rope import apply_rope
+
+
+# Above this many B x Lq x Lk elements, packed documents attend run by run instead of through a mask.
+# The environment variable lets tests force either path.
+DOCUMENT_MASK_LIMIT = int(os.environ.get("HYBRIDCORE_DOCUMENT_MASK_LIMIT", 1 << 27))
+
+
+def document_mask_is_large(batch: int, query_length: int, key_length: int) -> bool:
+    return batch * query_length * key_length > DOCUMENT_MASK_LIMIT
 
 
 def document_causal_mask(query_docs: torch.Tensor, key_docs: torch.Tensor, query_slots: torch.Tensor,
@@ -65,6 +79,8 @@ class Attention(nn.Module):
                 slots = torch.arange(start + length, device=q.device)
                 mask = document_causal_mask(docs, key_docs, slots[start:], slots)
         elif seq_idx is not None:
+            if document_mask_is_large(batch, length, length):
+                return attend_by_document(q, k, v, seq_idx, seq_idx, 0, self.num_kv_heads != self.num_heads)
             slots = torch.arange(length, device=q.device)
             mask = document_causal_mask(seq_idx, seq_idx, slots, slots)
 
@@ -77,3 +93,44 @@ def cache_docs_for_new_tokens(cache: AttentionCache, batch: int, length: int, de
     if cache.filled == 0:
         return torch.zeros(batch, length, dtype=torch.long, device=device)
     return cache.key_docs[:, cache.filled - 1: cache.filled].expand(batch, length)
+
+
+def attend_by_document(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, query_docs: torch.Tensor,
+                       key_docs: torch.Tensor, query_start: int, enable_gqa: bool) -> torch.Tensor:
+    """Causal attention inside documents, without a mask tensor.
+
+    q [B, heads, Lq, head_dim] holds the tokens at key slots query_start .. query_start + Lq - 1 of
+    k, v [B, kv_heads, Lk, head_dim]; query_docs [B, Lq] and key_docs [B, Lk] are their document ids, a
+    document being a run of equal ids (where the Mamba state resets too). One attention call per row and
+    run of queries, over the keys from the document's first token to the run's last query, causal
+    aligned to the lower right (fused kernels apply that without a mask). Costs one host sync."""
+    batch, _, length, _ = q.shape
+    key_slots = torch.arange(key_docs.shape[1], device=key_docs.device)
+    key_run_start = torch.cummax(torch.where(_run_starts(key_docs), key_slots, 0), dim=1).values
+    rows, starts = _run_starts(query_docs).nonzero(as_tuple=True)
+    document_starts = key_run_start[rows, starts + query_start]
+    runs = torch.stack([rows, starts, document_starts], dim=1).tolist()
+    outputs = []
+    for index, (row, first, key_first) in enumerate(runs):
+        last = runs[index + 1][1] if index + 1 < len(runs) and runs[index + 1][0] == row else length
+        key_end = query_start + last
+        queries = q[row:row + 1, :, first:last]
+        keys, values = k[row:row + 1, :, key_first:key_end], v[row:row + 1, :, key_first:key_end]
+        if last - first == key_end - key_first:
+            out = F.scaled_dot_product_attention(queries, keys, values, is_causal=True, enable_gqa=enable_gqa)
+        else:
+            out = F.scaled_dot_product_attention(queries, keys, values, enable_gqa=enable_gqa,
+                                                 attn_mask=causal_lower_right(last - first, key_end - key_first))
+        outputs.append(out)
+    # runs come row by row in order, so concatenating each row's runs restores the sequence
+    per_row = [[] for _ in range(batch)]
+    for (row, _, _), out in zip(runs, outputs):
+        per_row[row].append(out)
+    return torch.cat([torch.cat(pieces, dim=2) for pieces in per_row], dim=0)
+
+
+def _run_starts(docs: torch.Tensor) -> torch.Tensor:
+    """Boolean [B, L]: True where a run of equal document ids begins."""
+    starts = torch.ones_like(docs, dtype=torch.bool)
+    starts[:, 1:] = docs[:, 1:] != docs[:, :-1]
+    return starts

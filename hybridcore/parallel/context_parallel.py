@@ -27,7 +27,8 @@ Attention's K/V all-gather adds 2 x kv_heads x head_dim x L x (cp-1)/cp elements
 
 Memory: without packed documents, attention runs one call per local chunk with a lower-right causal
 bias (no mask tensor on CUDA's fused kernels; the CPU fallback materialises it). With packed documents
-the [L/cp, L] boolean document mask is built and kept for backward, which grows as L^2/cp.
+a [L/cp, L] boolean document mask is used while small; above model.attention.DOCUMENT_MASK_LIMIT
+elements, one call per document run of each chunk instead (`attend_by_document`), without a mask.
 benchmarks/cp_activation_memory.py counts the bytes saved for backward per rank.
 """
 
@@ -40,7 +41,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
 from torch.nn.attention.bias import causal_lower_right
 
-from ..model.attention import Attention, document_causal_mask
+from ..model.attention import Attention, attend_by_document, document_causal_mask, document_mask_is_large
 from ..model.mamba2 import Mamba2Mixer
 from ..model.model import HybridLM, positions_from_seq_idx
 from ..ops import causal_conv1d, ssd
@@ -114,10 +115,17 @@ class ContextParallelAttention:
                     queries, keys[:, :, :end], values[:, :, :end],
                     attn_mask=causal_lower_right(queries.shape[2], end), enable_gqa=gqa))
             return torch.cat(outputs, dim=2)
+        key_docs = gather_chunks(seq_idx, mesh, dim=1)
+        if document_mask_is_large(q.shape[0], length, keys.shape[2]):  # long: document by document
+            size = length // 2
+            return torch.cat([
+                attend_by_document(queries, keys, values, docs, key_docs, chunk * size, gqa)
+                for queries, docs, chunk in zip(q.chunk(2, dim=2), seq_idx.chunk(2, dim=1),
+                                                chunk_ids(mesh.get_local_rank(), mesh.size()))], dim=2)
         # Packed documents: a mask on global slots and document ids ([B, 1, L / cp, L] booleans).
         query_slots = token_slots(mesh.get_local_rank(), mesh.size(), length, q.device)
         key_slots = torch.arange(keys.shape[2], device=q.device)
-        mask = document_causal_mask(seq_idx, gather_chunks(seq_idx, mesh, dim=1), query_slots, key_slots)
+        mask = document_causal_mask(seq_idx, key_docs, query_slots, key_slots)
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=gqa)
 
 

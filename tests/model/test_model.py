@@ -48,6 +48,30 @@ def test_packed_documents_equal_separate_runs(layout):
     torch.testing.assert_close(packed, separate, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("layout", ["*", "P-M*-"])
+def test_long_sequence_document_attention_needs_no_mask_and_agrees(layout, monkeypatch):
+    """Above DOCUMENT_MASK_LIMIT attention runs document by document; logits and gradients are the
+    mask path's (rows with different borders, a document spanning a whole row, one-token documents)."""
+    from hybridcore.model import attention
+
+    model = model_for(layout)
+    ids = torch.randint(0, 61, (3, 26))
+    seq_idx = torch.zeros(3, 26, dtype=torch.long)
+    seq_idx[0, 4:], seq_idx[0, 5:], seq_idx[0, 17:] = 1, 2, 3
+    seq_idx[2, 25:] = 1
+    results = []
+    for limit in (10 ** 9, 0):
+        monkeypatch.setattr(attention, "DOCUMENT_MASK_LIMIT", limit)
+        model.zero_grad()
+        logits = model(ids, seq_idx=seq_idx)
+        logits.pow(2).mean().backward()
+        results.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
+    (mask_logits, mask_grads), (run_logits, run_grads) = results
+    torch.testing.assert_close(run_logits, mask_logits, rtol=1e-10, atol=1e-10)
+    for a, b in zip(run_grads, mask_grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
 def test_positions_restart_per_document():
     seq_idx = torch.tensor([[0, 0, 1, 1, 1, 2], [0, 0, 0, 0, 0, 0]])
     assert positions_from_seq_idx(seq_idx).tolist() == [[0, 1, 0, 1, 2, 0], [0, 1, 2, 3, 4, 5]]

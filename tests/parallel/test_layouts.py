@@ -38,6 +38,7 @@ TWO_RANKS = {
                                             pp_microbatches=4), "M*-P", True, {}),
     "cp2/P-": (dict(cp=2), "P-", False, {}),
     "cp2/M*-P/documents": (dict(cp=2), "M*-P", True, {}),
+    "cp2/M*-P/documents/no-mask": (dict(cp=2), "M*-P", True, {"document_mask_limit": 0}),
 }
 FOUR_RANKS = {
     **{f"tp2xfsdp2/{layout}": (dict(tp=2, dp_shard=2), layout, False, {}) for layout in LAYOUTS},

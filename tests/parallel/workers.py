@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
-from hybridcore.model import HybridLM, build_model
+from hybridcore.model import HybridLM, attention, build_model
 from hybridcore.parallel import ParallelConfig, build_mesh, full_state_dict, load_sharded, parallelize, save_sharded
 from hybridcore.parallel.context_parallel import shard_sequence
 from hybridcore.parallel.harness import build_parallel_model, token_loss, train_steps
@@ -19,6 +19,13 @@ from .common import (SEQ_LEN, STEPS, checkpoint_config, document_index, global_b
 
 
 def _layout_losses(parallel: dict, layout: str, docs: bool, options: dict) -> dict:
+    options = dict(options)
+    if "document_mask_limit" in options:  # force attention's document-by-document path (no mask)
+        limit, attention.DOCUMENT_MASK_LIMIT = attention.DOCUMENT_MASK_LIMIT, options.pop("document_mask_limit")
+        try:
+            return _layout_losses(parallel, layout, docs, options)
+        finally:
+            attention.DOCUMENT_MASK_LIMIT = limit
     config = named_config(layout)
     parallel_config = ParallelConfig(**parallel)
     mesh = build_mesh(parallel_config, "cpu")
