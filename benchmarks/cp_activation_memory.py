@@ -1,7 +1,7 @@
 """Activation memory per rank against the context-parallel degree: what one training forward keeps for
 its backward, counted exactly with autograd's saved-tensor hooks (unique storages, bytes).
 
-    torchrun --nproc_per_node N benchmarks/cp_activation_memory.py --seq-lens 4096 16384 [--layout M-M-]
+    torchrun --nproc_per_node N benchmarks/cp_activation_memory.py --seq-lens 4096 16384 [--layout M-M-] [--documents 8]
 
 cp is the world size (no data parallel), one sequence per step, fp32, any device (gloo on CPU).
 The count is of tensors saved for backward, not the allocator's peak: it is the same on CPU and GPU
@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
 from hybridcore.config import apply_overrides
+from hybridcore.model import attention
 from hybridcore.parallel import ParallelConfig, build_mesh
 from hybridcore.parallel.harness import build_parallel_model, split_batch, token_loss
 from hybridcore.presets import get_preset
@@ -31,7 +32,7 @@ SHAPE = ["layout=P-P-", "d_model=256", "d_ff=512", "num_heads=4", "num_kv_heads=
          "mamba_n_heads=8", "mamba_d_head=32", "mamba_d_state=32", "mamba_chunk_size=128", "max_seq_len=262144"]
 
 
-def saved_bytes(model, inputs, targets) -> int:
+def saved_bytes(model, inputs, targets, seq_idx=None) -> int:
     """Bytes of the distinct storages autograd saves during one forward; runs the backward too."""
     storages = {}
 
@@ -42,7 +43,7 @@ def saved_bytes(model, inputs, targets) -> int:
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = token_loss(model(inputs), targets)
+        loss = token_loss(model(inputs, seq_idx=seq_idx), targets)
     loss.backward()
     return sum(storages.values())
 
@@ -53,6 +54,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                         help="model config overrides (default: a small P-P- shape, so activations dominate)")
     parser.add_argument("--layout", default=None, help="replace the layout string only (e.g. M-M-)")
+    parser.add_argument("--documents", type=int, default=1,
+                        help="packed documents of equal length per sequence (1: none, no seq_idx)")
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[2048, 8192, 16384])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "cp_activation_memory.jsonl")
     args = parser.parse_args()
@@ -71,13 +74,18 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     for seq_len in args.seq_lens:
         tokens = torch.randint(0, config.vocab_size, (1, seq_len + 1), generator=generator)
-        inputs, targets, _ = split_batch(tokens, None, mesh)
-        measured = saved_bytes(model, inputs.to(device), targets.to(device))
+        seq_idx = None
+        if args.documents > 1:
+            seq_idx = (torch.arange(seq_len + 1) * args.documents // (seq_len + 1))[None]
+        inputs, targets, docs = split_batch(tokens, seq_idx, mesh)
+        measured = saved_bytes(model, inputs.to(device), targets.to(device),
+                               docs.to(device) if docs is not None else None)
         model.zero_grad(set_to_none=True)
         per_rank = torch.tensor([measured], dtype=torch.float64, device=device)
         dist.all_reduce(per_rank, op=dist.ReduceOp.MAX)
         if dist.get_rank() == 0:
-            row = {"cp": world, "seq_len": seq_len, "saved_bytes_max_rank": int(per_rank.item()),
+            row = {"cp": world, "seq_len": seq_len, "documents": args.documents,
+                   "document_mask_limit": attention.DOCUMENT_MASK_LIMIT, "saved_bytes_max_rank": int(per_rank.item()),
                    "saved_gib_max_rank": per_rank.item() / 2 ** 30, "layout": config.layout,
                    "overrides": overrides, "device": device,
                    "torch": torch.__version__,
