@@ -2,8 +2,8 @@
 
 Order (torchtitan's): build and initialise the full model from the seed (or load --init-hf weights),
 then parallelize, and only then build the optimizer, so it sees the final parameters. One process uses
-`parallelize` below (activation checkpointing only); under torchrun parallel_run.ParallelModel calls
-hybridcore.parallel.parallelize / build_pipeline instead, which apply TP, AC and FSDP2 in their order.
+`parallelize` below (activation checkpointing, compile); under torchrun parallel_run.ParallelModel calls
+hybridcore.parallel.parallelize / build_pipeline instead, which apply TP, AC, compile and FSDP2 in their order.
 """
 
 from __future__ import annotations
@@ -14,27 +14,9 @@ import os
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..config import ModelConfig, coerce_field
+from ..config import ModelConfig, apply_overrides
 from ..model import HybridLM, build_model
 from ..presets import get_preset
-
-
-def apply_overrides(config: ModelConfig, overrides: list[str]) -> ModelConfig:
-    changes = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = (part.strip() for part in item.split("=", 1))
-        try:
-            changes[key] = coerce_field(key, value)
-        except ValueError as error:
-            raise ValueError(f"--set {key}: {error}") from None
-    if not changes:
-        return config
-    try:
-        return config.replace(**changes)
-    except ValueError as error:
-        raise ValueError(f"--set: {error}") from None
 
 
 def _init_source_config(path: str) -> ModelConfig:
