@@ -13,7 +13,6 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention.bias import causal_lower_right
 
 from ..config import ModelConfig
 from .cache import AttentionCache
@@ -116,17 +115,24 @@ def attend_by_document(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, query_
         key_end = query_start + last
         queries = q[row:row + 1, :, first:last]
         keys, values = k[row:row + 1, :, key_first:key_end], v[row:row + 1, :, key_first:key_end]
-        if last - first == key_end - key_first:
-            out = F.scaled_dot_product_attention(queries, keys, values, is_causal=True, enable_gqa=enable_gqa)
-        else:
-            out = F.scaled_dot_product_attention(queries, keys, values, enable_gqa=enable_gqa,
-                                                 attn_mask=causal_lower_right(last - first, key_end - key_first))
-        outputs.append(out)
+        outputs.append(lower_right_causal_attention(queries, keys, values, enable_gqa))
     # runs come row by row in order, so concatenating each row's runs restores the sequence
     per_row = [[] for _ in range(batch)]
     for (row, _, _), out in zip(runs, outputs):
         per_row[row].append(out)
     return torch.cat([torch.cat(pieces, dim=2) for pieces in per_row], dim=0)
+
+
+def lower_right_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enable_gqa: bool) -> torch.Tensor:
+    """Causal attention where the last query is the last key (Lq <= Lk), without a mask tensor on
+    CUDA's fused kernels."""
+    if q.shape[2] == k.shape[2]:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=enable_gqa)
+    from torch.nn.attention.bias import causal_lower_right  # imports torch._dynamo: only when needed
+
+    if enable_gqa:  # not every torch version passes enable_gqa through CausalBias: repeat the kv heads
+        k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(q.shape[2], k.shape[2]))
 
 
 def _run_starts(docs: torch.Tensor) -> torch.Tensor:

@@ -39,9 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
-from torch.nn.attention.bias import causal_lower_right
 
-from ..model.attention import Attention, attend_by_document, document_causal_mask, document_mask_is_large
+from ..model.attention import (Attention, attend_by_document, document_causal_mask, document_mask_is_large,
+                               lower_right_causal_attention)
 from ..model.mamba2 import Mamba2Mixer
 from ..model.model import HybridLM, positions_from_seq_idx
 from ..ops import causal_conv1d, ssd
@@ -111,9 +111,7 @@ class ContextParallelAttention:
             outputs = []
             for queries, chunk in zip(q.chunk(2, dim=2), chunk_ids(mesh.get_local_rank(), mesh.size())):
                 end = (chunk + 1) * queries.shape[2]
-                outputs.append(F.scaled_dot_product_attention(
-                    queries, keys[:, :, :end], values[:, :, :end],
-                    attn_mask=causal_lower_right(queries.shape[2], end), enable_gqa=gqa))
+                outputs.append(lower_right_causal_attention(queries, keys[:, :, :end], values[:, :, :end], gqa))
             return torch.cat(outputs, dim=2)
         key_docs = gather_chunks(seq_idx, mesh, dim=1)
         if document_mask_is_large(q.shape[0], length, keys.shape[2]):  # long: document by document

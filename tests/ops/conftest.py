@@ -1,13 +1,8 @@
-"""Kernel tests run the Triton kernels on the CPU through Triton's interpreter when there is no GPU.
-The interpreter is chosen when a kernel is defined, so the variable is set before any kernel module loads."""
-
-import os
+"""Kernel tests run the Triton kernels on the CPU through Triton's interpreter when there is no GPU
+(tests/conftest.py sets TRITON_INTERPRET=1 before anything imports Triton)."""
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture
