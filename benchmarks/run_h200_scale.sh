@@ -34,3 +34,5 @@ bench 0.5b_128k_cp4 4 $LONG --seq-len 131072 --cp 4
 echo "== generation at 32K"
 timeout ${RUN_LIMIT:-240} python3 benchmarks/generate_bench.py --preset falcon-h1-0.5b --contexts 32768 \
   --new-tokens 64 --repeats 2 --out "$OUT/generate_falcon-h1-0.5b_bf16_32k.json" 2>&1 | grep -v "falling back" | tail -6
+
+python3 benchmarks/scale_summary.py "$OUT"
