@@ -87,6 +87,11 @@ def test_missing_checkpoint_is_a_clean_error(tmp_path, capsys):
     assert "absent" in capsys.readouterr().err
 
 
+def test_cuda_graph_without_cuda_is_a_clean_error(hf_dir, capsys):
+    assert main(["generate", "--hf", str(hf_dir), "--prompt", "ab", "--device", "cpu", "--cuda-graph"]) == 2
+    assert "--cuda-graph needs --device cuda" in capsys.readouterr().err
+
+
 def test_hf_dir_without_tokenizer_is_a_clean_error(tmp_path, hf_dir, capsys):
     bare = tmp_path / "bare"
     bare.mkdir()
