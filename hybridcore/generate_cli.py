@@ -10,7 +10,8 @@ from pathlib import Path
 def add_arguments(parser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--hf", metavar="HF_DIR", help="a Hugging Face Falcon-H1 directory (with tokenizer.json)")
-    source.add_argument("--checkpoint", metavar="CKPT", help="a training checkpoint or run directory")
+    source.add_argument("--checkpoint", metavar="CKPT",
+                        help="a training checkpoint or run directory, or a model directory from import-hf")
     parser.add_argument("--prompt", required=True, help="the text to continue")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the default)")
@@ -85,12 +86,20 @@ def load_model_and_tokenizer(args, device):
         model = load_hf(args.hf, device=device).eval()
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else HubTokenizer.from_dir(args.hf)
     else:
-        try:
-            from .train.checkpoint import load_model
-        except ImportError as error:
-            raise ValueError(f"--checkpoint: this build cannot read training checkpoints ({error})") from None
-        model = load_model(args.checkpoint, device=device)
-        tokenizer = load_tokenizer(args.tokenizer or run_data_dir(args.checkpoint))
+        import torch
+
+        from .bridge.model_dir import is_model_dir, load_model_dir
+        from .train.checkpoint import load_model
+
+        if is_model_dir(args.checkpoint):  # from `hybridcore import-hf`: weights and config, no tokenizer
+            if not args.tokenizer:
+                raise ValueError(f"--checkpoint {args.checkpoint} is a model directory without a tokenizer; "
+                                 "name one with --tokenizer (the HF directory's tokenizer.json, or 'byte')")
+            model = load_model_dir(args.checkpoint, dtype=torch.float32, device=device).eval()
+            tokenizer = load_tokenizer(args.tokenizer)
+        else:
+            model = load_model(args.checkpoint, device=device)
+            tokenizer = load_tokenizer(args.tokenizer or run_data_dir(args.checkpoint))
     eos_id = model.config.eos_token_id
     if eos_id is None:
         eos_id = getattr(tokenizer, "eos_id", None)

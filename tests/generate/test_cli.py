@@ -53,6 +53,19 @@ def test_generate_from_hf_dir_streams_the_greedy_continuation(hf_dir, capsys):
     assert capsys.readouterr().out == "the cat sat" + expected + "\n"
 
 
+def test_generate_from_an_imported_model_directory(hf_dir, tmp_path, capsys):
+    assert main(["import-hf", str(hf_dir), str(tmp_path / "model")]) == 0
+    capsys.readouterr()
+    base = ["--prompt", "the cat sat", "--max-new-tokens", "12", "--device", "cpu"]
+    assert main(["generate", "--checkpoint", str(tmp_path / "model"), *base]) == 2
+    assert "name one with --tokenizer" in capsys.readouterr().err
+    assert main(["generate", "--hf", str(hf_dir), *base]) == 0
+    from_hf = capsys.readouterr().out
+    assert main(["generate", "--checkpoint", str(tmp_path / "model"), "--tokenizer",
+                 str(hf_dir / "tokenizer.json"), *base]) == 0
+    assert capsys.readouterr().out == from_hf
+
+
 def test_sampling_from_the_cli_is_reproducible(hf_dir, capsys):
     command = ["generate", "--hf", str(hf_dir), "--prompt", "a dog", "--max-new-tokens", "10", "--temperature",
                "1.5", "--top-k", "8", "--top-p", "0.9", "--seed", "3", "--device", "cpu"]
