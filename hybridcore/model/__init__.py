@@ -1,3 +1,3 @@
-from .model import HybridLM, build_model, positions_from_seq_idx
+from .model import HybridLM, build_model, build_model_part, positions_from_seq_idx
 
-__all__ = ["HybridLM", "build_model", "positions_from_seq_idx"]
+__all__ = ["HybridLM", "build_model", "build_model_part", "positions_from_seq_idx"]

@@ -6,6 +6,9 @@ fills every parameter, so a 34B model can be described, sharded and only then ma
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -49,16 +52,9 @@ class HybridLM(nn.Module):
         one kind of device: CPU and CUDA random streams differ)."""
         if seed is not None:
             torch.manual_seed(seed)
-        std = self.config.init_std
-        for name, module in self.named_modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-            elif hasattr(module, "reset_parameters") and module is not self:
-                module.reset_parameters()
+        for module in self.modules():
+            if module is not self:
+                init_module(module, self.config.init_std)
 
     # ---- forward ---------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, seq_idx: torch.Tensor | None = None,
@@ -119,6 +115,41 @@ class HybridLM(nn.Module):
                 continue
             total += p.numel()
         return total
+
+
+@torch.no_grad()
+def init_module(module: nn.Module, std: float) -> None:
+    """Initialise one module's own parameters (HybridLM.init_weights applies it in module order)."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+    elif hasattr(module, "reset_parameters") and not isinstance(module, HybridLM):
+        module.reset_parameters()
+
+
+def build_model_part(config: ModelConfig, keep: Callable[[str], bool], device: str | torch.device = "cpu",
+                     seed: int = 0) -> HybridLM:
+    """build_model's fp32 model with only the modules whose qualified name `keep` accepts materialised on
+    `device`; the others stay on the meta device (a pipeline stage needs only its own layers). Every
+    module still draws its random numbers, into a scratch copy when it is not kept, so the kept values
+    are build_model's with the same seed on the same kind of device. Peak memory: the kept modules
+    plus one scratch module."""
+    if config.tie_embeddings:
+        raise ValueError("build_model_part: tied embeddings share one tensor between the first and the last "
+                         "module; build the whole model instead")
+    with torch.device("meta"):
+        model = HybridLM(config)
+    torch.manual_seed(seed)
+    for name, module in model.named_modules():
+        if module is model or not list(module.parameters(recurse=False)):
+            continue
+        target = module if keep(name) else copy.deepcopy(module)
+        target.to_empty(device=device, recurse=False)
+        init_module(target, config.init_std)
+    return model
 
 
 def build_model(config: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,

@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from torch.distributed.device_mesh import DeviceMesh
 
 from ..config import ModelConfig
-from ..model.model import HybridLM, build_model
+from ..model.model import HybridLM, build_model, build_model_part
 from .config import ParallelConfig
 from .context_parallel import shard_sequence
 from .mesh import data_parallel_rank, mesh_dim
 from .parallelize import parallelize
-from .pipeline import Pipeline, build_pipeline
+from .pipeline import Pipeline, build_pipeline, local_stage_filter
 
 
 def build_parallel_model(config: ModelConfig, parallel_config: ParallelConfig | None = None,
@@ -37,10 +37,14 @@ def build_parallel_model(config: ModelConfig, parallel_config: ParallelConfig | 
     prepare(model): runs on the full initialised model before it is sharded (tests use it to set
     weights that make every path matter).
     """
-    model = build_model(config, device=device, seed=seed)
+    parallel_config = parallel_config or ParallelConfig()
+    if mesh is not None and parallel_config.pp > 1 and prepare is None:  # only this rank's stages
+        keep = local_stage_filter(config, parallel_config, mesh["pp"].get_local_rank(), seq_len)
+        model = build_model_part(config, keep, device=device, seed=seed)
+    else:
+        model = build_model(config, device=device, seed=seed)
     if prepare is not None:
         prepare(model)
-    parallel_config = parallel_config or ParallelConfig()
     if mesh is not None and parallel_config.pp > 1:
         pipeline = build_pipeline(model, parallel_config, mesh, token_loss, seq_len=seq_len, **parallelize_options)
         return pipeline, [_optimizer(optimizer, part, lr, weight_decay) for part in pipeline.model_parts]

@@ -59,6 +59,25 @@ def check_microbatches(config: ParallelConfig, microbatches: int) -> None:
                          f"not divide into its {rounds} rounds; use a multiple of {config.pp}")
 
 
+def local_stage_filter(model_config: ModelConfig, parallel_config: ParallelConfig, pp_rank: int,
+                       seq_len: int) -> Callable[[str], bool]:
+    """Which of the full model's modules (by qualified name) pipeline rank `pp_rank` keeps: its stages'
+    layers, the embedding with the first stage, the final norm and head with the last. For
+    model.build_model_part, so a rank never materialises the other stages."""
+    stages = check_pipeline(model_config, parallel_config, seq_len)
+    indices = range(pp_rank, len(stages), parallel_config.pp)
+    layers = {str(layer) for index in indices for layer in stages[index]}
+    first, last = 0 in indices, len(stages) - 1 in indices
+
+    def keep(name: str) -> bool:
+        top, _, rest = name.partition(".")
+        if top == "layers":
+            return rest.partition(".")[0] in layers
+        return first if top == "embed" else last  # final_norm, lm_head
+
+    return keep
+
+
 def stage_module(model: HybridLM, stages: list[list[int]], index: int) -> HybridLM:
     """A copy of `model` with only stage `index`'s layers (and the embedding / head where they belong)."""
     part = copy.deepcopy(model)

@@ -15,7 +15,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig, apply_overrides
-from ..model import HybridLM, build_model
+from ..model import HybridLM, build_model, build_model_part
 from ..presets import get_preset
 
 
@@ -42,9 +42,15 @@ def resolve_model_config(train_config) -> ModelConfig:
     return apply_overrides(base, train_config.overrides)
 
 
-def build_train_model(model_config: ModelConfig, train_config, device: torch.device, load_init: bool = True
-                      ) -> HybridLM:
-    """The full model in fp32 (the master weights) on `device`: seeded init, or --init-hf weights."""
+def build_train_model(model_config: ModelConfig, train_config, device: torch.device, load_init: bool = True,
+                      keep=None) -> HybridLM:
+    """The full model in fp32 (the master weights) on `device`: seeded init, or --init-hf weights.
+    keep(name) -> bool (a pipeline rank's modules): only those are materialised, the rest stay on the
+    meta device; not with --init-hf weights to load."""
+    if keep is not None:
+        if train_config.init_hf is not None and load_init:
+            raise ValueError("build_train_model: --init-hf weights load into the whole model")
+        return build_model_part(model_config, keep, device=device, seed=train_config.seed)
     model = build_model(model_config, device=device, dtype=torch.float32, seed=train_config.seed)
     if train_config.init_hf is not None and load_init:
         source = _load_init(train_config.init_hf)

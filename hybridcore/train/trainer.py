@@ -35,6 +35,7 @@ from .metrics import MetricsLogger, check_tensorboard_available, memory_gib, rea
 from .model_setup import build_train_model, parallelize, resolve_model_config
 from .optim import build_optimizer, set_hyperparameters
 from .parallel_layout import launched_world_size, resolve_layout
+from ..parallel.pipeline import local_stage_filter
 from .parallel_run import ParallelModel
 from .run_config import write_run_config
 from .schedule import schedule_from_config
@@ -129,7 +130,10 @@ class _Run:
 
         _seed_everything(config.seed)
         checkpoint = latest_checkpoint(run_dir) if resume else None
-        self.model = build_train_model(model_config, config, device, load_init=checkpoint is None)
+        keep = None  # under a pipeline, materialise only this rank's stages (unless --init-hf must load)
+        if layout is not None and layout.pp > 1 and (config.init_hf is None or checkpoint is not None):
+            keep = local_stage_filter(model_config, layout, rank * layout.pp // world_size, config.seq_len)
+        self.model = build_train_model(model_config, config, device, load_init=checkpoint is None, keep=keep)
         self.parallel = None  # one process: the plain model; else hybridcore.parallel's (parallel_run.py)
         if layout is None:
             self.model = parallelize(self.model, config)

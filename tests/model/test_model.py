@@ -72,6 +72,21 @@ def test_long_sequence_document_attention_needs_no_mask_and_agrees(layout, monke
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
+def test_a_model_part_holds_build_models_values_for_the_kept_modules():
+    """A pipeline rank materialises only its modules; the random stream is drawn as for the whole model."""
+    from hybridcore.model import build_model_part
+
+    config = tiny_config(layout="P-M*-")
+    full = build_model(config, seed=3).state_dict()
+    keep = lambda name: name.split(".")[:2] in (["layers", "2"], ["layers", "3"]) or name == "lm_head"
+    part = build_model_part(config, keep, seed=3).state_dict()
+    real = {key for key, tensor in part.items() if not tensor.is_meta}
+    assert real == {key for key in full if key.startswith(("layers.2.", "layers.3.", "lm_head."))}
+    assert all(torch.equal(part[key], full[key]) for key in real)
+    with pytest.raises(ValueError, match="tied embeddings"):
+        build_model_part(tiny_config(layout="P-", tie_embeddings=True), keep)
+
+
 def test_positions_restart_per_document():
     seq_idx = torch.tensor([[0, 0, 1, 1, 1, 2], [0, 0, 0, 0, 0, 0]])
     assert positions_from_seq_idx(seq_idx).tolist() == [[0, 1, 0, 1, 2, 0], [0, 1, 2, 3, 4, 5]]

@@ -191,3 +191,17 @@ def test_chunk_final_state_equals_the_scans_final_state(groups, documents):
     if documents:
         survive[0] = 0
     assert torch.allclose(decay, survive)
+
+
+def test_local_stage_filter_keeps_a_ranks_stages_with_embedding_and_head_where_they_belong():
+    from hybridcore.parallel import ParallelConfig
+    from hybridcore.parallel.pipeline import local_stage_filter
+
+    from .common import named_config
+
+    config = named_config("M*-P").replace(layout="M*-|P-M|-")  # stages cut at '|': [0 1 2] [3 4 5] [6]
+    layout = ParallelConfig(pp=3, dp_shard=1)
+    first, middle, last = (local_stage_filter(config, layout, rank, seq_len=64) for rank in range(3))
+    assert first("embed") and first("layers.2") and not first("layers.3") and not first("lm_head")
+    assert middle("layers.4.mixer.in_proj") and not middle("embed") and not middle("final_norm")
+    assert last("layers.6") and last("final_norm") and last("lm_head") and not last("layers.5")
