@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import importlib
 import json
 import logging
 import platform
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 
 import hybridcore
+from hybridcore.bench import versions
 from hybridcore.bridge.config_map import hf_config_from_model
 from hybridcore.bridge.keys import ours_to_hf
 from hybridcore.config import apply_overrides
@@ -176,16 +176,6 @@ def agree_tokens(a, b) -> int:
 
 
 # ---- main ---------------------------------------------------------------------------------------------
-def versions() -> dict:
-    found = {"torch": torch.__version__, "python": platform.python_version()}
-    for name in ("transformers", "triton", "mamba_ssm", "causal_conv1d"):
-        try:
-            found[name] = getattr(importlib.import_module(name), "__version__", "?")
-        except Exception:
-            found[name] = None
-    return found
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.getLogger("transformers").setLevel(logging.ERROR)

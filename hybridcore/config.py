@@ -128,14 +128,18 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig field(s): {', '.join(unknown)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
     def replace(self, **changes) -> "ModelConfig":
         return self.from_dict({**self.to_dict(), **changes})
+
+
+def dataclass_from_dict(cls, data: dict):
+    """cls(**data), with an error naming any key that is not a field of the dataclass `cls`."""
+    unknown = sorted(set(data) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+    return cls(**data)
 
 
 def coerce_field(name: str, text: str):
@@ -182,4 +186,4 @@ def apply_overrides(config: ModelConfig, overrides: list[str]) -> ModelConfig:
         raise ValueError(f"--set: {error}") from None
 
 
-__all__ = ["ModelConfig", "coerce_field", "apply_overrides"]
+__all__ = ["ModelConfig", "coerce_field", "apply_overrides", "dataclass_from_dict"]

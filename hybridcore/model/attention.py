@@ -104,22 +104,16 @@ def attend_by_document(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, query_
     run of queries, over the keys from the document's first token to the run's last query, causal
     aligned to the lower right (fused kernels apply that without a mask). Costs one host sync."""
     batch, _, length, _ = q.shape
-    key_slots = torch.arange(key_docs.shape[1], device=key_docs.device)
-    key_run_start = torch.cummax(torch.where(_run_starts(key_docs), key_slots, 0), dim=1).values
-    rows, starts = _run_starts(query_docs).nonzero(as_tuple=True)
-    document_starts = key_run_start[rows, starts + query_start]
+    rows, starts = run_starts(query_docs).nonzero(as_tuple=True)  # row-major: each row's runs in order
+    document_starts = document_start_slots(key_docs)[rows, starts + query_start]
     runs = torch.stack([rows, starts, document_starts], dim=1).tolist()
-    outputs = []
+    per_row = [[] for _ in range(batch)]
     for index, (row, first, key_first) in enumerate(runs):
         last = runs[index + 1][1] if index + 1 < len(runs) and runs[index + 1][0] == row else length
         key_end = query_start + last
         queries = q[row:row + 1, :, first:last]
         keys, values = k[row:row + 1, :, key_first:key_end], v[row:row + 1, :, key_first:key_end]
-        outputs.append(lower_right_causal_attention(queries, keys, values, enable_gqa))
-    # runs come row by row in order, so concatenating each row's runs restores the sequence
-    per_row = [[] for _ in range(batch)]
-    for (row, _, _), out in zip(runs, outputs):
-        per_row[row].append(out)
+        per_row[row].append(lower_right_causal_attention(queries, keys, values, enable_gqa))
     return torch.cat([torch.cat(pieces, dim=2) for pieces in per_row], dim=0)
 
 
@@ -135,8 +129,14 @@ def lower_right_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(q.shape[2], k.shape[2]))
 
 
-def _run_starts(docs: torch.Tensor) -> torch.Tensor:
+def run_starts(docs: torch.Tensor) -> torch.Tensor:
     """Boolean [B, L]: True where a run of equal document ids begins."""
     starts = torch.ones_like(docs, dtype=torch.bool)
     starts[:, 1:] = docs[:, 1:] != docs[:, :-1]
     return starts
+
+
+def document_start_slots(docs: torch.Tensor) -> torch.Tensor:
+    """[B, L]: the slot where each token's document (run of equal ids) begins."""
+    slots = torch.arange(docs.shape[1], device=docs.device).expand_as(docs)
+    return torch.cummax(torch.where(run_starts(docs), slots, torch.zeros_like(slots)), dim=1).values

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from .attention import document_start_slots
 from .cache import AttentionCache, LayerCache, MambaCache
 from .layers import LayerInputs, build_layer
 from .norm import RMSNorm
@@ -21,12 +22,7 @@ from .rope import rope_cos_sin
 
 def positions_from_seq_idx(seq_idx: torch.Tensor) -> torch.Tensor:
     """Position of each token inside its document: [[0,0,1,1,1]] -> [[0,1,0,1,2]]."""
-    length = seq_idx.shape[1]
-    index = torch.arange(length, device=seq_idx.device).expand_as(seq_idx)
-    starts = torch.ones_like(seq_idx, dtype=torch.bool)
-    starts[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
-    doc_start = torch.cummax(torch.where(starts, index, torch.zeros_like(index)), dim=1).values
-    return index - doc_start
+    return torch.arange(seq_idx.shape[1], device=seq_idx.device) - document_start_slots(seq_idx)
 
 
 class HybridLM(nn.Module):

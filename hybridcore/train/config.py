@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+
+from ..config import dataclass_from_dict
 
 SCHEDULES = ("cosine", "wsd", "power")
 DEVICES = ("cpu", "cuda")
@@ -155,11 +157,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
 
 def _check_int(name: str, value, minimum: int) -> None:
