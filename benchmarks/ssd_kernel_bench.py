@@ -15,7 +15,7 @@ import torch
 import triton
 from triton.testing import do_bench
 
-from hybridcore.bench import versions
+from hybridcore.bench import kernel_times, versions
 from hybridcore.ops import fused_ssd, ssd_chunked
 
 
@@ -44,6 +44,7 @@ def main():
     p.add_argument("--shape", default="4,4096,24,64,128,1", help="batch,length,heads,head_dim,state,groups")
     p.add_argument("--chunk", type=int, default=128)
     p.add_argument("--packed", action="store_true", help="also time with seq_idx (4 documents per row)")
+    p.add_argument("--profile", action="store_true", help="also time each of our kernels (torch.profiler)")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
     batch, length, heads, head_dim, state, groups = map(int, args.shape.split(","))
@@ -94,6 +95,9 @@ def main():
                 call(name, leaves, seq_idx).backward(dy)
             both_ms = do_bench(fwd_bwd, warmup=50, rep=300, grad_to_none=list(leaves.values()), return_mode="median")
             result[f"{case}_{name}"] = {"fwd_ms": fwd_ms, "fwd_bwd_ms": both_ms, "errors": errors}
+            if args.profile and name == "ours":
+                result[f"{case}_{name}"]["kernel_ms"] = kernel_times(fwd_bwd, before_each=lambda: [
+                    setattr(leaf, "grad", None) for leaf in leaves.values()])
             print(f"{case:7s} {name:10s} fwd {fwd_ms:.3f} ms  fwd+bwd {both_ms:.3f} ms  errors "
                   + " ".join(f"{k} {v:.1e}" for k, v in errors.items()), flush=True)
         if f"{case}_mamba_ssm" in result:

@@ -34,6 +34,8 @@ PEER_PACKAGES = ("mamba_ssm", "causal_conv1d")
 
 def add_arguments(parser) -> None:
     parser.add_argument("--preset", default="falcon-h1-0.5b")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a preset field, e.g. --set layout=P-P-P-P- for a few 7B layers")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=8, help="timed steps (median reported)")
@@ -48,6 +50,7 @@ def add_arguments(parser) -> None:
                         help="batch size to retry a peer at when it runs out of memory (0: no retry)")
     parser.add_argument("--wait-for-file", default=None,
                         help="before the kernel peer, wait (up to 7 min) for this file, e.g. a build's marker")
+    parser.add_argument("--profile", action="store_true", help="print and save each contender's time per kernel")
     parser.add_argument("--check", action="store_true", help="compare fused and reference at real shapes")
     parser.add_argument("--smoke", action="store_true", help="tiny CPU run (debug preset) for tests")
     parser.add_argument("--out", default="benchmarks/results", help="folder for the JSON result")
@@ -96,6 +99,30 @@ def time_steps(step, warmup: int, steps: int, device) -> list[float]:
     return times
 
 
+def kernel_times(step, repeats: int = 20, before_each=None, top: int = 12) -> dict:
+    """Mean GPU time per call of `step` spent in each kernel, in ms, largest first (torch.profiler);
+    prints the `top` largest."""
+    from torch.profiler import ProfilerActivity, profile
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            if before_each is not None:
+                before_each()
+            step()
+        torch.cuda.synchronize()
+    times = {}
+    for event in prof.key_averages():
+        total = getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
+        if total > 0:
+            times[event.key[:80]] = total / repeats / 1e3  # microseconds -> ms per step
+    times = dict(sorted(times.items(), key=lambda kv: -kv[1]))
+    print(f"    {sum(times.values()):7.3f} ms  in all kernels")
+    for key, ms in list(times.items())[:top]:
+        print(f"    {ms:7.3f} ms  {key}")
+    return times
+
+
 def measure(name: str, build, tokens: int, args, device) -> dict:
     """Build a step (model + optimizer), run it, return tokens/s, step time and peak memory."""
     _clean(device)
@@ -108,6 +135,11 @@ def measure(name: str, build, tokens: int, args, device) -> dict:
         result.update(tok_s=tokens / median, step_ms=1e3 * median, step_ms_all=[round(1e3 * t, 2) for t in times])
         if device.type == "cuda":
             result["peak_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+            if getattr(args, "profile", False):
+                try:
+                    result["kernel_ms"] = kernel_times(step, repeats=3, top=25)
+                except Exception as error:  # the timing above stands without the profile
+                    result["kernel_ms"] = f"profiler failed: {type(error).__name__}: {error}"
     except torch.OutOfMemoryError:
         result["status"] = "oom"
     except Exception as error:  # a peer that cannot run here: say why, keep going
@@ -295,6 +327,7 @@ def versions() -> dict:
 
 def run(args) -> int:
     from .flops import flops_per_token
+    from .config import apply_overrides
     from .presets import get_preset
 
     if args.smoke:
@@ -304,13 +337,13 @@ def run(args) -> int:
     for name, value in (("--batch-size", args.batch_size), ("--seq-len", args.seq_len), ("--steps", args.steps)):
         if value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
-    config = get_preset(args.preset)
+    config = apply_overrides(get_preset(args.preset), args.overrides)
     tokens = args.batch_size * args.seq_len
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"hybridcore bench: {args.preset} {args.batch_size}x{args.seq_len} {args.precision} on {gpu}", flush=True)
 
     result = {
-        "gpu": gpu, "preset": args.preset, "batch_size": args.batch_size, "seq_len": args.seq_len,
+        "gpu": gpu, "preset": args.preset, "overrides": args.overrides, "batch_size": args.batch_size, "seq_len": args.seq_len,
         "precision": {"amp": "bf16 autocast, fp32 master weights", "bf16": "pure bf16",
                       "fp32": "fp32"}[args.precision],
         "step": "forward + loss + backward + AdamW",

@@ -73,7 +73,11 @@ class Mamba2Mixer(nn.Module):
     def forward(self, u: torch.Tensor, seq_idx: torch.Tensor | None = None,
                 cache: MambaCache | None = None) -> torch.Tensor:
         batch, length, _ = u.shape
-        zxbcdt = self.in_proj(u) * self.mup_vector(u.device, u.dtype)
+        projected = self.in_proj(u)
+        # Under autocast u is fp32 and in_proj's output bf16: multiply by the exact fp32 multipliers, then
+        # round once back to bf16, so that the conv and the scan run on bf16 (fp32 here doubled their time
+        # and overflowed shared memory at 7B shapes). Without autocast the dtypes agree and this is HF's product.
+        zxbcdt = (projected * self.mup_vector(u.device, u.dtype)).to(projected.dtype)
         z, xBC, dt = torch.split(zxbcdt, [self.d_ssm, self.d_ssm + 2 * self.n_groups * self.d_state,
                                           self.num_heads], dim=-1)
 
@@ -89,7 +93,7 @@ class Mamba2Mixer(nn.Module):
             cache.conv_state.copy_(conv_state)
             cache.ssm_state.copy_(ssm_state)
         y = y.reshape(batch, length, self.d_ssm)
-        return self.out_proj(self.gate(y, z).to(u.dtype))
+        return self.out_proj(self.gate(y, z))
 
     # conv, scan and gate are methods so that hybridcore.parallel can run them across ranks (context
     # parallel: conv and scan; tensor parallel with a norm group split over ranks: gate). conv and scan

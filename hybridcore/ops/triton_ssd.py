@@ -491,7 +491,8 @@ def _dbc_bwd_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dcb_ptr, dt_ptr, a_ptr, enter_p
 
 
 # ---------------------------------------------------------------------------------------------------
-# backward 5: dx_s = sum_{l>=s} CB[l,s] e^{a_l - a_s} dt_s dy_l + w_s B_s dCS^T + D dy_s
+# backward 5: dx_s = sum_{l>=s} CB[l,s] e^{a_l - a_s} dt_s dy_l + w_s B_s dCS^T + D dy_s, and partials of
+# dD = sum dy . x (the tile of dy is already loaded here)
 # ---------------------------------------------------------------------------------------------------
 @triton.autotune(
     configs=_configs([(dict(BLOCK_M=64, BLOCK_P=64, BLOCK_K=64, BLOCK_KN=64), 4, 3),
@@ -501,10 +502,10 @@ def _dbc_bwd_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dcb_ptr, dt_ptr, a_ptr, enter_p
                      dict(BLOCK_M=16, BLOCK_P=16, BLOCK_K=16, BLOCK_KN=16)),
     key=["CHUNK", "P", "N"])
 @triton.jit
-def _dx_bwd_kernel(dy_ptr, B_ptr, cb_ptr, dt_ptr, a_ptr, dcs_ptr, D_ptr, seq_ptr, dx_ptr,
+def _dx_bwd_kernel(dy_ptr, B_ptr, cb_ptr, dt_ptr, a_ptr, dcs_ptr, D_ptr, seq_ptr, dx_ptr, x_ptr, dD_part_ptr,
                    L, H, G, P, N, nchunks,
                    s_dy_b, s_dy_l, s_dy_h, s_dy_p, s_B_b, s_B_l, s_B_g, s_B_n, s_seq_b, s_seq_l,
-                   s_dx_b, s_dx_l, s_dx_h, s_dx_p,
+                   s_dx_b, s_dx_l, s_dx_h, s_dx_p, s_x_b, s_x_l, s_x_h, s_x_p, dD_slots,
                    HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, CHUNK: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_KN: tl.constexpr):
     pid_bc = tl.program_id(0)
@@ -564,6 +565,11 @@ def _dx_bwd_kernel(dy_ptr, B_ptr, cb_ptr, dt_ptr, a_ptr, dcs_ptr, D_ptr, seq_ptr
         dy_m = tl.load(dy_base + t_m[:, None] * s_dy_l + offs_p[None, :] * s_dy_p, mask=m_ok[:, None] & p_ok[None, :],
                        other=0.0)
         acc += tl.load(D_ptr + pid_h).to(tl.float32) * dy_m.to(tl.float32)
+        # dD_h = sum dy . x: one partial per program, summed by the caller (no atomics: reproducible)
+        x_m = tl.load(x_ptr + pid_b * s_x_b + t_m[:, None] * s_x_l + pid_h * s_x_h + offs_p[None, :] * s_x_p,
+                      mask=m_ok[:, None] & p_ok[None, :], other=0.0)
+        tl.store(dD_part_ptr + (pid_bc * H + pid_h) * dD_slots + tl.program_id(2),
+                 tl.sum(tl.sum(dy_m.to(tl.float32) * x_m.to(tl.float32), axis=1), axis=0))
     tl.store(dx_ptr + pid_b * s_dx_b + t_m[:, None] * s_dx_l + pid_h * s_dx_h + offs_p[None, :] * s_dx_p,
              acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & p_ok[None, :])
 
@@ -681,7 +687,7 @@ def ssd_forward(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=Fa
     enter = torch.empty_like(local)
     final = torch.empty(batch, heads, head_dim, state, **f32)
     pn = head_dim * state
-    block = min(1024, triton.next_power_of_2(pn))
+    block = min(256, triton.next_power_of_2(pn))  # many small programs: the chunk loop is serial
     init = initial_state.contiguous() if initial_state is not None else None
     _state_pass_fwd_kernel[(batch, heads, triton.cdiv(pn, block))](
         local, enter, final, init if init is not None else final, a_out, seq, length, heads, nchunks, pn,
@@ -717,7 +723,7 @@ def ssd_backward(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus
         dy, C, dt_out, a_out, seq, dcs, length, heads, groups, head_dim, state, nchunks,
         *dy.stride(), *C.stride(), s_seq_b, s_seq_l, MODE=1, HAS_SEQ=has_seq, CHUNK=Q)
     pn = head_dim * state
-    block = min(1024, triton.next_power_of_2(pn))
+    block = min(256, triton.next_power_of_2(pn))  # many small programs: the chunk loop is serial
     num_blk = triton.cdiv(pn, block)
     da_last_part = torch.empty(batch, heads, nchunks, num_blk, **f32)
     dinit = torch.empty(batch, heads, head_dim, state, **f32)
@@ -753,11 +759,14 @@ def ssd_backward(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus
 
     # 5: dx
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    # the grid's last axis depends on the autotuned blocks: room for the most programs any config launches
+    dD_slots = triton.cdiv(Q, 16) * triton.cdiv(head_dim, 16)
+    dD_part = torch.zeros(batch * nchunks, heads, dD_slots, **f32) if D is not None else dx
     _dx_bwd_kernel[lambda m: (batch * nchunks, heads,
                               triton.cdiv(Q, m["BLOCK_M"]) * triton.cdiv(head_dim, m["BLOCK_P"]))](
-        dy, B, cb, dt_out, a_out, dcs, D if D is not None else x, seq, dx, length, heads, groups, head_dim, state,
-        nchunks, *dy.stride(), *B.stride(), s_seq_b, s_seq_l, *dx.stride(), HAS_D=D is not None, HAS_SEQ=has_seq,
-        CHUNK=Q)
+        dy, B, cb, dt_out, a_out, dcs, D if D is not None else x, seq, dx, x, dD_part, length, heads, groups,
+        head_dim, state, nchunks, *dy.stride(), *B.stride(), s_seq_b, s_seq_l, *dx.stride(), *x.stride(), dD_slots,
+        HAS_D=D is not None, HAS_SEQ=has_seq, CHUNK=Q)
 
     # 6: dt, A, dt_bias
     ddt = torch.empty(dt.shape, device=dt.device, dtype=dt.dtype)
@@ -772,5 +781,5 @@ def ssd_backward(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus
 
     dA = dA_part.sum((0, 2))
     dbias = dbias_part.sum((0, 2)) if dt_bias is not None else None
-    dD = torch.einsum("blhp,blhp->h", dy.float(), x.float()) if D is not None else None
+    dD = dD_part.sum((0, 2)) if D is not None else None
     return dx, ddt, dA, dB, dC, dD, dbias, dinit
