@@ -12,10 +12,7 @@ import triton.language as tl
 
 from .triton_ssd import INTERPRET
 
-def _rows_per_program(block_d: int) -> int:
-    """16 rows of up to 2048 channels; fewer for wider groups (7B's 3072-channel group needs 8), so the
-    tile of BLOCK_R x BLOCK_D fp32 values stays within the shared memory that the reductions use."""
-    return 4 if INTERPRET else max(1, min(16, 32768 // block_d))
+BLOCK_R = 4 if INTERPRET else 16
 
 
 @triton.jit
@@ -96,10 +93,9 @@ def gnorm_forward(y, z, weight, n_groups, eps, norm_before_gate):
     out = torch.empty(rows, d, device=y.device, dtype=y.dtype)
     rstd = torch.empty(rows, n_groups, device=y.device, dtype=torch.float32)
     block_d = triton.next_power_of_2(dg)
-    block_r = _rows_per_program(block_d)
-    _gnorm_fwd_kernel[(triton.cdiv(rows, block_r), n_groups)](
+    _gnorm_fwd_kernel[(triton.cdiv(rows, BLOCK_R), n_groups)](
         y2, z2, weight, out, rstd, rows, dg, n_groups, y2.stride(0), z2.stride(0), out.stride(0), float(eps),
-        BEFORE=bool(norm_before_gate), BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4 if block_d <= 2048 else 8)
+        BEFORE=bool(norm_before_gate), BLOCK_R=BLOCK_R, BLOCK_D=block_d, num_warps=4 if block_d <= 2048 else 8)
     return out.view(y.shape), rstd
 
 
@@ -110,12 +106,11 @@ def gnorm_backward(dout, y, z, weight, rstd, n_groups, norm_before_gate):
     dg = d // n_groups
     dy = torch.empty(rows, d, device=y.device, dtype=y.dtype)
     dz = torch.empty(rows, d, device=z.device, dtype=z.dtype)
-    block_d = triton.next_power_of_2(dg)
-    block_r = _rows_per_program(block_d)
-    num_r = triton.cdiv(rows, block_r)
+    num_r = triton.cdiv(rows, BLOCK_R)
     dw_part = torch.empty(num_r, d, device=y.device, dtype=torch.float32)
+    block_d = triton.next_power_of_2(dg)
     _gnorm_bwd_kernel[(num_r, n_groups)](
         y2, z2, weight, rstd, do2, dy, dz, dw_part, rows, dg, n_groups, d, y2.stride(0), z2.stride(0), do2.stride(0),
-        dy.stride(0), dz.stride(0), BEFORE=bool(norm_before_gate), BLOCK_R=block_r, BLOCK_D=block_d,
+        dy.stride(0), dz.stride(0), BEFORE=bool(norm_before_gate), BLOCK_R=BLOCK_R, BLOCK_D=block_d,
         num_warps=4 if block_d <= 2048 else 8)
     return dy.view(y.shape), dz.view(z.shape), dw_part.sum(0)
