@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..ops import causal_conv1d, gated_rms_norm, ssd, ssd_recurrent
+from ..ops import causal_conv1d, gated_rms_norm, ssd, ssd_step
 from .cache import MambaCache
 
 
@@ -113,7 +113,9 @@ class Mamba2Mixer(nn.Module):
         options = dict(D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.time_step_limit,
                        initial_state=initial_state, seq_idx=seq_idx, return_final_state=initial_state is not None)
         if initial_state is not None and x.shape[1] == 1:
-            # Decoding: one recurrent step h = exp(dt*A) h + dt * x B^T from the cached state, rather
-            # than padding a single token up to a whole chunk.
-            return ssd_recurrent(x, dt, A, B, C, **options)
+            # Decoding: one recurrent step h = exp(dt*A) h + dt * x B^T on the cached state, in place,
+            # rather than padding a single token up to a whole chunk.
+            y = ssd_step(x, dt, A, B, C, initial_state, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
+                         dt_limit=self.time_step_limit)
+            return y, initial_state
         return ssd(x, dt, A, B, C, chunk_size=self.chunk_size, **options)

@@ -11,7 +11,7 @@ import torch
 
 from .conv import causal_conv1d_ref
 from .cross_entropy import chunked_cross_entropy
-from .ssd import ssd_chunked, ssd_recurrent
+from .ssd import ssd_chunked, ssd_recurrent, ssd_step_ref
 
 # "auto": kernels on CUDA; "off": reference everywhere; "on": kernels on any device (the CPU runs them
 # only under TRITON_INTERPRET=1; used by the tests).
@@ -62,6 +62,14 @@ def ssd(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=False, dt_
     return out if return_final_state else (out, None)
 
 
+def ssd_step(x, dt, A, B, C, state, D=None, dt_bias=None, dt_softplus=False, dt_limit=(0.0, float("inf"))):
+    """One decoding token [b, 1, ...] from `state` [b, H, P, N] fp32, updated in place; returns y."""
+    kw = dict(D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit)
+    if kernels_active(x) and _fused()[0].step_supported(x, B, state):
+        return _fused()[0].ssd_step(x, dt, A, B, C, state, **kw)
+    return ssd_step_ref(x, dt, A, B, C, state, **kw)
+
+
 def causal_conv1d(x, weight, bias=None, seq_idx=None, initial_state=None, return_final_state=False):
     """Causal depthwise conv1d with document resets; returns (y, final_state or None)."""
     if kernels_active(x) and x.dtype in _KERNEL_DTYPES:
@@ -79,5 +87,5 @@ def gated_rms_norm(y, gate, weight, n_groups, eps, norm_before_gate):
     return reference(y, gate, weight, n_groups, eps, norm_before_gate)
 
 
-__all__ = ["ssd", "causal_conv1d", "gated_rms_norm", "chunked_cross_entropy", "kernels_active", "use_kernels",
-           "ssd_chunked", "ssd_recurrent", "causal_conv1d_ref"]
+__all__ = ["ssd", "ssd_step", "causal_conv1d", "gated_rms_norm", "chunked_cross_entropy", "kernels_active",
+           "use_kernels", "ssd_chunked", "ssd_recurrent", "ssd_step_ref", "causal_conv1d_ref"]

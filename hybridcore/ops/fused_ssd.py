@@ -9,7 +9,7 @@ import math
 import torch
 from torch import Tensor
 
-from . import triton_ssd
+from . import triton_ssd, triton_ssd_step
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -96,3 +96,27 @@ def ssd(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=False, dt_
     y, final, *_ = ssd_fwd(x, dt, A, B, C, D, dt_bias, initial_state, seq_idx, int(chunk_size), bool(dt_softplus),
                            float(dt_limit[0]), float(dt_limit[1]))
     return (y, final) if return_final_state else y
+
+
+@torch.library.custom_op("hybridcore::ssd_step", mutates_args=("state",))
+def ssd_step_op(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, state: Tensor, D: Tensor | None,
+                dt_bias: Tensor | None, dt_softplus: bool, dt_min: float, dt_max: float) -> Tensor:
+    return triton_ssd_step.ssd_step(x, dt, A, B, C, state, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                                    dt_min=dt_min, dt_max=dt_max)
+
+
+@ssd_step_op.register_fake
+def _(x, dt, A, B, C, state, D, dt_bias, dt_softplus, dt_min, dt_max):
+    return x.new_empty(x.shape)
+
+
+def ssd_step(x, dt, A, B, C, state, D=None, dt_bias=None, dt_softplus=False, dt_limit=(0.0, math.inf)):
+    """Drop-in for `ssd.ssd_step_ref` on the Triton kernel (inference only: no autograd)."""
+    return ssd_step_op(x, dt, A, B, C, state, D, dt_bias, bool(dt_softplus), float(dt_limit[0]),
+                       float(dt_limit[1]))
+
+
+def step_supported(x: Tensor, B: Tensor, state: Tensor) -> bool:
+    return (x.dtype in SUPPORTED_DTYPES and B.dtype in SUPPORTED_DTYPES and x.shape[1] == 1
+            and state.dtype == torch.float32 and state.is_contiguous() and x.shape[2] % B.shape[2] == 0
+            and B.shape[-1] <= 256 and not torch.is_grad_enabled())

@@ -77,6 +77,15 @@ def ssd_recurrent(x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, dt_li
     return (y, state.float() if dtype != torch.float64 else state) if return_final_state else y
 
 
+def ssd_step_ref(x, dt, A, B, C, state, D=None, dt_bias=None, dt_softplus=False, dt_limit=(0.0, math.inf)):
+    """One decoding token: `ssd_recurrent` from `state` [b, H, P, N] (fp32), which is updated in place;
+    returns y [b, 1, H, P]."""
+    y, final = ssd_recurrent(x, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit,
+                             initial_state=state, return_final_state=True)
+    state.copy_(final)
+    return y
+
+
 def _segment_sum(a: torch.Tensor) -> torch.Tensor:
     """a [..., T] -> S [..., T, T] with S[i, j] = a[j+1] + ... + a[i] for j <= i, -inf above the diagonal.
 

@@ -70,6 +70,37 @@ def test_ssd_kernel_bf16_inputs(device):
     assert y.dtype == torch.bfloat16 and rel(y, y_ref) < 2e-2
 
 
+@pytest.mark.parametrize("case", ["plain", "limit", "bf16", "one_group_no_D"])
+def test_ssd_step_kernel_matches_recurrence(case, device):
+    """Several decoding steps in a row: outputs and the in-place state against the reference step."""
+    groups = 1 if case == "one_group_no_D" else 2
+    t = ssd_inputs(device, batch=3, length=5, head_dim=20, groups=groups, state=24, init=True)
+    t = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+    limit = (0.1, 0.9) if case == "limit" else (0.0, math.inf)
+    D = None if case == "one_group_no_D" else t["D"]
+    x, B, C = (t[k].bfloat16() if case == "bf16" else t[k] for k in ("x", "B", "C"))
+    state, state_ref = t["initial_state"].clone(), t["initial_state"].clone()
+    with torch.no_grad():
+        for step in range(x.shape[1]):
+            token = slice(step, step + 1)
+            args = (x[:, token], t["dt"][:, token], t["A"], B[:, token], C[:, token])
+            opts = dict(D=D, dt_bias=t["dt_bias"], dt_softplus=True, dt_limit=limit)
+            y = fused_ssd.ssd_step(*args, state, **opts)
+            y_ref = ops.ssd_step_ref(*args, state_ref, **opts)
+            assert y.dtype == x.dtype and y.shape == y_ref.shape
+            assert rel(y, y_ref) < (1e-2 if case == "bf16" else 1e-5), step
+            assert rel(state, state_ref) < 1e-5, step
+    assert rel(state, t["initial_state"]) > 1e-2  # the state did move
+
+
+def test_ssd_step_dispatch_keeps_gradients_on_the_reference(device):
+    t = ssd_inputs(device, length=1, init=True)
+    with ops.use_kernels("on"):
+        assert not fused_ssd.step_supported(t["x"], t["B"], t["initial_state"])  # grad mode: reference
+        with torch.no_grad():
+            assert fused_ssd.step_supported(t["x"], t["B"], t["initial_state"])
+
+
 @pytest.mark.parametrize("docs", [False, True])
 @pytest.mark.parametrize("init", [False, True])
 def test_conv_kernel_matches_reference(docs, init, device):
@@ -130,6 +161,11 @@ def test_custom_ops_opcheck(device):
     w = torch.randn(8, 4, device=device, requires_grad=True)
     torch.library.opcheck(torch.ops.hybridcore.causal_conv1d_fwd.default, (x, w, None, None, None),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    step = ssd_inputs(device, batch=1, length=1, heads=2, groups=1, init=True)
+    step = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in step.items()}
+    torch.library.opcheck(torch.ops.hybridcore.ssd_step.default,
+                          (step["x"], step["dt"], step["A"], step["B"], step["C"], step["initial_state"], step["D"],
+                           step["dt_bias"], True, 0.0, math.inf), test_utils=("test_schema", "test_faketensor"))
 
 
 def test_compile_fullgraph_one_mamba_layer(device):
