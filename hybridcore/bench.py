@@ -42,6 +42,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (Triton autotunes here)")
     parser.add_argument("--precision", choices=["amp", "bf16", "fp32"], default="amp")
     parser.add_argument("--compile", action="store_true", help="also measure ours with each layer compiled")
+    parser.add_argument("--compile-modes", nargs="+", default=["default"],
+                        choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+                        help="torch.compile modes to measure with --compile (reduce-overhead adds CUDA graphs)")
     parser.add_argument("--loss", choices=["chunked", "plain"], default="chunked",
                         help="our loss: chunked linear+cross-entropy, or full logits")
     parser.add_argument("--no-kernels", action="store_true", help="ours on the PyTorch reference ops")
@@ -166,7 +169,7 @@ def _optimizer(params, device):
     return torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
 
 
-def build_ours(config, ids, args, device, compiled=False):
+def build_ours(config, ids, args, device, compiled=False, mode="default"):
     from . import ops
     from .model import build_model
 
@@ -176,13 +179,16 @@ def build_ours(config, ids, args, device, compiled=False):
         model.train()
         if compiled:
             for layer in model.layers.values():
-                layer.compile()
+                layer.compile(mode=None if mode == "default" else mode)
         optimizer = _optimizer(model.parameters(), device)
         inputs, labels = ids[:, :-1], ids[:, 1:]
-        mode = "off" if args.no_kernels else "auto"
+        kernel_mode = "off" if args.no_kernels else "auto"
+        graphs = compiled and mode == "reduce-overhead"
 
         def step():
-            with ops.use_kernels(mode), _autocast(device, args.precision):
+            if graphs:  # a new iteration: earlier steps' graph outputs may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
+            with ops.use_kernels(kernel_mode), _autocast(device, args.precision):
                 hidden = model.hidden_states(inputs)
                 if args.loss == "chunked":
                     loss = ops.chunked_cross_entropy(hidden, model.lm_head.weight, labels,
@@ -194,9 +200,10 @@ def build_ours(config, ids, args, device, compiled=False):
             optimizer.zero_grad(set_to_none=True)
             return loss
 
-        with ops.use_kernels(mode):
+        with ops.use_kernels(kernel_mode):
             kernels = ops.kernels_active(ids.new_empty(0, dtype=torch.float32))
-        return step, {"kernels": kernels, "compiled": compiled, "loss": args.loss}
+        return step, {"kernels": kernels, "compiled": compiled, "compile_mode": mode if compiled else None,
+                      "loss": args.loss}
     return build
 
 
@@ -361,9 +368,10 @@ def run(args) -> int:
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len + 1), generator=generator).to(device)
     runs = {"ours": measure("ours", build_ours(config, ids, args, device), tokens, args, device)}
-    if args.compile:
-        runs["ours_compiled"] = measure("ours_compiled", build_ours(config, ids, args, device, compiled=True),
-                                        tokens, args, device)
+    for mode in args.compile_modes if args.compile else []:
+        name = "ours_compiled" if mode == "default" else f"ours_compiled_{mode}"
+        runs[name] = measure(name, build_ours(config, ids, args, device, compiled=True, mode=mode), tokens, args,
+                             device)
     if args.peers:
         for name, kernels in (("hf_torch", False), ("hf_kernels", True)):
             if kernels:

@@ -68,7 +68,7 @@ def add_arguments(parser) -> None:
     execution.add_argument("--activation-checkpointing", action="store_true", default=None,
                            help="recompute each layer's activations in backward")
     execution.add_argument("--compile", action="store_true", default=None,
-                           help="torch.compile each layer (worth it on GPUs: 1.37x in benchmarks/README.md)")
+                           help="torch.compile each layer (worth it on GPUs: 1.5x in benchmarks/README.md)")
     execution.add_argument("--no-doc-masking", dest="doc_masking", action="store_false", default=None,
                            help="let attention and the Mamba state cross document boundaries in a packed row")
     _flag(execution, "--loss-chunk", type=int, help="tokens per logits chunk in the loss (0: automatic)")

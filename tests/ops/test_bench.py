@@ -15,3 +15,18 @@ def test_bench_smoke_writes_one_result(tmp_path):
     assert result["tok_s"] > 0 and result["preset"] == "debug"
     assert set(result["versions"]) >= {"torch", "triton", "transformers", "mamba_ssm"}
     assert result["hf_torch_status"] in ("ok", "oom") or result["hf_torch_status"].startswith("error")
+
+
+def test_bench_set_overrides_the_preset_and_is_recorded(tmp_path):
+    runs = {}
+    for name, extra in (("full", []), ("one_block", ["--set", "layout=P-"])):
+        out = tmp_path / name
+        assert cli.main(["bench", "--smoke", "--out", str(out), *extra]) == 0
+        runs[name] = json.loads(next(out.glob("*.json")).read_text())
+    assert runs["one_block"]["overrides"] == ["layout=P-"] and runs["full"]["overrides"] == []
+    assert runs["one_block"]["flops_per_token"] < runs["full"]["flops_per_token"]
+
+
+def test_bench_set_names_a_bad_field(tmp_path, capsys):
+    assert cli.main(["bench", "--smoke", "--out", str(tmp_path), "--set", "no_such_field=1"]) != 0
+    assert "no_such_field" in capsys.readouterr().err
