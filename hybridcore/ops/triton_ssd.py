@@ -299,17 +299,15 @@ def _chunk_scan_fwd_kernel(x_ptr, C_ptr, cb_ptr, dt_ptr, a_ptr, enter_ptr, D_ptr
 
 # ---------------------------------------------------------------------------------------------------
 # backward 2: reverse state passing. In place: the local state grads become dCS_c, the gradient of the
-# state chunk c adds (that is, of the state leaving chunk c). Also d a_last from the passing decay.
+# state chunk c adds (that is, of the state leaving chunk c). The decay's gradient, which needs dCS_c and
+# the entering state together, is left to the dB/dC kernel: a reduction here would sit in the serial loop.
 # ---------------------------------------------------------------------------------------------------
 @triton.jit
-def _state_pass_bwd_kernel(g_ptr, enter_ptr, dfinal_ptr, dinit_ptr, a_ptr, seq_ptr, da_part_ptr,
-                           L, H, nchunks, PN, s_seq_b, s_seq_l, HAS_DFINAL: tl.constexpr, HAS_SEQ: tl.constexpr,
-                           CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+def _state_pass_bwd_kernel(g_ptr, dfinal_ptr, dinit_ptr, a_ptr, seq_ptr, L, H, nchunks, PN, s_seq_b, s_seq_l,
+                           HAS_DFINAL: tl.constexpr, HAS_SEQ: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     pid_b = tl.program_id(0).to(tl.int64)
     pid_h = tl.program_id(1)
-    pid_blk = tl.program_id(2)
-    num_blk = tl.num_programs(2)
-    offs = pid_blk * BLOCK + tl.arange(0, BLOCK)
+    offs = tl.program_id(2) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < PN
     if HAS_DFINAL:
         dstate = tl.load(dfinal_ptr + (pid_b * H + pid_h) * PN + offs, mask=ok, other=0.0).to(tl.float32)
@@ -322,14 +320,11 @@ def _state_pass_bwd_kernel(g_ptr, enter_ptr, dfinal_ptr, dinit_ptr, a_ptr, seq_p
         base = ((pid_b * nchunks + c) * H + pid_h) * PN
         g = tl.load(g_ptr + base + offs, mask=ok, other=0.0)
         tl.store(g_ptr + base + offs, dstate, mask=ok)
-        S = tl.load(enter_ptr + base + offs, mask=ok, other=0.0)
         scale = tl.exp(tl.load(a_ptr + ((pid_b * H + pid_h) * nchunks + c) * CHUNK + CHUNK - 1))
         if HAS_SEQ:
             doc_end = _doc(seq_base, s_seq_l, c * CHUNK + CHUNK - 1, L)
             doc_enter = _doc(seq_base, s_seq_l, c * CHUNK - 1, L)
             scale = tl.where(doc_end == doc_enter, scale, 0.0)
-        tl.store(da_part_ptr + ((pid_b * H + pid_h) * nchunks + c) * num_blk + pid_blk,
-                 tl.sum(dstate * S, axis=0) * scale)
         dstate = dstate * scale + g
     tl.store(dinit_ptr + (pid_b * H + pid_h) * PN + offs, dstate, mask=ok)
 
@@ -395,6 +390,8 @@ def _dcb_bwd_kernel(dy_ptr, x_ptr, cb_ptr, dt_ptr, a_ptr, seq_ptr, dcb_ptr, ddt_
 # backward 4: dC, dB per group (rows of one chunk), and the per-head state terms of da:
 #   dC_l = sum_s dCB[l,s] B_s + sum_h e^{a_l} dy_l S_h          da_inter_l = e^{a_l} dy_l . (S C_l)
 #   dB_s = sum_l dCB[l,s] C_l + sum_h w_s x_s dCS_h             dw_s       = x_s . (dCS B_s)
+# and (first row block only) the passing decay's term d a_last = e^{a_last} sum(dCS * S), zero where a
+# document starts inside the chunk.
 # ---------------------------------------------------------------------------------------------------
 @triton.autotune(
     configs=_configs([(dict(BLOCK_M=64, BLOCK_K=32), 8, 2),
@@ -405,7 +402,7 @@ def _dcb_bwd_kernel(dy_ptr, x_ptr, cb_ptr, dt_ptr, a_ptr, seq_ptr, dcb_ptr, ddt_
     key=["CHUNK", "P", "N", "HPG"])
 @triton.jit
 def _dbc_bwd_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dcb_ptr, dt_ptr, a_ptr, enter_ptr, dcs_ptr, seq_ptr,
-                    dB_ptr, dC_ptr, dainter_ptr, dw_ptr, L, H, G, P, N, nchunks,
+                    dB_ptr, dC_ptr, dainter_ptr, dw_ptr, dalast_ptr, L, H, G, P, N, nchunks,
                     s_dy_b, s_dy_l, s_dy_h, s_dy_p, s_x_b, s_x_l, s_x_h, s_x_p,
                     s_B_b, s_B_l, s_B_g, s_B_n, s_C_b, s_C_l, s_C_g, s_C_n, s_seq_b, s_seq_l,
                     s_dB_b, s_dB_l, s_dB_g, s_dB_n, s_dC_b, s_dC_l, s_dC_g, s_dC_n,
@@ -457,7 +454,9 @@ def _dbc_bwd_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dcb_ptr, dt_ptr, a_ptr, enter_p
         seq_base = seq_ptr + pid_b * s_seq_b
         doc_m = _doc(seq_base, s_seq_l, t_m, L)
         enter_ok = doc_m == _doc(seq_base, s_seq_l, pid_c * CHUNK - 1, L)
-        last_ok = doc_m == _doc(seq_base, s_seq_l, pid_c * CHUNK + CHUNK - 1, L)
+        doc_last = _doc(seq_base, s_seq_l, pid_c * CHUNK + CHUNK - 1, L)
+        last_ok = doc_m == doc_last
+        passes = doc_last == _doc(seq_base, s_seq_l, pid_c * CHUNK - 1, L)  # no document starts inside
     for hh in range(HPG):
         h = pid_g * HPG + hh
         dt_base = ((pid_b * H + h) * nchunks + pid_c) * CHUNK
@@ -483,6 +482,11 @@ def _dbc_bwd_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dcb_ptr, dt_ptr, a_ptr, enter_p
         v = tl.dot(x_m, dCS.to(x_m.dtype))  # [M, N]: x_s dCS
         dB += v * w_m[:, None]
         tl.store(dw_ptr + dt_base + offs_m, tl.sum(v * B_m, axis=1), mask=m_in)
+        if pid_m == 0:
+            da_last = tl.exp(a_last) * tl.sum(tl.sum(dCS * S, axis=1), axis=0)
+            if HAS_SEQ:
+                da_last = tl.where(passes, da_last, 0.0)
+            tl.store(dalast_ptr + (pid_b * H + h) * nchunks + pid_c, da_last)
     out_mask = m_ok[:, None] & n_ok[None, :]
     tl.store(dC_ptr + pid_b * s_dC_b + t_m[:, None] * s_dC_l + pid_g * s_dC_g + offs_n[None, :] * s_dC_n,
              dC.to(dC_ptr.dtype.element_ty), mask=out_mask)
@@ -724,15 +728,11 @@ def ssd_backward(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus
         *dy.stride(), *C.stride(), s_seq_b, s_seq_l, MODE=1, HAS_SEQ=has_seq, CHUNK=Q)
     pn = head_dim * state
     block = min(256, triton.next_power_of_2(pn))  # many small programs: the chunk loop is serial
-    num_blk = triton.cdiv(pn, block)
-    da_last_part = torch.empty(batch, heads, nchunks, num_blk, **f32)
     dinit = torch.empty(batch, heads, head_dim, state, **f32)
     dfinal_c = dfinal.contiguous() if dfinal is not None else None
-    _state_pass_bwd_kernel[(batch, heads, num_blk)](
-        dcs, enter, dfinal_c if dfinal_c is not None else dinit, dinit, a_out, seq, da_last_part, length, heads,
-        nchunks, pn, s_seq_b, s_seq_l, HAS_DFINAL=dfinal_c is not None, HAS_SEQ=has_seq, CHUNK=Q, BLOCK=block,
-        num_warps=4)
-    da_last = da_last_part.sum(-1) if num_blk > 1 else da_last_part[..., 0].contiguous()
+    _state_pass_bwd_kernel[(batch, heads, triton.cdiv(pn, block))](
+        dcs, dfinal_c if dfinal_c is not None else dinit, dinit, a_out, seq, length, heads, nchunks, pn,
+        s_seq_b, s_seq_l, HAS_DFINAL=dfinal_c is not None, HAS_SEQ=has_seq, CHUNK=Q, BLOCK=block, num_warps=4)
 
     # 3: dCB and the intra-chunk dt / da terms
     block_m = 16 if INTERPRET else (32 if Q <= 128 else 16)
@@ -751,9 +751,10 @@ def ssd_backward(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus
     dC = torch.empty(C.shape, device=C.device, dtype=C.dtype)
     dainter = torch.empty(batch, heads, nchunks, Q, **f32)
     dw = torch.empty(batch, heads, nchunks, Q, **f32)
+    da_last = torch.empty(batch, heads, nchunks, **f32)
     _dbc_bwd_kernel[lambda m: (batch * nchunks, groups, triton.cdiv(Q, m["BLOCK_M"]))](
-        dy, x, B, C, dcb, dt_out, a_out, enter, dcs, seq, dB, dC, dainter, dw, length, heads, groups, head_dim,
-        state, nchunks, *dy.stride(), *x.stride(), *B.stride(), *C.stride(), s_seq_b, s_seq_l,
+        dy, x, B, C, dcb, dt_out, a_out, enter, dcs, seq, dB, dC, dainter, dw, da_last, length, heads, groups,
+        head_dim, state, nchunks, *dy.stride(), *x.stride(), *B.stride(), *C.stride(), s_seq_b, s_seq_l,
         *dB.stride(), *dC.stride(), HPG=hpg, HAS_SEQ=has_seq, CHUNK=Q, BLOCK_P=block_p,
         BLOCK_N=_dot_block(state))
 
