@@ -30,3 +30,17 @@ def test_bench_set_overrides_the_preset_and_is_recorded(tmp_path):
 def test_bench_set_names_a_bad_field(tmp_path, capsys):
     assert cli.main(["bench", "--smoke", "--out", str(tmp_path), "--set", "no_such_field=1"]) != 0
     assert "no_such_field" in capsys.readouterr().err
+
+
+def test_bench_decode_step_check_compares_kernel_and_twin():
+    """The GPU `--check` mode's decode part, run here at the debug preset through the interpreter."""
+    import pytest
+    import torch
+
+    pytest.importorskip("triton")
+    from hybridcore.bench import check_decode_step
+    from hybridcore.presets import get_preset
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    report = check_decode_step(get_preset("debug"), 2, device)
+    assert report["y"] < 1e-2 and report["state"] < 1e-5
