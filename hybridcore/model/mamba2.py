@@ -110,12 +110,10 @@ class Mamba2Mixer(nn.Module):
     def scan(self, x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
              seq_idx: torch.Tensor | None, initial_state: torch.Tensor | None):
         A = -torch.exp(self.A_log.float())
-        options = dict(D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.time_step_limit,
-                       initial_state=initial_state, seq_idx=seq_idx, return_final_state=initial_state is not None)
+        options = dict(D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.time_step_limit)
         if initial_state is not None and x.shape[1] == 1:
             # Decoding: one recurrent step h = exp(dt*A) h + dt * x B^T on the cached state, in place,
             # rather than padding a single token up to a whole chunk.
-            y = ssd_step(x, dt, A, B, C, initial_state, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
-                         dt_limit=self.time_step_limit)
-            return y, initial_state
-        return ssd(x, dt, A, B, C, chunk_size=self.chunk_size, **options)
+            return ssd_step(x, dt, A, B, C, initial_state, **options), initial_state
+        return ssd(x, dt, A, B, C, chunk_size=self.chunk_size, initial_state=initial_state, seq_idx=seq_idx,
+                   return_final_state=initial_state is not None, **options)

@@ -453,10 +453,11 @@ def _dbc_bwd_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dcb_ptr, dt_ptr, a_ptr, enter_p
     if HAS_SEQ:
         seq_base = seq_ptr + pid_b * s_seq_b
         doc_m = _doc(seq_base, s_seq_l, t_m, L)
-        enter_ok = doc_m == _doc(seq_base, s_seq_l, pid_c * CHUNK - 1, L)
+        doc_enter = _doc(seq_base, s_seq_l, pid_c * CHUNK - 1, L)
         doc_last = _doc(seq_base, s_seq_l, pid_c * CHUNK + CHUNK - 1, L)
+        enter_ok = doc_m == doc_enter
         last_ok = doc_m == doc_last
-        passes = doc_last == _doc(seq_base, s_seq_l, pid_c * CHUNK - 1, L)  # no document starts inside
+        passes = doc_last == doc_enter  # no document starts inside the chunk
     for hh in range(HPG):
         h = pid_g * HPG + hh
         dt_base = ((pid_b * H + h) * nchunks + pid_c) * CHUNK
