@@ -4,8 +4,9 @@
 `F.cross_entropy((hidden @ weight.T * multiplier).float(), labels, ignore_index=-100)` (mean over the
 labelled tokens). Each chunk's logits [chunk, V] live only inside the loop: when a gradient is needed the
 forward computes it there too (softmax - one-hot is all the backward needs), so nothing is recomputed
-and the backward is a scaling of the stored gradients. Pure PyTorch; any device; under autocast the
-products run in the autocast dtype and the softmax in fp32.
+and the backward is a scaling of the stored gradients. Pure PyTorch; any device (on CUDA the per-chunk
+softmax and gradient are one torch.compile'd function); under autocast the products run in the autocast
+dtype and the softmax in fp32.
 """
 
 from __future__ import annotations
@@ -21,6 +22,37 @@ def _chunk_logits(h, weight, multiplier):
     return (h @ weight.t()).to(acc) * multiplier
 
 
+def _chunk_loss_and_grad(products, labels, multiplier: float, grad_scale, grad_dtype):
+    """Summed loss of one chunk and d(loss * grad_scale)/d(products), from the raw products h @ w.T.
+
+    Written as a few whole-tensor expressions with no data-dependent indexing, so that on CUDA
+    torch.compile turns it into two passes over the chunk (a row reduction, then the gradient)."""
+    acc = torch.float64 if products.dtype == torch.float64 else torch.float32
+    logits = products.to(acc) * multiplier
+    lse = torch.logsumexp(logits, dim=-1)
+    valid = labels != IGNORE_INDEX
+    target = torch.where(valid, labels, 0)
+    picked = logits.gather(1, target[:, None]).squeeze(1)
+    loss = torch.where(valid, lse - picked, 0.0).sum()
+    is_target = torch.arange(logits.shape[1], device=logits.device)[None, :] == target[:, None]
+    row_scale = torch.where(valid, grad_scale * multiplier, 0.0)  # d logits / d products = multiplier
+    grad = (torch.exp(logits - lse[:, None]) - is_target.to(acc)) * row_scale[:, None]
+    return loss, grad.to(grad_dtype)
+
+
+_compiled_loss_and_grad = None
+
+
+def _loss_and_grad_fn(device: torch.device):
+    """The compiled chunk function on CUDA (built once), the plain one elsewhere or inside a compile."""
+    global _compiled_loss_and_grad
+    if device.type != "cuda" or torch.compiler.is_compiling():
+        return _chunk_loss_and_grad
+    if _compiled_loss_and_grad is None:
+        _compiled_loss_and_grad = torch.compile(_chunk_loss_and_grad, dynamic=False)
+    return _compiled_loss_and_grad
+
+
 class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, multiplier, chunk_size, compute_dtype):
@@ -34,21 +66,21 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         dh = torch.empty_like(h_all) if ctx.needs_input_grad[0] else None
         dw = (torch.zeros(weight.shape, device=weight.device, dtype=loss.dtype) if ctx.needs_input_grad[1]
               else None)
+        loss_and_grad = _loss_and_grad_fn(hidden.device)
+        grad_scale = 1.0 / count.to(loss.dtype)
         for start in range(0, h_all.shape[0], chunk_size):
             h = h_all[start:start + chunk_size]
             y = labels[start:start + chunk_size]
-            logits = _chunk_logits(h, w, multiplier)
-            loss += F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum")
-            if need_grad:
-                grad = torch.softmax(logits, dim=-1)  # d loss_sum / d logits = softmax - onehot
-                valid = y != IGNORE_INDEX
-                grad[valid, y[valid]] -= 1.0
-                grad[~valid] = 0.0
-                grad = (grad * (multiplier / count.to(grad.dtype))).to(compute_dtype)
-                if dh is not None:
-                    dh[start:start + chunk_size] = grad @ w
-                if dw is not None:
-                    dw += (grad.t() @ h).to(dw.dtype)
+            if not need_grad:
+                loss += F.cross_entropy(_chunk_logits(h, w, multiplier), y, ignore_index=IGNORE_INDEX,
+                                        reduction="sum")
+                continue
+            chunk_loss, grad = loss_and_grad(h @ w.t(), y, multiplier, grad_scale, compute_dtype)
+            loss += chunk_loss
+            if dh is not None:
+                dh[start:start + chunk_size] = grad @ w
+            if dw is not None:
+                dw += (grad.t() @ h).to(dw.dtype)
         ctx.save_for_backward(dh, dw)
         ctx.hidden_meta = (hidden.shape, hidden.dtype)
         ctx.weight_dtype = weight.dtype

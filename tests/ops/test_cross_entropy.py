@@ -29,3 +29,20 @@ def test_chunked_cross_entropy_without_grad_and_bad_chunk():
     torch.testing.assert_close(loss, F.cross_entropy(hidden @ weight.t(), labels))
     with pytest.raises(ValueError, match="chunk_size"):
         chunked_cross_entropy(hidden, weight, labels, chunk_size=0)
+
+
+def test_chunk_function_compiles_whole_and_matches_autograd():
+    """The per-chunk loss + gradient is compiled on CUDA: it must trace as one graph (no breaks) and
+    agree with autograd through F.cross_entropy, ignored labels included."""
+    from hybridcore.ops.cross_entropy import _chunk_loss_and_grad
+
+    g = torch.Generator().manual_seed(1)
+    products = torch.randn(7, 30, dtype=torch.float64, generator=g, requires_grad=True)
+    labels = torch.randint(0, 30, (7,), generator=g)
+    labels[2] = -100
+    scale = torch.tensor(1 / 6, dtype=torch.float64)
+    compiled = torch.compile(_chunk_loss_and_grad, fullgraph=True, backend="aot_eager")
+    loss, grad = compiled(products.detach(), labels, 0.7, scale, torch.float64)
+    ref = F.cross_entropy(products * 0.7, labels, ignore_index=-100, reduction="sum")
+    torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, torch.autograd.grad(ref * scale, products)[0], rtol=1e-10, atol=1e-12)
