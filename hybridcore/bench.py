@@ -45,6 +45,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--compile-modes", nargs="+", default=["default"],
                         choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
                         help="torch.compile modes to measure with --compile (reduce-overhead adds CUDA graphs)")
+    parser.add_argument("--activation-checkpointing", action="store_true",
+                        help="recompute each layer in backward, ours and the peers alike (long sequences)")
     parser.add_argument("--loss", choices=["chunked", "plain"], default="chunked",
                         help="our loss: chunked linear+cross-entropy, or full logits")
     parser.add_argument("--no-kernels", action="store_true", help="ours on the PyTorch reference ops")
@@ -172,11 +174,14 @@ def _optimizer(params, device):
 def build_ours(config, ids, args, device, compiled=False, mode="default"):
     from . import ops
     from .model import build_model
+    from .train.model_setup import apply_activation_checkpointing
 
     def build():
         dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
         model = build_model(config, device=device, dtype=dtype, seed=0)
         model.train()
+        if args.activation_checkpointing:
+            apply_activation_checkpointing(model)
         if compiled:
             for layer in model.layers.values():
                 layer.compile(mode=None if mode == "default" else mode)
@@ -256,6 +261,12 @@ def build_hf(config, ids, args, device, kernels: bool, batch_size=None):
         with torch.device(device):
             model = module.FalconH1ForCausalLM(hf_config)
         model.to(dtype).train()
+        if args.activation_checkpointing:  # the newer name where it exists (the older warns from 5.2x)
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable({"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         optimizer = _optimizer(model.parameters(), device)
         inputs = ids[:batch_size, :-1] if batch_size else ids[:, :-1]
 
@@ -380,6 +391,7 @@ def run(args) -> int:
         "precision": {"amp": "bf16 autocast, fp32 master weights", "bf16": "pure bf16",
                       "fp32": "fp32"}[args.precision],
         "step": "forward + loss + backward + AdamW",
+        "activation_checkpointing": args.activation_checkpointing,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "hybridcore bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
     }

@@ -44,3 +44,10 @@ def test_bench_decode_step_check_compares_kernel_and_twin():
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     report = check_decode_step(get_preset("debug"), 2, device)
     assert report["y"] < 1e-2 and report["state"] < 1e-5
+
+
+def test_bench_activation_checkpointing_reaches_ours_and_the_peer(tmp_path):
+    assert cli.main(["bench", "--smoke", "--peers", "--activation-checkpointing", "--out", str(tmp_path)]) == 0
+    result = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert result["activation_checkpointing"] is True
+    assert result["runs"]["ours"]["status"] == "ok" and result["hf_torch_status"] == "ok"
