@@ -11,12 +11,19 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_ssd import INTERPRET
+from .triton_ssd import INTERPRET, _configs
 
-BLOCK_L = 16 if INTERPRET else 64
-BLOCK_C = 16 if INTERPRET else 128
+# The backward's weight-gradient partials are laid out per block of L, so its BLOCK_L is fixed here and
+# autotuning varies the channel block and warps only.
+BWD_BLOCK_L = 16 if INTERPRET else 64
 
 
+@triton.autotune(
+    configs=_configs([(dict(BLOCK_L=64, BLOCK_C=128), 4, 1), (dict(BLOCK_L=32, BLOCK_C=128), 4, 1),
+                      (dict(BLOCK_L=128, BLOCK_C=64), 4, 1), (dict(BLOCK_L=64, BLOCK_C=256), 8, 1),
+                      (dict(BLOCK_L=128, BLOCK_C=128), 8, 1), (dict(BLOCK_L=32, BLOCK_C=64), 2, 1)],
+                     dict(BLOCK_L=16, BLOCK_C=16)),
+    key=["C", "K"])
 @triton.jit
 def _conv_fwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, seq_ptr, y_ptr, L, C,
                      s_x_b, s_x_l, s_x_c, s_i_b, s_i_c, s_i_k, s_seq_b, s_seq_l, s_y_b, s_y_l, s_y_c,
@@ -49,6 +56,10 @@ def _conv_fwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, seq_ptr, y_ptr, L, C,
              acc.to(y_ptr.dtype.element_ty), mask=l_ok[:, None] & c_ok[None, :])
 
 
+@triton.autotune(
+    configs=_configs([(dict(BLOCK_C=128), 4, 1), (dict(BLOCK_C=64), 4, 1), (dict(BLOCK_C=256), 8, 1),
+                      (dict(BLOCK_C=128), 8, 1), (dict(BLOCK_C=64), 2, 1)], dict(BLOCK_C=16)),
+    key=["C", "K"])
 @triton.jit
 def _conv_bwd_kernel(x_ptr, w_ptr, init_ptr, seq_ptr, dy_ptr, dx_ptr, dw_part_ptr, db_part_ptr, L, C,
                      s_x_b, s_x_l, s_x_c, s_i_b, s_i_c, s_i_k, s_seq_b, s_seq_l, s_dy_b, s_dy_l, s_dy_c,
@@ -112,10 +123,10 @@ def conv_forward(x, weight, bias=None, seq_idx=None, initial_state=None):
     y = torch.empty(batch, length, channels, device=x.device, dtype=x.dtype)
     init, *s_init = _init_args(initial_state, x)
     seq, *s_seq = _seq(seq_idx, x)
-    _conv_fwd_kernel[(batch, triton.cdiv(length, BLOCK_L), triton.cdiv(channels, BLOCK_C))](
+    _conv_fwd_kernel[lambda m: (batch, triton.cdiv(length, m["BLOCK_L"]), triton.cdiv(channels, m["BLOCK_C"]))](
         x, weight, bias if bias is not None else weight, init, seq, y, length, channels, *x.stride(), *s_init,
         *s_seq, *y.stride(), K=weight.shape[1], HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None,
-        HAS_SEQ=seq_idx is not None, BLOCK_L=BLOCK_L, BLOCK_C=BLOCK_C, num_warps=4)
+        HAS_SEQ=seq_idx is not None)
     return y
 
 
@@ -123,16 +134,16 @@ def conv_backward(dy, x, weight, seq_idx=None, initial_state=None):
     """(dx, dweight [C, K] fp32, dbias [C] fp32, d initial_state or None)."""
     batch, length, channels = x.shape
     width = weight.shape[1]
-    num_l = triton.cdiv(length, BLOCK_L)
+    num_l = triton.cdiv(length, BWD_BLOCK_L)
     dx = torch.empty(batch, length, channels, device=x.device, dtype=x.dtype)
     dw_part = torch.empty(batch, num_l, channels, width, device=x.device, dtype=torch.float32)
     db_part = torch.empty(batch, num_l, channels, device=x.device, dtype=torch.float32)
     init, *s_init = _init_args(initial_state, x)
     seq, *s_seq = _seq(seq_idx, x)
-    _conv_bwd_kernel[(batch, num_l, triton.cdiv(channels, BLOCK_C))](
+    _conv_bwd_kernel[lambda m: (batch, num_l, triton.cdiv(channels, m["BLOCK_C"]))](
         x, weight, init, seq, dy, dx, dw_part, db_part, length, channels, *x.stride(), *s_init, *s_seq,
         *dy.stride(), *dx.stride(), K=width, HAS_INIT=initial_state is not None, HAS_SEQ=seq_idx is not None,
-        BLOCK_L=BLOCK_L, BLOCK_C=BLOCK_C, num_warps=4)
+        BLOCK_L=BWD_BLOCK_L)
     dinit = None
     if initial_state is not None:
         # the K-1 state slots only reach the first K-1 outputs: a few small products
