@@ -201,16 +201,35 @@ def _state_pass_fwd_kernel(local_ptr, enter_ptr, final_ptr, init_ptr, a_ptr, seq
         state = tl.load(init_ptr + (pid_b * H + pid_h) * PN + offs, mask=ok, other=0.0).to(tl.float32)
     else:
         state = tl.zeros((BLOCK,), dtype=tl.float32)
+    # pointers to chunk 0, advanced one chunk per iteration (no int32 chunk offsets to overflow)
+    chunk_step = H * PN
+    local_ptrs = local_ptr + (pid_b * nchunks * H + pid_h) * PN + offs
+    enter_ptrs = enter_ptr + (pid_b * nchunks * H + pid_h) * PN + offs
+    a_last_ptr = a_ptr + (pid_b * H + pid_h) * nchunks * CHUNK + CHUNK - 1
+    # software pipelining: chunk c+1's loads are issued before chunk c's arithmetic, so each step of the
+    # serial loop overlaps the next step's memory latency instead of waiting on it
+    next_local = tl.load(local_ptrs, mask=ok, other=0.0)
+    next_a_last = tl.load(a_last_ptr)
     if HAS_SEQ:
         seq_base = seq_ptr + pid_b * s_seq_b
         doc_prev = _doc(seq_base, s_seq_l, 0, L)
+        next_doc_end = _doc(seq_base, s_seq_l, CHUNK - 1, L)
     for c in range(nchunks):
-        base = ((pid_b * nchunks + c) * H + pid_h) * PN
-        local = tl.load(local_ptr + base + offs, mask=ok, other=0.0)
-        tl.store(enter_ptr + base + offs, state, mask=ok)
-        scale = tl.exp(tl.load(a_ptr + ((pid_b * H + pid_h) * nchunks + c) * CHUNK + CHUNK - 1))
+        local = next_local
+        a_last = next_a_last
+        has_next = c + 1 < nchunks  # the last step prefetches nothing
+        local_ptrs += chunk_step
+        a_last_ptr += CHUNK
+        # (offs < PN or 0) rather than ok & has_next: the interpreter mishandles & with a scalar mask
+        next_local = tl.load(local_ptrs, mask=offs < tl.where(has_next, PN, 0), other=0.0)
+        next_a_last = tl.load(a_last_ptr, mask=has_next, other=0.0)
         if HAS_SEQ:
-            doc_end = _doc(seq_base, s_seq_l, c * CHUNK + CHUNK - 1, L)
+            doc_end = next_doc_end
+            next_doc_end = _doc(seq_base, s_seq_l, (c + 1) * CHUNK + CHUNK - 1, L)  # clamped: in bounds
+        tl.store(enter_ptrs, state, mask=ok)
+        enter_ptrs += chunk_step
+        scale = tl.exp(a_last)
+        if HAS_SEQ:
             scale = tl.where(doc_end == doc_prev, scale, 0.0)
             doc_prev = doc_end
         state = state * scale + local
@@ -313,18 +332,38 @@ def _state_pass_bwd_kernel(g_ptr, dfinal_ptr, dinit_ptr, a_ptr, seq_ptr, L, H, n
         dstate = tl.load(dfinal_ptr + (pid_b * H + pid_h) * PN + offs, mask=ok, other=0.0).to(tl.float32)
     else:
         dstate = tl.zeros((BLOCK,), dtype=tl.float32)
+    # pointers to the last chunk, moved back one chunk per iteration
+    last = nchunks - 1
+    chunk_step = H * PN
+    g_ptrs = g_ptr + ((pid_b * nchunks + last) * H + pid_h) * PN + offs
+    a_last_ptr = a_ptr + ((pid_b * H + pid_h) * nchunks + last) * CHUNK + CHUNK - 1
+    # software pipelining as in the forward: chunk c-1's loads are issued before chunk c's arithmetic (safe
+    # in place: chunk c-1's g is not the location overwritten at step c)
+    next_g = tl.load(g_ptrs, mask=ok, other=0.0)
+    next_a_last = tl.load(a_last_ptr)
     if HAS_SEQ:
+        # the document entering chunk c is the one ending chunk c-1: one new document id per step
         seq_base = seq_ptr + pid_b * s_seq_b
+        doc_end = _doc(seq_base, s_seq_l, last * CHUNK + CHUNK - 1, L)
+        next_doc_enter = _doc(seq_base, s_seq_l, last * CHUNK - 1, L)
     for i in range(nchunks):
-        c = nchunks - 1 - i
-        base = ((pid_b * nchunks + c) * H + pid_h) * PN
-        g = tl.load(g_ptr + base + offs, mask=ok, other=0.0)
-        tl.store(g_ptr + base + offs, dstate, mask=ok)
-        scale = tl.exp(tl.load(a_ptr + ((pid_b * H + pid_h) * nchunks + c) * CHUNK + CHUNK - 1))
+        c = last - i
+        g = next_g
+        a_last = next_a_last
+        g_here = g_ptrs
+        has_next = c > 0  # the last step (chunk 0) prefetches nothing
+        g_ptrs -= chunk_step
+        a_last_ptr -= CHUNK
+        next_g = tl.load(g_ptrs, mask=offs < tl.where(has_next, PN, 0), other=0.0)
+        next_a_last = tl.load(a_last_ptr, mask=has_next, other=0.0)
         if HAS_SEQ:
-            doc_end = _doc(seq_base, s_seq_l, c * CHUNK + CHUNK - 1, L)
-            doc_enter = _doc(seq_base, s_seq_l, c * CHUNK - 1, L)
+            doc_enter = next_doc_enter
+            next_doc_enter = _doc(seq_base, s_seq_l, (c - 1) * CHUNK - 1, L)  # clamped: in bounds
+        tl.store(g_here, dstate, mask=ok)
+        scale = tl.exp(a_last)
+        if HAS_SEQ:
             scale = tl.where(doc_end == doc_enter, scale, 0.0)
+            doc_end = doc_enter
         dstate = dstate * scale + g
     tl.store(dinit_ptr + (pid_b * H + pid_h) * PN + offs, dstate, mask=ok)
 
@@ -392,6 +431,9 @@ def _dcb_bwd_kernel(dy_ptr, x_ptr, cb_ptr, dt_ptr, a_ptr, seq_ptr, dcb_ptr, ddt_
 #   dB_s = sum_l dCB[l,s] C_l + sum_h w_s x_s dCS_h             dw_s       = x_s . (dCS B_s)
 # and (first row block only) the passing decay's term d a_last = e^{a_last} sum(dCS * S), zero where a
 # document starts inside the chunk.
+# The group's heads are split over HEAD_SPLIT programs (one group's rows alone launch too few programs);
+# split 0 also adds the head-independent dCB terms. With HEAD_SPLIT > 1, dB/dC are fp32 partials per
+# split (stride s_dB_s, s_dC_s), summed by the caller.
 # ---------------------------------------------------------------------------------------------------
 @triton.autotune(
     configs=_configs([(dict(BLOCK_M=64, BLOCK_K=32), 8, 2),
@@ -399,20 +441,24 @@ def _dcb_bwd_kernel(dy_ptr, x_ptr, cb_ptr, dt_ptr, a_ptr, seq_ptr, dcb_ptr, ddt_
                       (dict(BLOCK_M=64, BLOCK_K=64), 8, 1),
                       (dict(BLOCK_M=32, BLOCK_K=32), 4, 3)],
                      dict(BLOCK_M=16, BLOCK_K=16)),
-    key=["CHUNK", "P", "N", "HPG"])
+    key=["CHUNK", "P", "N", "HPG", "HEAD_SPLIT"])
 @triton.jit
 def _dbc_bwd_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dcb_ptr, dt_ptr, a_ptr, enter_ptr, dcs_ptr, seq_ptr,
                     dB_ptr, dC_ptr, dainter_ptr, dw_ptr, dalast_ptr, L, H, G, P, N, nchunks,
                     s_dy_b, s_dy_l, s_dy_h, s_dy_p, s_x_b, s_x_l, s_x_h, s_x_p,
                     s_B_b, s_B_l, s_B_g, s_B_n, s_C_b, s_C_l, s_C_g, s_C_n, s_seq_b, s_seq_l,
-                    s_dB_b, s_dB_l, s_dB_g, s_dB_n, s_dC_b, s_dC_l, s_dC_g, s_dC_n,
-                    HPG: tl.constexpr, HAS_SEQ: tl.constexpr, CHUNK: tl.constexpr, BLOCK_P: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+                    s_dB_s, s_dB_b, s_dB_l, s_dB_g, s_dB_n, s_dC_s, s_dC_b, s_dC_l, s_dC_g, s_dC_n,
+                    HPG: tl.constexpr, HEAD_SPLIT: tl.constexpr, HAS_SEQ: tl.constexpr, CHUNK: tl.constexpr,
+                    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_bc = tl.program_id(0)
     pid_b = (pid_bc // nchunks).to(tl.int64)
     pid_c = pid_bc % nchunks
-    pid_g = tl.program_id(1)
+    pid_g = tl.program_id(1) // HEAD_SPLIT
+    pid_split = tl.program_id(1) % HEAD_SPLIT
     pid_m = tl.program_id(2)
+    heads_per_split: tl.constexpr = (HPG + HEAD_SPLIT - 1) // HEAD_SPLIT
+    head_lo = pid_split * heads_per_split
+    head_hi = tl.minimum(head_lo + heads_per_split, HPG)  # the last split may get fewer heads (or none)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_p = tl.arange(0, BLOCK_P)
@@ -425,8 +471,10 @@ def _dbc_bwd_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dcb_ptr, dt_ptr, a_ptr, enter_p
     C_base = C_ptr + pid_b * s_C_b + pid_g * s_C_g
     dcb_base = dcb_ptr + ((pid_b * nchunks + pid_c) * G + pid_g) * CHUNK * CHUNK
 
+    # the head-independent dCB terms, added once: by split 0 (the other splits skip both loops)
+    dcb_ok = pid_split == 0
     dC = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, tl.minimum((pid_m + 1) * BLOCK_M, CHUNK), BLOCK_K):  # s <= l
+    for k0 in range(0, tl.where(dcb_ok, tl.minimum((pid_m + 1) * BLOCK_M, CHUNK), 0), BLOCK_K):  # s <= l
         offs_k = k0 + tl.arange(0, BLOCK_K)
         t_k = pid_c * CHUNK + offs_k
         k_in = offs_k < CHUNK
@@ -436,7 +484,7 @@ def _dbc_bwd_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dcb_ptr, dt_ptr, a_ptr, enter_p
                     mask=(k_in & (t_k < L))[:, None] & n_ok[None, :], other=0.0)
         dC += tl.dot(g.to(b.dtype), b)
     dB = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range((pid_m * BLOCK_M // BLOCK_K) * BLOCK_K, CHUNK, BLOCK_K):  # l >= s
+    for k0 in range((pid_m * BLOCK_M // BLOCK_K) * BLOCK_K, tl.where(dcb_ok, CHUNK, 0), BLOCK_K):  # l >= s
         offs_k = k0 + tl.arange(0, BLOCK_K)
         t_k = pid_c * CHUNK + offs_k
         k_in = offs_k < CHUNK
@@ -458,7 +506,7 @@ def _dbc_bwd_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dcb_ptr, dt_ptr, a_ptr, enter_p
         enter_ok = doc_m == doc_enter
         last_ok = doc_m == doc_last
         passes = doc_last == doc_enter  # no document starts inside the chunk
-    for hh in range(HPG):
+    for hh in range(head_lo, head_hi):
         h = pid_g * HPG + hh
         dt_base = ((pid_b * H + h) * nchunks + pid_c) * CHUNK
         a_m = tl.load(a_ptr + dt_base + offs_m, mask=m_in, other=0.0)
@@ -489,10 +537,12 @@ def _dbc_bwd_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dcb_ptr, dt_ptr, a_ptr, enter_p
                 da_last = tl.where(passes, da_last, 0.0)
             tl.store(dalast_ptr + (pid_b * H + h) * nchunks + pid_c, da_last)
     out_mask = m_ok[:, None] & n_ok[None, :]
-    tl.store(dC_ptr + pid_b * s_dC_b + t_m[:, None] * s_dC_l + pid_g * s_dC_g + offs_n[None, :] * s_dC_n,
-             dC.to(dC_ptr.dtype.element_ty), mask=out_mask)
-    tl.store(dB_ptr + pid_b * s_dB_b + t_m[:, None] * s_dB_l + pid_g * s_dB_g + offs_n[None, :] * s_dB_n,
-             dB.to(dB_ptr.dtype.element_ty), mask=out_mask)
+    dC_base = dC_ptr + pid_split * s_dC_s + pid_b * s_dC_b + pid_g * s_dC_g
+    tl.store(dC_base + t_m[:, None] * s_dC_l + offs_n[None, :] * s_dC_n, dC.to(dC_ptr.dtype.element_ty),
+             mask=out_mask)
+    dB_base = dB_ptr + pid_split * s_dB_s + pid_b * s_dB_b + pid_g * s_dB_g
+    tl.store(dB_base + t_m[:, None] * s_dB_l + offs_n[None, :] * s_dB_n, dB.to(dB_ptr.dtype.element_ty),
+             mask=out_mask)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -655,6 +705,26 @@ def _dot_block(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
+def _state_pass_block(pn: int) -> int:
+    """Elements of one head's state per state-passing program. On the GPU large blocks, so that all programs
+    fit in one wave and each thread keeps several loads in flight through the serial chunk loop; small under
+    the interpreter, so that the tests cover several blocks per head."""
+    return min(64 if INTERPRET else 1024, triton.next_power_of_2(pn))
+
+
+def _dbc_head_split(rows: int, chunk: int, hpg: int) -> int:
+    """Programs sharing one group's heads in the dB/dC kernel, for `rows` = batch * chunks * groups.
+    On the GPU enough to launch ~1024 programs at the largest row block: each split adds a partial of dB, dC
+    (fp32 memory traffic), so no more. Under the interpreter 2 when possible, so that the tests cover it."""
+    if INTERPRET:
+        want = 2
+    else:
+        max_block_m = max(c.kwargs["BLOCK_M"] for c in _dbc_bwd_kernel.configs)
+        want = triton.cdiv(1024, rows * triton.cdiv(chunk, max_block_m))
+    per = triton.cdiv(hpg, max(1, min(want, hpg)))
+    return triton.cdiv(hpg, per)  # no split left without heads
+
+
 def _limit(dt_min: float, dt_max: float) -> bool:
     return not (dt_min == 0.0 and dt_max == math.inf)
 
@@ -692,7 +762,7 @@ def ssd_forward(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=Fa
     enter = torch.empty_like(local)
     final = torch.empty(batch, heads, head_dim, state, **f32)
     pn = head_dim * state
-    block = min(256, triton.next_power_of_2(pn))  # many small programs: the chunk loop is serial
+    block = _state_pass_block(pn)
     init = initial_state.contiguous() if initial_state is not None else None
     _state_pass_fwd_kernel[(batch, heads, triton.cdiv(pn, block))](
         local, enter, final, init if init is not None else final, a_out, seq, length, heads, nchunks, pn,
@@ -728,7 +798,7 @@ def ssd_backward(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus
         dy, C, dt_out, a_out, seq, dcs, length, heads, groups, head_dim, state, nchunks,
         *dy.stride(), *C.stride(), s_seq_b, s_seq_l, MODE=1, HAS_SEQ=has_seq, CHUNK=Q)
     pn = head_dim * state
-    block = min(256, triton.next_power_of_2(pn))  # many small programs: the chunk loop is serial
+    block = _state_pass_block(pn)
     dinit = torch.empty(batch, heads, head_dim, state, **f32)
     dfinal_c = dfinal.contiguous() if dfinal is not None else None
     _state_pass_bwd_kernel[(batch, heads, triton.cdiv(pn, block))](
@@ -747,17 +817,27 @@ def ssd_backward(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus
         *dy.stride(), *x.stride(), s_seq_b, s_seq_l, HPG=hpg, HAS_SEQ=has_seq, CHUNK=Q, BLOCK_M=block_m,
         BLOCK_P=block_p)
 
-    # 4: dB, dC and the state terms of da
-    dB = torch.empty(B.shape, device=B.device, dtype=B.dtype)
-    dC = torch.empty(C.shape, device=C.device, dtype=C.dtype)
+    # 4: dB, dC and the state terms of da; with the heads split, fp32 partials of dB, dC per split
+    split = _dbc_head_split(batch * nchunks * groups, Q, hpg)
+    if split == 1:
+        dB = torch.empty(B.shape, device=B.device, dtype=B.dtype)
+        dC = torch.empty(C.shape, device=C.device, dtype=C.dtype)
+    else:
+        dB = torch.empty(split, *B.shape, **f32)
+        dC = torch.empty(split, *C.shape, **f32)
+    s_dB = dB.stride() if split > 1 else (0, *dB.stride())
+    s_dC = dC.stride() if split > 1 else (0, *dC.stride())
     dainter = torch.empty(batch, heads, nchunks, Q, **f32)
     dw = torch.empty(batch, heads, nchunks, Q, **f32)
     da_last = torch.empty(batch, heads, nchunks, **f32)
-    _dbc_bwd_kernel[lambda m: (batch * nchunks, groups, triton.cdiv(Q, m["BLOCK_M"]))](
+    _dbc_bwd_kernel[lambda m: (batch * nchunks, groups * split, triton.cdiv(Q, m["BLOCK_M"]))](
         dy, x, B, C, dcb, dt_out, a_out, enter, dcs, seq, dB, dC, dainter, dw, da_last, length, heads, groups,
         head_dim, state, nchunks, *dy.stride(), *x.stride(), *B.stride(), *C.stride(), s_seq_b, s_seq_l,
-        *dB.stride(), *dC.stride(), HPG=hpg, HAS_SEQ=has_seq, CHUNK=Q, BLOCK_P=block_p,
+        *s_dB, *s_dC, HPG=hpg, HEAD_SPLIT=split, HAS_SEQ=has_seq, CHUNK=Q, BLOCK_P=block_p,
         BLOCK_N=_dot_block(state))
+    if split > 1:
+        dB = dB.sum(0).to(B.dtype)
+        dC = dC.sum(0).to(C.dtype)
 
     # 5: dx
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)

@@ -33,7 +33,7 @@ def ssd_inputs(device, batch=2, length=40, heads=4, head_dim=16, groups=2, state
     return t
 
 
-@pytest.mark.parametrize("case", ["plain", "docs", "docs+init", "limit", "one_group_chunk32"])
+@pytest.mark.parametrize("case", ["plain", "docs", "docs+init", "limit", "one_group_chunk32", "three_heads_per_group"])
 def test_ssd_kernel_matches_chunked_reference(case, device):
     kw = dict(docs=[5, 11, 1, 13, 10]) if case.startswith("docs") else {}
     chunk, limit = 16, (0.0, math.inf)
@@ -44,6 +44,8 @@ def test_ssd_kernel_matches_chunked_reference(case, device):
     if case == "one_group_chunk32":
         kw.update(groups=1, length=50)
         chunk = 32
+    if case == "three_heads_per_group":  # the dB/dC kernel's head split is uneven; P * N is no power of two
+        kw.update(heads=6, head_dim=20, state=24, docs=[9, 31], init=True)
     t = ssd_inputs(device, **kw)
     args = (t["x"], t["dt"], t["A"], t["B"], t["C"], chunk)
     opts = dict(D=t["D"], dt_bias=t["dt_bias"], dt_softplus=True, dt_limit=limit, initial_state=t["initial_state"],
