@@ -373,21 +373,28 @@ def _state_pass_bwd_kernel(g_ptr, dfinal_ptr, dinit_ptr, a_ptr, seq_ptr, L, H, n
 #   ddt_intra partial (over this row block) = sum_l (dy_l . x_s) e^{a_l-a_s} CB[l,s]   (stored per row block)
 #   da row term = sum_s (dy_l . x_s) e^{a_l-a_s} CB[l,s] dt_s
 # BLOCK_M is chosen by the caller (it fixes the partial buffer's layout), so autotuning varies warps only.
+# The group's heads are split over HEAD_SPLIT programs (one group's rows alone launch too few programs);
+# each head's by-products come from exactly one split. With HEAD_SPLIT > 1, dCB is an fp32 partial per
+# split (stride s_dcb_s), summed by the caller.
 # ---------------------------------------------------------------------------------------------------
 @triton.autotune(
     configs=_configs([({}, 4, 1), ({}, 8, 1), ({}, 4, 2), ({}, 8, 2)], {}),
-    key=["CHUNK", "P", "BLOCK_M", "HPG"])
+    key=["CHUNK", "P", "BLOCK_M", "HPG", "HEAD_SPLIT"])
 @triton.jit
 def _dcb_bwd_kernel(dy_ptr, x_ptr, cb_ptr, dt_ptr, a_ptr, seq_ptr, dcb_ptr, ddt_part_ptr, darow_ptr,
                     L, H, G, P, nchunks,
-                    s_dy_b, s_dy_l, s_dy_h, s_dy_p, s_x_b, s_x_l, s_x_h, s_x_p, s_seq_b, s_seq_l,
-                    HPG: tl.constexpr, HAS_SEQ: tl.constexpr, CHUNK: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_P: tl.constexpr):
+                    s_dy_b, s_dy_l, s_dy_h, s_dy_p, s_x_b, s_x_l, s_x_h, s_x_p, s_seq_b, s_seq_l, s_dcb_s,
+                    HPG: tl.constexpr, HEAD_SPLIT: tl.constexpr, HAS_SEQ: tl.constexpr, CHUNK: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr):
     pid_bc = tl.program_id(0)
     pid_b = (pid_bc // nchunks).to(tl.int64)
     pid_c = pid_bc % nchunks
-    pid_g = tl.program_id(1)
+    pid_g = tl.program_id(1) // HEAD_SPLIT
+    pid_split = tl.program_id(1) % HEAD_SPLIT
     pid_m = tl.program_id(2)
+    heads_per_split: tl.constexpr = (HPG + HEAD_SPLIT - 1) // HEAD_SPLIT
+    head_lo = pid_split * heads_per_split
+    head_hi = tl.minimum(head_lo + heads_per_split, HPG)  # the last split may get fewer heads (or none)
     num_m = tl.num_programs(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_s = tl.arange(0, CHUNK)
@@ -405,7 +412,7 @@ def _dcb_bwd_kernel(dy_ptr, x_ptr, cb_ptr, dt_ptr, a_ptr, seq_ptr, dcb_ptr, ddt_
     cb = tl.load(cb_base + offs_m[:, None] * CHUNK + offs_s[None, :])
     cb = tl.where(keep, cb, 0.0)
     dcb = tl.zeros((BLOCK_M, CHUNK), dtype=tl.float32)
-    for hh in range(HPG):
+    for hh in range(head_lo, head_hi):
         h = pid_g * HPG + hh
         dt_base = ((pid_b * H + h) * nchunks + pid_c) * CHUNK
         a_m = tl.load(a_ptr + dt_base + offs_m)
@@ -421,8 +428,8 @@ def _dcb_bwd_kernel(dy_ptr, x_ptr, cb_ptr, dt_ptr, a_ptr, seq_ptr, dcb_ptr, ddt_
         TLC = TL * cb
         tl.store(ddt_part_ptr + (dt_base * num_m) + pid_m * CHUNK + offs_s, tl.sum(TLC, axis=0))
         tl.store(darow_ptr + dt_base + offs_m, tl.sum(TLC * dt_s[None, :], axis=1))
-    tl.store(dcb_ptr + ((pid_b * nchunks + pid_c) * G + pid_g) * CHUNK * CHUNK + offs_m[:, None] * CHUNK
-             + offs_s[None, :], dcb)
+    dcb_base = dcb_ptr + pid_split * s_dcb_s + ((pid_b * nchunks + pid_c) * G + pid_g) * CHUNK * CHUNK
+    tl.store(dcb_base + offs_m[:, None] * CHUNK + offs_s[None, :], dcb)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -712,17 +719,20 @@ def _state_pass_block(pn: int) -> int:
     return min(64 if INTERPRET else 1024, triton.next_power_of_2(pn))
 
 
-def _dbc_head_split(rows: int, chunk: int, hpg: int) -> int:
-    """Programs sharing one group's heads in the dB/dC kernel, for `rows` = batch * chunks * groups.
-    On the GPU enough to launch ~1024 programs at the largest row block: each split adds a partial of dB, dC
-    (fp32 memory traffic), so no more. Under the interpreter 2 when possible, so that the tests cover it."""
-    if INTERPRET:
-        want = 2
-    else:
-        max_block_m = max(c.kwargs["BLOCK_M"] for c in _dbc_bwd_kernel.configs)
-        want = triton.cdiv(1024, rows * triton.cdiv(chunk, max_block_m))
+def _head_split(programs: int, hpg: int) -> int:
+    """Programs sharing one group's heads, for a kernel that launches `programs` programs unsplit (the dCB and
+    dB/dC kernels). On the GPU enough to launch ~1024 programs: each split adds an fp32 partial of the
+    head-summed outputs (memory traffic), so no more. Under the interpreter 2 when possible, so that the tests
+    cover it."""
+    want = 2 if INTERPRET else triton.cdiv(1024, programs)
     per = triton.cdiv(hpg, max(1, min(want, hpg)))
     return triton.cdiv(hpg, per)  # no split left without heads
+
+
+def _dbc_head_split(rows: int, chunk: int, hpg: int) -> int:
+    """Head split of the dB/dC kernel, for `rows` = batch * chunks * groups, at its largest row block."""
+    max_block_m = max(c.kwargs["BLOCK_M"] for c in _dbc_bwd_kernel.configs)
+    return _head_split(rows * triton.cdiv(chunk, max_block_m), hpg)
 
 
 def _limit(dt_min: float, dt_max: float) -> bool:
@@ -809,13 +819,17 @@ def ssd_backward(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus
     block_m = 16 if INTERPRET else (32 if Q <= 128 else 16)
     num_m = triton.cdiv(Q, block_m)
     block_p = _dot_block(head_dim)
-    dcb = torch.empty(batch, nchunks, groups, Q, Q, **f32)
+    # with the heads split, fp32 partials of dCB per split, summed here (the dB/dC kernel reads the sum)
+    dcb_split = _head_split(batch * nchunks * groups * num_m, hpg)
+    dcb = torch.empty(*((dcb_split,) if dcb_split > 1 else ()), batch, nchunks, groups, Q, Q, **f32)
     ddt_part = torch.empty(batch, heads, nchunks, num_m, Q, **f32)
     darow = torch.empty(batch, heads, nchunks, Q, **f32)
-    _dcb_bwd_kernel[(batch * nchunks, groups, num_m)](
+    _dcb_bwd_kernel[(batch * nchunks, groups * dcb_split, num_m)](
         dy, x, cb, dt_out, a_out, seq, dcb, ddt_part, darow, length, heads, groups, head_dim, nchunks,
-        *dy.stride(), *x.stride(), s_seq_b, s_seq_l, HPG=hpg, HAS_SEQ=has_seq, CHUNK=Q, BLOCK_M=block_m,
-        BLOCK_P=block_p)
+        *dy.stride(), *x.stride(), s_seq_b, s_seq_l, dcb.stride(0) if dcb_split > 1 else 0, HPG=hpg,
+        HEAD_SPLIT=dcb_split, HAS_SEQ=has_seq, CHUNK=Q, BLOCK_M=block_m, BLOCK_P=block_p)
+    if dcb_split > 1:
+        dcb = dcb.sum(0)
 
     # 4: dB, dC and the state terms of da; with the heads split, fp32 partials of dB, dC per split
     split = _dbc_head_split(batch * nchunks * groups, Q, hpg)
