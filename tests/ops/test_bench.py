@@ -51,3 +51,10 @@ def test_bench_activation_checkpointing_reaches_ours_and_the_peer(tmp_path):
     result = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert result["activation_checkpointing"] is True
     assert result["runs"]["ours"]["status"] == "ok" and result["hf_torch_status"] == "ok"
+
+
+def test_bench_peers_kernels_skips_the_pytorch_path(tmp_path):
+    assert cli.main(["bench", "--smoke", "--peers", "kernels", "--out", str(tmp_path)]) == 0
+    result = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert "hf_torch" not in result["runs"] and result["hf_torch_status"] == "not run"
+    assert "hf_kernels" in result["runs"]  # measured, or "unavailable" where mamba_ssm does not import
