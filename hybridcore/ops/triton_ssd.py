@@ -373,28 +373,21 @@ def _state_pass_bwd_kernel(g_ptr, dfinal_ptr, dinit_ptr, a_ptr, seq_ptr, L, H, n
 #   ddt_intra partial (over this row block) = sum_l (dy_l . x_s) e^{a_l-a_s} CB[l,s]   (stored per row block)
 #   da row term = sum_s (dy_l . x_s) e^{a_l-a_s} CB[l,s] dt_s
 # BLOCK_M is chosen by the caller (it fixes the partial buffer's layout), so autotuning varies warps only.
-# The group's heads are split over HEAD_SPLIT programs (one group's rows alone launch too few programs);
-# each head's by-products come from exactly one split. With HEAD_SPLIT > 1, dCB is an fp32 partial per
-# split (stride s_dcb_s), summed by the caller.
 # ---------------------------------------------------------------------------------------------------
 @triton.autotune(
     configs=_configs([({}, 4, 1), ({}, 8, 1), ({}, 4, 2), ({}, 8, 2)], {}),
-    key=["CHUNK", "P", "BLOCK_M", "HPG", "HEAD_SPLIT"])
+    key=["CHUNK", "P", "BLOCK_M", "HPG"])
 @triton.jit
 def _dcb_bwd_kernel(dy_ptr, x_ptr, cb_ptr, dt_ptr, a_ptr, seq_ptr, dcb_ptr, ddt_part_ptr, darow_ptr,
                     L, H, G, P, nchunks,
-                    s_dy_b, s_dy_l, s_dy_h, s_dy_p, s_x_b, s_x_l, s_x_h, s_x_p, s_seq_b, s_seq_l, s_dcb_s,
-                    HPG: tl.constexpr, HEAD_SPLIT: tl.constexpr, HAS_SEQ: tl.constexpr, CHUNK: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr):
+                    s_dy_b, s_dy_l, s_dy_h, s_dy_p, s_x_b, s_x_l, s_x_h, s_x_p, s_seq_b, s_seq_l,
+                    HPG: tl.constexpr, HAS_SEQ: tl.constexpr, CHUNK: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_P: tl.constexpr):
     pid_bc = tl.program_id(0)
     pid_b = (pid_bc // nchunks).to(tl.int64)
     pid_c = pid_bc % nchunks
-    pid_g = tl.program_id(1) // HEAD_SPLIT
-    pid_split = tl.program_id(1) % HEAD_SPLIT
+    pid_g = tl.program_id(1)
     pid_m = tl.program_id(2)
-    heads_per_split: tl.constexpr = (HPG + HEAD_SPLIT - 1) // HEAD_SPLIT
-    head_lo = pid_split * heads_per_split
-    head_hi = tl.minimum(head_lo + heads_per_split, HPG)  # the last split may get fewer heads (or none)
     num_m = tl.num_programs(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_s = tl.arange(0, CHUNK)
@@ -412,7 +405,7 @@ def _dcb_bwd_kernel(dy_ptr, x_ptr, cb_ptr, dt_ptr, a_ptr, seq_ptr, dcb_ptr, ddt_
     cb = tl.load(cb_base + offs_m[:, None] * CHUNK + offs_s[None, :])
     cb = tl.where(keep, cb, 0.0)
     dcb = tl.zeros((BLOCK_M, CHUNK), dtype=tl.float32)
-    for hh in range(head_lo, head_hi):
+    for hh in range(HPG):
         h = pid_g * HPG + hh
         dt_base = ((pid_b * H + h) * nchunks + pid_c) * CHUNK
         a_m = tl.load(a_ptr + dt_base + offs_m)
@@ -428,8 +421,8 @@ def _dcb_bwd_kernel(dy_ptr, x_ptr, cb_ptr, dt_ptr, a_ptr, seq_ptr, dcb_ptr, ddt_
         TLC = TL * cb
         tl.store(ddt_part_ptr + (dt_base * num_m) + pid_m * CHUNK + offs_s, tl.sum(TLC, axis=0))
         tl.store(darow_ptr + dt_base + offs_m, tl.sum(TLC * dt_s[None, :], axis=1))
-    dcb_base = dcb_ptr + pid_split * s_dcb_s + ((pid_b * nchunks + pid_c) * G + pid_g) * CHUNK * CHUNK
-    tl.store(dcb_base + offs_m[:, None] * CHUNK + offs_s[None, :], dcb)
+    tl.store(dcb_ptr + ((pid_b * nchunks + pid_c) * G + pid_g) * CHUNK * CHUNK + offs_m[:, None] * CHUNK
+             + offs_s[None, :], dcb)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -438,9 +431,6 @@ def _dcb_bwd_kernel(dy_ptr, x_ptr, cb_ptr, dt_ptr, a_ptr, seq_ptr, dcb_ptr, ddt_
 #   dB_s = sum_l dCB[l,s] C_l + sum_h w_s x_s dCS_h             dw_s       = x_s . (dCS B_s)
 # and (first row block only) the passing decay's term d a_last = e^{a_last} sum(dCS * S), zero where a
 # document starts inside the chunk.
-# The group's heads are split over HEAD_SPLIT programs (one group's rows alone launch too few programs);
-# split 0 also adds the head-independent dCB terms. With HEAD_SPLIT > 1, dB/dC are fp32 partials per
-# split (stride s_dB_s, s_dC_s), summed by the caller.
 # ---------------------------------------------------------------------------------------------------
 @triton.autotune(
     configs=_configs([(dict(BLOCK_M=64, BLOCK_K=32), 8, 2),
@@ -448,24 +438,20 @@ def _dcb_bwd_kernel(dy_ptr, x_ptr, cb_ptr, dt_ptr, a_ptr, seq_ptr, dcb_ptr, ddt_
                       (dict(BLOCK_M=64, BLOCK_K=64), 8, 1),
                       (dict(BLOCK_M=32, BLOCK_K=32), 4, 3)],
                      dict(BLOCK_M=16, BLOCK_K=16)),
-    key=["CHUNK", "P", "N", "HPG", "HEAD_SPLIT"])
+    key=["CHUNK", "P", "N", "HPG"])
 @triton.jit
 def _dbc_bwd_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dcb_ptr, dt_ptr, a_ptr, enter_ptr, dcs_ptr, seq_ptr,
                     dB_ptr, dC_ptr, dainter_ptr, dw_ptr, dalast_ptr, L, H, G, P, N, nchunks,
                     s_dy_b, s_dy_l, s_dy_h, s_dy_p, s_x_b, s_x_l, s_x_h, s_x_p,
                     s_B_b, s_B_l, s_B_g, s_B_n, s_C_b, s_C_l, s_C_g, s_C_n, s_seq_b, s_seq_l,
-                    s_dB_s, s_dB_b, s_dB_l, s_dB_g, s_dB_n, s_dC_s, s_dC_b, s_dC_l, s_dC_g, s_dC_n,
-                    HPG: tl.constexpr, HEAD_SPLIT: tl.constexpr, HAS_SEQ: tl.constexpr, CHUNK: tl.constexpr,
-                    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+                    s_dB_b, s_dB_l, s_dB_g, s_dB_n, s_dC_b, s_dC_l, s_dC_g, s_dC_n,
+                    HPG: tl.constexpr, HAS_SEQ: tl.constexpr, CHUNK: tl.constexpr, BLOCK_P: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_bc = tl.program_id(0)
     pid_b = (pid_bc // nchunks).to(tl.int64)
     pid_c = pid_bc % nchunks
-    pid_g = tl.program_id(1) // HEAD_SPLIT
-    pid_split = tl.program_id(1) % HEAD_SPLIT
+    pid_g = tl.program_id(1)
     pid_m = tl.program_id(2)
-    heads_per_split: tl.constexpr = (HPG + HEAD_SPLIT - 1) // HEAD_SPLIT
-    head_lo = pid_split * heads_per_split
-    head_hi = tl.minimum(head_lo + heads_per_split, HPG)  # the last split may get fewer heads (or none)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_p = tl.arange(0, BLOCK_P)
@@ -478,10 +464,8 @@ def _dbc_bwd_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dcb_ptr, dt_ptr, a_ptr, enter_p
     C_base = C_ptr + pid_b * s_C_b + pid_g * s_C_g
     dcb_base = dcb_ptr + ((pid_b * nchunks + pid_c) * G + pid_g) * CHUNK * CHUNK
 
-    # the head-independent dCB terms, added once: by split 0 (the other splits skip both loops)
-    dcb_ok = pid_split == 0
     dC = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, tl.where(dcb_ok, tl.minimum((pid_m + 1) * BLOCK_M, CHUNK), 0), BLOCK_K):  # s <= l
+    for k0 in range(0, tl.minimum((pid_m + 1) * BLOCK_M, CHUNK), BLOCK_K):  # s <= l
         offs_k = k0 + tl.arange(0, BLOCK_K)
         t_k = pid_c * CHUNK + offs_k
         k_in = offs_k < CHUNK
@@ -491,7 +475,7 @@ def _dbc_bwd_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dcb_ptr, dt_ptr, a_ptr, enter_p
                     mask=(k_in & (t_k < L))[:, None] & n_ok[None, :], other=0.0)
         dC += tl.dot(g.to(b.dtype), b)
     dB = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range((pid_m * BLOCK_M // BLOCK_K) * BLOCK_K, tl.where(dcb_ok, CHUNK, 0), BLOCK_K):  # l >= s
+    for k0 in range((pid_m * BLOCK_M // BLOCK_K) * BLOCK_K, CHUNK, BLOCK_K):  # l >= s
         offs_k = k0 + tl.arange(0, BLOCK_K)
         t_k = pid_c * CHUNK + offs_k
         k_in = offs_k < CHUNK
@@ -513,7 +497,7 @@ def _dbc_bwd_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dcb_ptr, dt_ptr, a_ptr, enter_p
         enter_ok = doc_m == doc_enter
         last_ok = doc_m == doc_last
         passes = doc_last == doc_enter  # no document starts inside the chunk
-    for hh in range(head_lo, head_hi):
+    for hh in range(HPG):
         h = pid_g * HPG + hh
         dt_base = ((pid_b * H + h) * nchunks + pid_c) * CHUNK
         a_m = tl.load(a_ptr + dt_base + offs_m, mask=m_in, other=0.0)
@@ -544,12 +528,10 @@ def _dbc_bwd_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dcb_ptr, dt_ptr, a_ptr, enter_p
                 da_last = tl.where(passes, da_last, 0.0)
             tl.store(dalast_ptr + (pid_b * H + h) * nchunks + pid_c, da_last)
     out_mask = m_ok[:, None] & n_ok[None, :]
-    dC_base = dC_ptr + pid_split * s_dC_s + pid_b * s_dC_b + pid_g * s_dC_g
-    tl.store(dC_base + t_m[:, None] * s_dC_l + offs_n[None, :] * s_dC_n, dC.to(dC_ptr.dtype.element_ty),
-             mask=out_mask)
-    dB_base = dB_ptr + pid_split * s_dB_s + pid_b * s_dB_b + pid_g * s_dB_g
-    tl.store(dB_base + t_m[:, None] * s_dB_l + offs_n[None, :] * s_dB_n, dB.to(dB_ptr.dtype.element_ty),
-             mask=out_mask)
+    tl.store(dC_ptr + pid_b * s_dC_b + t_m[:, None] * s_dC_l + pid_g * s_dC_g + offs_n[None, :] * s_dC_n,
+             dC.to(dC_ptr.dtype.element_ty), mask=out_mask)
+    tl.store(dB_ptr + pid_b * s_dB_b + t_m[:, None] * s_dB_l + pid_g * s_dB_g + offs_n[None, :] * s_dB_n,
+             dB.to(dB_ptr.dtype.element_ty), mask=out_mask)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -719,22 +701,6 @@ def _state_pass_block(pn: int) -> int:
     return min(64 if INTERPRET else 1024, triton.next_power_of_2(pn))
 
 
-def _head_split(programs: int, hpg: int) -> int:
-    """Programs sharing one group's heads, for a kernel that launches `programs` programs unsplit (the dCB and
-    dB/dC kernels). On the GPU enough to launch ~1024 programs: each split adds an fp32 partial of the
-    head-summed outputs (memory traffic), so no more. Under the interpreter 2 when possible, so that the tests
-    cover it."""
-    want = 2 if INTERPRET else triton.cdiv(1024, programs)
-    per = triton.cdiv(hpg, max(1, min(want, hpg)))
-    return triton.cdiv(hpg, per)  # no split left without heads
-
-
-def _dbc_head_split(rows: int, chunk: int, hpg: int) -> int:
-    """Head split of the dB/dC kernel, for `rows` = batch * chunks * groups, at its largest row block."""
-    max_block_m = max(c.kwargs["BLOCK_M"] for c in _dbc_bwd_kernel.configs)
-    return _head_split(rows * triton.cdiv(chunk, max_block_m), hpg)
-
-
 def _limit(dt_min: float, dt_max: float) -> bool:
     return not (dt_min == 0.0 and dt_max == math.inf)
 
@@ -819,39 +785,25 @@ def ssd_backward(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus
     block_m = 16 if INTERPRET else (32 if Q <= 128 else 16)
     num_m = triton.cdiv(Q, block_m)
     block_p = _dot_block(head_dim)
-    # with the heads split, fp32 partials of dCB per split, summed here (the dB/dC kernel reads the sum)
-    dcb_split = _head_split(batch * nchunks * groups * num_m, hpg)
-    dcb = torch.empty(*((dcb_split,) if dcb_split > 1 else ()), batch, nchunks, groups, Q, Q, **f32)
+    dcb = torch.empty(batch, nchunks, groups, Q, Q, **f32)
     ddt_part = torch.empty(batch, heads, nchunks, num_m, Q, **f32)
     darow = torch.empty(batch, heads, nchunks, Q, **f32)
-    _dcb_bwd_kernel[(batch * nchunks, groups * dcb_split, num_m)](
+    _dcb_bwd_kernel[(batch * nchunks, groups, num_m)](
         dy, x, cb, dt_out, a_out, seq, dcb, ddt_part, darow, length, heads, groups, head_dim, nchunks,
-        *dy.stride(), *x.stride(), s_seq_b, s_seq_l, dcb.stride(0) if dcb_split > 1 else 0, HPG=hpg,
-        HEAD_SPLIT=dcb_split, HAS_SEQ=has_seq, CHUNK=Q, BLOCK_M=block_m, BLOCK_P=block_p)
-    if dcb_split > 1:
-        dcb = dcb.sum(0)
+        *dy.stride(), *x.stride(), s_seq_b, s_seq_l, HPG=hpg, HAS_SEQ=has_seq, CHUNK=Q, BLOCK_M=block_m,
+        BLOCK_P=block_p)
 
-    # 4: dB, dC and the state terms of da; with the heads split, fp32 partials of dB, dC per split
-    split = _dbc_head_split(batch * nchunks * groups, Q, hpg)
-    if split == 1:
-        dB = torch.empty(B.shape, device=B.device, dtype=B.dtype)
-        dC = torch.empty(C.shape, device=C.device, dtype=C.dtype)
-    else:
-        dB = torch.empty(split, *B.shape, **f32)
-        dC = torch.empty(split, *C.shape, **f32)
-    s_dB = dB.stride() if split > 1 else (0, *dB.stride())
-    s_dC = dC.stride() if split > 1 else (0, *dC.stride())
+    # 4: dB, dC and the state terms of da
+    dB = torch.empty(B.shape, device=B.device, dtype=B.dtype)
+    dC = torch.empty(C.shape, device=C.device, dtype=C.dtype)
     dainter = torch.empty(batch, heads, nchunks, Q, **f32)
     dw = torch.empty(batch, heads, nchunks, Q, **f32)
     da_last = torch.empty(batch, heads, nchunks, **f32)
-    _dbc_bwd_kernel[lambda m: (batch * nchunks, groups * split, triton.cdiv(Q, m["BLOCK_M"]))](
+    _dbc_bwd_kernel[lambda m: (batch * nchunks, groups, triton.cdiv(Q, m["BLOCK_M"]))](
         dy, x, B, C, dcb, dt_out, a_out, enter, dcs, seq, dB, dC, dainter, dw, da_last, length, heads, groups,
         head_dim, state, nchunks, *dy.stride(), *x.stride(), *B.stride(), *C.stride(), s_seq_b, s_seq_l,
-        *s_dB, *s_dC, HPG=hpg, HEAD_SPLIT=split, HAS_SEQ=has_seq, CHUNK=Q, BLOCK_P=block_p,
+        *dB.stride(), *dC.stride(), HPG=hpg, HAS_SEQ=has_seq, CHUNK=Q, BLOCK_P=block_p,
         BLOCK_N=_dot_block(state))
-    if split > 1:
-        dB = dB.sum(0).to(B.dtype)
-        dC = dC.sum(0).to(C.dtype)
 
     # 5: dx
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)

@@ -44,7 +44,7 @@ def test_ssd_kernel_matches_chunked_reference(case, device):
     if case == "one_group_chunk32":
         kw.update(groups=1, length=50)
         chunk = 32
-    if case == "three_heads_per_group":  # the dB/dC kernel's head split is uneven; P * N is no power of two
+    if case == "three_heads_per_group":  # odd heads per group; P * N no power of two (state passing's tail block)
         kw.update(heads=6, head_dim=20, state=24, docs=[9, 31], init=True)
     t = ssd_inputs(device, **kw)
     args = (t["x"], t["dt"], t["A"], t["B"], t["C"], chunk)
