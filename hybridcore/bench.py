@@ -412,13 +412,25 @@ def run(args) -> int:
     result.update(flops_per_token=flops, matmul_tflops=ceiling)
     print(f"  bf16 matmul ceiling {ceiling:.0f} TFLOP/s; model {flops / 1e9:.2f} GFLOP/token", flush=True)
 
+    os.makedirs(args.out, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    tag = f"-{args.tag}" if args.tag else ""
+    path = os.path.join(args.out, f"bench-{args.preset}-{args.batch_size}x{args.seq_len}{tag}-{stamp}.json")
+    runs = {}
+
+    def record(name, run_result):
+        """Keep one contender's result and rewrite the JSON: a run cut short keeps what it measured."""
+        runs[name] = run_result
+        summarize(result, runs, flops, ceiling)
+        _write_json(path, result)
+
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len + 1), generator=generator).to(device)
-    runs = {"ours": measure("ours", build_ours(config, ids, args, device), tokens, args, device)}
+    record("ours", measure("ours", build_ours(config, ids, args, device), tokens, args, device))
     for mode in args.compile_modes if args.compile else []:
         name = "ours_compiled" if mode == "default" else f"ours_compiled_{mode}"
-        runs[name] = measure(name, build_ours(config, ids, args, device, compiled=True, mode=mode), tokens, args,
-                             device)
+        record(name, measure(name, build_ours(config, ids, args, device, compiled=True, mode=mode), tokens, args,
+                             device))
     if args.peers:
         for name, kernels in (("hf_torch", False), ("hf_kernels", True)):
             if not kernels and args.peers == "kernels":
@@ -427,16 +439,27 @@ def run(args) -> int:
                 _wait_for(args.wait_for_file)
                 result["peer_packages"] = peer_kernels_available()
                 if not result["peer_packages"]["mamba_ssm"]:
-                    runs[name] = {"name": name, "status": "unavailable", "tok_s": None, "peak_gib": None}
+                    record(name, {"name": name, "status": "unavailable", "tok_s": None, "peak_gib": None})
                     continue
-            runs[name] = measure(name, build_hf(config, ids, args, device, kernels), tokens, args, device)
+            record(name, measure(name, build_hf(config, ids, args, device, kernels), tokens, args, device))
             fallback = args.peer_fallback_batch
             if runs[name]["status"] == "oom" and 0 < fallback < args.batch_size:
-                small = measure(f"{name}_b{fallback}", build_hf(config, ids, args, device, kernels, fallback),
-                                fallback * args.seq_len, args, device)
-                runs[f"{name}_b{fallback}"] = small
+                record(f"{name}_b{fallback}", measure(f"{name}_b{fallback}",
+                                                      build_hf(config, ids, args, device, kernels, fallback),
+                                                      fallback * args.seq_len, args, device))
 
-    for name, r in runs.items():
+    result["complete"] = True
+    _write_json(path, result)
+    print(f"  ours ({result['ours_variant']}): {_fmt(result['tok_s'])} tok/s, MFU {_pct(result['mfu'])}, "
+          f"peak {_fmt(result['peak_gib'])} GiB; vs hf_kernels x{_fmt(result.get('speedup_vs_hf_kernels'))}, "
+          f"vs hf_torch x{_fmt(result.get('speedup_vs_hf_torch'))}")
+    print(f"  wrote {path}")
+    return 0
+
+
+def summarize(result: dict, runs: dict, flops: float, ceiling: float) -> None:
+    """Fill `result` from the contenders measured so far: MFU, our best variant, ratios to the peers."""
+    for r in runs.values():
         if r.get("tok_s"):
             r["model_tflops"] = r["tok_s"] * flops / 1e12
             r["mfu"] = r["model_tflops"] * 1e12 / (ceiling * 1e12)
@@ -449,22 +472,20 @@ def run(args) -> int:
         result[f"{peer}_tok_s"] = r.get("tok_s")
         result[f"{peer}_peak_gib"] = r.get("peak_gib")
         result[f"{peer}_status"] = r.get("status", "not run")
+        result.pop(f"speedup_vs_{peer}", None)
         if r.get("tok_s") and best.get("tok_s"):
             result[f"speedup_vs_{peer}"] = best["tok_s"] / r["tok_s"]
     result["runs"] = runs
-    result["versions"] = versions()  # after the peers ran: a package built meanwhile is seen too
+    result["complete"] = False  # until every contender asked for has run
+    result["versions"] = versions()  # after each run: a peer package built meanwhile is seen too
 
-    os.makedirs(args.out, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    tag = f"-{args.tag}" if args.tag else ""
-    path = os.path.join(args.out, f"bench-{args.preset}-{args.batch_size}x{args.seq_len}{tag}-{stamp}.json")
-    with open(path, "w") as f:
+
+def _write_json(path: str, result: dict) -> None:
+    """Written to a temporary name, then renamed: a reader never sees half a file."""
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as f:
         json.dump(result, f, indent=1, default=_json_default)
-    print(f"  ours ({best['name']}): {_fmt(result['tok_s'])} tok/s, MFU {_pct(result['mfu'])}, "
-          f"peak {_fmt(result['peak_gib'])} GiB; vs hf_kernels x{_fmt(result.get('speedup_vs_hf_kernels'))}, "
-          f"vs hf_torch x{_fmt(result.get('speedup_vs_hf_torch'))}")
-    print(f"  wrote {path}")
-    return 0
+    os.replace(temporary, path)
 
 
 def _wait_for(path, limit_s=420):

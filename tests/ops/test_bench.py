@@ -58,3 +58,21 @@ def test_bench_peers_kernels_skips_the_pytorch_path(tmp_path):
     result = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert "hf_torch" not in result["runs"] and result["hf_torch_status"] == "not run"
     assert "hf_kernels" in result["runs"]  # measured, or "unavailable" where mamba_ssm does not import
+
+
+def test_bench_keeps_what_it_measured_when_cut_short(tmp_path, monkeypatch):
+    """A run killed in a later contender (a time limit, say) leaves the JSON of the earlier ones."""
+    from hybridcore import bench
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # not an Exception: measure() does not catch it, as with a real kill
+
+    monkeypatch.setattr(bench, "build_hf", killed)
+    assert cli.main(["bench", "--smoke", "--peers", "--out", str(tmp_path)]) != 0  # the CLI reports the stop
+    result = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert result["complete"] is False and result["tok_s"] > 0 and list(result["runs"]) == ["ours"]
+    assert not list(tmp_path.glob("*.tmp"))
+    out = tmp_path / "whole"
+    monkeypatch.undo()
+    assert cli.main(["bench", "--smoke", "--out", str(out)]) == 0
+    assert json.loads(next(out.glob("*.json")).read_text())["complete"] is True
