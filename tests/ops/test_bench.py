@@ -38,7 +38,7 @@ def test_bench_decode_step_check_compares_kernel_and_twin():
     import torch
 
     pytest.importorskip("triton")
-    from hybridcore.bench import check_decode_step
+    from hybridcore.bench_check import check_decode_step
     from hybridcore.presets import get_preset
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
