@@ -18,8 +18,6 @@ import contextlib
 import datetime
 import gc
 import importlib
-import json
-import math
 import os
 import statistics
 import sys
@@ -302,8 +300,9 @@ def versions() -> dict:
 
 
 def run(args) -> int:
-    from .flops import flops_per_token
     from .config import apply_overrides
+    from .flops import flops_per_token
+    from .train.files import write_json_atomic
     from .presets import get_preset
 
     if args.smoke:
@@ -347,7 +346,7 @@ def run(args) -> int:
         """Keep one contender's result and rewrite the JSON: a run cut short keeps what it measured."""
         runs[name] = run_result
         summarize(result, runs, flops, ceiling)
-        _write_json(path, result)
+        write_json_atomic(path, result, indent=1, default=str)
 
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len + 1), generator=generator).to(device)
@@ -374,7 +373,7 @@ def run(args) -> int:
                                                       fallback * args.seq_len, args, device))
 
     result["complete"] = True
-    _write_json(path, result)
+    write_json_atomic(path, result, indent=1, default=str)
     print(f"  ours ({result['ours_variant']}): {_fmt(result['tok_s'])} tok/s, MFU {_pct(result['mfu'])}, "
           f"peak {_fmt(result['peak_gib'])} GiB; vs hf_kernels x{_fmt(result.get('speedup_vs_hf_kernels'))}, "
           f"vs hf_torch x{_fmt(result.get('speedup_vs_hf_torch'))}")
@@ -405,14 +404,6 @@ def summarize(result: dict, runs: dict, flops: float, ceiling: float) -> None:
     result["versions"] = versions()  # after each run: a peer package built meanwhile is seen too
 
 
-def _write_json(path: str, result: dict) -> None:
-    """Written to a temporary name, then renamed: a reader never sees half a file."""
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as f:
-        json.dump(result, f, indent=1, default=_json_default)
-    os.replace(temporary, path)
-
-
 def _wait_for(path, limit_s=420):
     start = time.time()
     while path and not os.path.exists(path) and time.time() - start < limit_s:
@@ -421,9 +412,3 @@ def _wait_for(path, limit_s=420):
 
 def _pct(value):
     return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def _json_default(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)

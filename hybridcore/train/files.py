@@ -34,12 +34,13 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: str | Path, data, indent: int | None = 2) -> None:
-    """Write to a temporary name in the same directory, flush to disk, then rename into place."""
+def write_json_atomic(path: str | Path, data, indent: int | None = 2, default=None) -> None:
+    """Write to a temporary name in the same directory, flush to disk, then rename into place.
+    `default` as in json.dump: turns values JSON has no type for into ones it has."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w") as handle:
-        json.dump(json_safe(data), handle, indent=indent, allow_nan=False)
+        json.dump(json_safe(data), handle, indent=indent, allow_nan=False, default=default)
         handle.write("\n")
         handle.flush()
         os.fsync(handle.fileno())

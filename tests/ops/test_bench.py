@@ -71,7 +71,7 @@ def test_bench_keeps_what_it_measured_when_cut_short(tmp_path, monkeypatch):
     assert cli.main(["bench", "--smoke", "--peers", "--out", str(tmp_path)]) != 0  # the CLI reports the stop
     result = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert result["complete"] is False and result["tok_s"] > 0 and list(result["runs"]) == ["ours"]
-    assert not list(tmp_path.glob("*.tmp"))
+    assert [p.suffix for p in tmp_path.iterdir()] == [".json"]  # no temporary file left behind
     out = tmp_path / "whole"
     monkeypatch.undo()
     assert cli.main(["bench", "--smoke", "--out", str(out)]) == 0
