@@ -14,11 +14,16 @@ from . import triton_ssd, triton_ssd_step
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
+def _inputs_supported(x: Tensor, B: Tensor) -> bool:
+    """Dtypes, head grouping and state size that both the chunked and the decode kernels handle."""
+    return (x.dtype in SUPPORTED_DTYPES and B.dtype in SUPPORTED_DTYPES and x.shape[2] % B.shape[2] == 0
+            and B.shape[-1] <= 256)
+
+
 def supported(x: Tensor, B: Tensor, chunk_size: int) -> bool:
     """Shapes the kernels handle; anything else goes to the reference."""
-    return (x.dtype in SUPPORTED_DTYPES and B.dtype in SUPPORTED_DTYPES and 16 <= chunk_size <= 256
-            and chunk_size & (chunk_size - 1) == 0 and x.shape[2] % B.shape[2] == 0
-            and x.shape[-1] <= 256 and B.shape[-1] <= 256)
+    return (_inputs_supported(x, B) and 16 <= chunk_size <= 256 and chunk_size & (chunk_size - 1) == 0
+            and x.shape[-1] <= 256)
 
 
 @torch.library.custom_op("hybridcore::ssd_fwd", mutates_args=())
@@ -117,6 +122,5 @@ def ssd_step(x, dt, A, B, C, state, D=None, dt_bias=None, dt_softplus=False, dt_
 
 
 def step_supported(x: Tensor, B: Tensor, state: Tensor) -> bool:
-    return (x.dtype in SUPPORTED_DTYPES and B.dtype in SUPPORTED_DTYPES and x.shape[1] == 1
-            and state.dtype == torch.float32 and state.is_contiguous() and x.shape[2] % B.shape[2] == 0
-            and B.shape[-1] <= 256 and not torch.is_grad_enabled())
+    return (_inputs_supported(x, B) and x.shape[1] == 1 and state.dtype == torch.float32
+            and state.is_contiguous() and not torch.is_grad_enabled())
