@@ -6,7 +6,9 @@ labelled tokens). Each chunk's logits [chunk, V] live only inside the loop: when
 forward computes it there too (softmax - one-hot is all the backward needs), so nothing is recomputed
 and the backward is a scaling of the stored gradients. Pure PyTorch; any device (on CUDA the per-chunk
 softmax and gradient are one torch.compile'd function); under autocast the products run in the autocast
-dtype and the softmax in fp32.
+dtype and the softmax in fp32. An odd vocabulary (Falcon-H1-7B's 130,049) is padded with zero rows to a
+multiple of VOCAB_ALIGN, masked out of the softmax: with an unaligned dimension cuBLAS falls back to slow
+kernels (about half of a 7B layer step on an H200 went to them).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
+VOCAB_ALIGN = 128
 
 
 def _chunk_logits(h, weight, multiplier):
@@ -22,19 +25,21 @@ def _chunk_logits(h, weight, multiplier):
     return (h @ weight.t()).to(acc) * multiplier
 
 
-def _chunk_loss_and_grad(products, labels, multiplier: float, grad_scale, grad_dtype):
-    """Summed loss of one chunk and d(loss * grad_scale)/d(products), from the raw products h @ w.T.
+def _chunk_loss_and_grad(products, labels, multiplier: float, grad_scale, grad_dtype, vocab: int):
+    """Summed loss of one chunk and d(loss * grad_scale)/d(products), from the raw products h @ w.T;
+    columns from `vocab` on are padding (no probability, zero gradient).
 
     Written as a few whole-tensor expressions with no data-dependent indexing, so that on CUDA
     torch.compile turns it into two passes over the chunk (a row reduction, then the gradient)."""
     acc = torch.float64 if products.dtype == torch.float64 else torch.float32
-    logits = products.to(acc) * multiplier
+    columns = torch.arange(products.shape[1], device=products.device)[None, :]
+    logits = torch.where(columns < vocab, products.to(acc) * multiplier, float("-inf"))
     lse = torch.logsumexp(logits, dim=-1)
     valid = labels != IGNORE_INDEX
     target = torch.where(valid, labels, 0)
     picked = logits.gather(1, target[:, None]).squeeze(1)
     loss = torch.where(valid, lse - picked, 0.0).sum()
-    is_target = torch.arange(logits.shape[1], device=logits.device)[None, :] == target[:, None]
+    is_target = columns == target[:, None]
     row_scale = torch.where(valid, grad_scale * multiplier, 0.0)  # d logits / d products = multiplier
     grad = (torch.exp(logits - lse[:, None]) - is_target.to(acc)) * row_scale[:, None]
     return loss, grad.to(grad_dtype)
@@ -53,6 +58,19 @@ def _loss_and_grad_fn(device: torch.device):
     return _compiled_loss_and_grad
 
 
+def _padded(weight, dtype):
+    """`weight` in `dtype`, with zero rows appended up to a multiple of VOCAB_ALIGN (one copy either way
+    under autocast; none when aligned and already in dtype)."""
+    vocab = weight.shape[0]
+    padded_vocab = -(-vocab // VOCAB_ALIGN) * VOCAB_ALIGN
+    if padded_vocab == vocab:
+        return weight.to(dtype)
+    w = weight.new_empty((padded_vocab, weight.shape[1]), dtype=dtype)
+    w[:vocab].copy_(weight)
+    w[vocab:].zero_()
+    return w
+
+
 class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, multiplier, chunk_size, compute_dtype):
@@ -60,11 +78,12 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         labels = labels.reshape(-1)
         count = (labels != IGNORE_INDEX).sum().clamp_min(1)
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        w = weight.to(compute_dtype)
+        w = _padded(weight, compute_dtype)
+        vocab = weight.shape[0]
         loss = torch.zeros((), device=hidden.device, dtype=torch.float64 if compute_dtype == torch.float64
                            else torch.float32)
         dh = torch.empty_like(h_all) if ctx.needs_input_grad[0] else None
-        dw = (torch.zeros(weight.shape, device=weight.device, dtype=loss.dtype) if ctx.needs_input_grad[1]
+        dw = (torch.zeros(w.shape, device=weight.device, dtype=loss.dtype) if ctx.needs_input_grad[1]
               else None)
         loss_and_grad = _loss_and_grad_fn(hidden.device)
         grad_scale = 1.0 / count.to(loss.dtype)
@@ -72,16 +91,16 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             h = h_all[start:start + chunk_size]
             y = labels[start:start + chunk_size]
             if not need_grad:
-                loss += F.cross_entropy(_chunk_logits(h, w, multiplier), y, ignore_index=IGNORE_INDEX,
+                loss += F.cross_entropy(_chunk_logits(h, w, multiplier)[:, :vocab], y, ignore_index=IGNORE_INDEX,
                                         reduction="sum")
                 continue
-            chunk_loss, grad = loss_and_grad(h @ w.t(), y, multiplier, grad_scale, compute_dtype)
+            chunk_loss, grad = loss_and_grad(h @ w.t(), y, multiplier, grad_scale, compute_dtype, vocab)
             loss += chunk_loss
             if dh is not None:
                 dh[start:start + chunk_size] = grad @ w
             if dw is not None:
                 dw += (grad.t() @ h).to(dw.dtype)
-        ctx.save_for_backward(dh, dw)
+        ctx.save_for_backward(dh, dw[:vocab] if dw is not None else None)  # leading rows: still contiguous
         ctx.hidden_meta = (hidden.shape, hidden.dtype)
         ctx.weight_dtype = weight.dtype
         return loss / count.to(loss.dtype)

@@ -6,11 +6,12 @@ from hybridcore.ops import chunked_cross_entropy
 
 
 @pytest.mark.parametrize("chunk", [1, 5, 26, 1000])
-def test_chunked_cross_entropy_equals_plain_loss(chunk):
+@pytest.mark.parametrize("vocab", [50, 128])  # padded to VOCAB_ALIGN (128) inside, and already aligned
+def test_chunked_cross_entropy_equals_plain_loss(chunk, vocab):
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(2, 13, 16, dtype=torch.float64, generator=g, requires_grad=True)
-    weight = torch.randn(50, 16, dtype=torch.float64, generator=g, requires_grad=True)
-    labels = torch.randint(0, 50, (2, 13), generator=g)
+    weight = torch.randn(vocab, 16, dtype=torch.float64, generator=g, requires_grad=True)
+    labels = torch.randint(0, vocab, (2, 13), generator=g)
     labels[0, 3] = labels[1, 0] = -100  # ignored tokens
     loss = chunked_cross_entropy(hidden, weight, labels, multiplier=0.3, chunk_size=chunk)
     ref = F.cross_entropy((hidden @ weight.t() * 0.3).flatten(0, 1), labels.flatten(), ignore_index=-100)
@@ -18,6 +19,7 @@ def test_chunked_cross_entropy_equals_plain_loss(chunk):
     grads = torch.autograd.grad(2.5 * loss, [hidden, weight])
     grads_ref = torch.autograd.grad(2.5 * ref, [hidden, weight])
     for a, b in zip(grads, grads_ref):
+        assert a.shape == b.shape and a.is_contiguous()
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
@@ -33,16 +35,19 @@ def test_chunked_cross_entropy_without_grad_and_bad_chunk():
 
 def test_chunk_function_compiles_whole_and_matches_autograd():
     """The per-chunk loss + gradient is compiled on CUDA: it must trace as one graph (no breaks) and
-    agree with autograd through F.cross_entropy, ignored labels included."""
+    agree with autograd through F.cross_entropy, ignored labels included; the padding columns (from
+    `vocab` on) take no probability and get no gradient."""
     from hybridcore.ops.cross_entropy import _chunk_loss_and_grad
 
     g = torch.Generator().manual_seed(1)
     products = torch.randn(7, 30, dtype=torch.float64, generator=g, requires_grad=True)
+    padding = torch.full((7, 2), 50.0, dtype=torch.float64)  # large: any leak into the softmax shows
     labels = torch.randint(0, 30, (7,), generator=g)
     labels[2] = -100
     scale = torch.tensor(1 / 6, dtype=torch.float64)
     compiled = torch.compile(_chunk_loss_and_grad, fullgraph=True, backend="aot_eager")
-    loss, grad = compiled(products.detach(), labels, 0.7, scale, torch.float64)
+    loss, grad = compiled(torch.cat([products.detach(), padding], 1), labels, 0.7, scale, torch.float64, 30)
     ref = F.cross_entropy(products * 0.7, labels, ignore_index=-100, reduction="sum")
     torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(grad, torch.autograd.grad(ref * scale, products)[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad[:, :30], torch.autograd.grad(ref * scale, products)[0], rtol=1e-10, atol=1e-12)
+    assert torch.equal(grad[:, 30:], torch.zeros(7, 2, dtype=torch.float64))
