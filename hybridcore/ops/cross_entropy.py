@@ -8,7 +8,7 @@ and the backward is a scaling of the stored gradients. Pure PyTorch; any device 
 softmax and gradient are one torch.compile'd function); under autocast the products run in the autocast
 dtype and the softmax in fp32. An odd vocabulary (Falcon-H1-7B's 130,049) is padded with zero rows to a
 multiple of VOCAB_ALIGN, masked out of the softmax: with an unaligned dimension cuBLAS falls back to slow
-kernels (about half of a 7B layer step on an H200 went to them).
+kernels (in 8 of 7B's blocks on an H200, 156 of a step's 322 ms of kernels went to them).
 """
 
 from __future__ import annotations
