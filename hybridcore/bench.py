@@ -21,6 +21,7 @@ import importlib
 import os
 import statistics
 import sys
+import traceback
 import time
 
 import torch
@@ -155,7 +156,11 @@ def measure(name: str, build, tokens: int, args, device) -> dict:
     except torch.OutOfMemoryError:
         result["status"] = "oom"
     except Exception as error:  # a peer that cannot run here: say why, keep going
-        result["status"] = f"error: {type(error).__name__}: {str(error)[:300]}"
+        message = str(error)  # a Triton compile error gives the source first and the reason last
+        if len(message) > 800:
+            message = f"{message[:300]} [...] {message[-500:]}"
+        result["status"] = f"error: {type(error).__name__}: {message}"
+        traceback.print_exc()
     step = info = None
     _clean(device)
     print(f"  {name:22s} {result['status']:6s} tok/s={_fmt(result['tok_s'])} step_ms={_fmt(result['step_ms'])} "
