@@ -110,7 +110,8 @@ def run(args) -> int:
     batches = validation_batches(dataset, args.batch_size, seq_len, max_batches=args.batches,
                                  doc_boundaries=args.doc_masking)
     model = load_any_model(args.model, device=device)
-    loss, tokens = evaluate_loss(model, batches, device, torch.bfloat16 if dtype == "bf16" else None)
+    loss, tokens = evaluate_loss(model, batches, device, torch.bfloat16 if dtype == "bf16" else None,
+                                 fused_head=True)  # the loss path of a one-process training run
     perplexity = math.exp(loss) if loss < 700 else math.inf
     result = {"model": str(args.model), "data": str(args.data), "split": args.split, "loss": loss,
               "perplexity": perplexity, "tokens": tokens, "batches": len(batches), "batch_size": args.batch_size,

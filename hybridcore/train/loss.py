@@ -3,9 +3,10 @@
 A 261K vocabulary at 8K tokens makes fp32 logits of 8 GiB, plus their gradient. The chunked path
 runs the model up to the final norm once, then for each slice of tokens computes logits and the loss
 under activation checkpointing, so only one slice's logits exist at a time, in forward and backward.
-(A fused linear + cross-entropy kernel is a later issue; this keeps big vocabularies trainable now.)
-Small vocabularies take the plain path: one `model(...)` call, which is also what parallel wrappers
-hook into.
+One process (`fused_head=True`) takes hybridcore.ops.chunked_cross_entropy instead: the head's products
+and the loss gradient in one pass per chunk, nothing recomputed, and an odd vocabulary padded for cuBLAS.
+The parallel layouts keep the module path: one `model(...)` call (or the checkpointed chunks), which
+is what their wrappers (FSDP's gathers, tensor-parallel heads) hook into.
 """
 
 from __future__ import annotations
@@ -59,16 +60,35 @@ def token_losses(model, input_ids: torch.Tensor, labels: torch.Tensor, seq_idx: 
     return torch.cat(pieces).view(batch, length)
 
 
+def _plain_linear_head(model) -> bool:
+    """A bias-free nn.Linear head whose weight is a whole local tensor (not a DTensor shard)."""
+    head = getattr(model, "lm_head", None)
+    return (isinstance(head, torch.nn.Linear) and head.bias is None
+            and type(head.weight.data) is torch.Tensor)
+
+
 def loss_sum(model, input_ids: torch.Tensor, labels: torch.Tensor, seq_idx: torch.Tensor | None = None,
-             chunk_tokens: int = 0) -> tuple[torch.Tensor, int]:
-    """(sum of the per-token losses, number of counted tokens)."""
+             chunk_tokens: int = 0, fused_head: bool = False) -> tuple[torch.Tensor, int]:
+    """(sum of the per-token losses, number of counted tokens).
+
+    fused_head: compute the head and the loss with ops.chunked_cross_entropy (one process only; a
+    model whose head is not a plain local nn.Linear takes the module path)."""
+    count = int((labels != IGNORE_INDEX).sum())
+    if fused_head and _plain_linear_head(model):
+        from ..ops import chunked_cross_entropy
+
+        hidden = model.hidden_states(input_ids, seq_idx)
+        chunk = resolve_chunk(labels.numel(), model.config.vocab_size, chunk_tokens)
+        mean = chunked_cross_entropy(hidden, model.lm_head.weight, labels, model.config.lm_head_multiplier,
+                                     chunk_size=chunk)
+        return mean * count, count  # the mean is over the counted tokens (0 when there are none)
     losses = token_losses(model, input_ids, labels, seq_idx, chunk_tokens)
-    return losses.sum(), int((labels != IGNORE_INDEX).sum())
+    return losses.sum(), count
 
 
 @torch.no_grad()
 def evaluate_loss(model, batches, device, autocast_dtype: torch.dtype | None = None,
-                  chunk_tokens: int = 0) -> tuple[float, int]:
+                  chunk_tokens: int = 0, fused_head: bool = False) -> tuple[float, int]:
     """(mean loss per token, tokens) over `batches`, summed over every data-parallel rank."""
     from .distributed import all_reduce_sum
 
@@ -82,7 +102,7 @@ def evaluate_loss(model, batches, device, autocast_dtype: torch.dtype | None = N
             seq_idx = batch["seq_idx"].to(device) if batch.get("seq_idx") is not None else None
             with autocast(device, autocast_dtype):
                 total, count = loss_sum(model, batch["input_ids"].to(device), batch["labels"].to(device),
-                                        seq_idx, chunk_tokens)
+                                        seq_idx, chunk_tokens, fused_head)
             totals[0] += total.double()
             totals[1] += count
     finally:

@@ -223,7 +223,7 @@ class _Run:
             seq_idx = batch["seq_idx"].to(self.device) if batch.get("seq_idx") is not None else None
             with autocast(self.device, self.autocast_dtype):
                 loss, _ = loss_sum(self.model, batch["input_ids"].to(self.device), batch["labels"].to(self.device),
-                                   seq_idx, self.config.loss_chunk)
+                                   seq_idx, self.config.loss_chunk, fused_head=True)
                 loss = loss / local_tokens  # mean over the step's tokens; each micro-batch adds its share
             loss.backward()
             total += loss.detach().double()
@@ -238,7 +238,7 @@ class _Run:
             val_loss, tokens = self.parallel.evaluate(self.val_batches)
         else:
             val_loss, tokens = evaluate_loss(self.model, self.val_batches, self.device, self.autocast_dtype,
-                                             self.config.loss_chunk)
+                                             self.config.loss_chunk, fused_head=True)
         if log:
             self.metrics.log({"step": step, "val_loss": val_loss, "val_ppl": _perplexity(val_loss),
                               "val_tokens": tokens})

@@ -2,9 +2,10 @@
 
 import torch
 
+import hybridcore.ops
 from hybridcore.model import build_model
 from hybridcore.train import token_losses, train
-from hybridcore.train.loss import resolve_chunk
+from hybridcore.train.loss import IGNORE_INDEX, loss_sum, resolve_chunk
 from hybridcore.train.model_setup import apply_activation_checkpointing, apply_overrides
 from hybridcore.presets import get_preset
 
@@ -87,3 +88,39 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, data_dir):
                                     save_every=0, eval_every=0))
     for step in (1, 2, 3):
         assert abs(big.losses[step] - accum.losses[step]) < 1e-4, step
+
+
+def test_fused_head_gives_the_module_paths_loss_and_gradients():
+    """One process trains through ops.chunked_cross_entropy (the debug preset's 258-token vocabulary is
+    padded to 384 there): the loss sum, the count and every gradient equal the nn.Linear path's."""
+    ids = torch.randint(0, 258, (2, 25), generator=torch.Generator().manual_seed(3))
+    labels = ids[:, 1:].clone()
+    labels[0, :4] = IGNORE_INDEX  # ignored tokens count for neither side
+    seq_idx = torch.zeros(2, 24, dtype=torch.int32)
+    seq_idx[1, 10:] = 1
+    results = []
+    for fused, chunk in ((False, 0), (True, 0), (True, 7)):
+        model = tiny_model()
+        total, count = loss_sum(model, ids[:, :-1], labels, seq_idx, chunk_tokens=chunk, fused_head=fused)
+        total.backward()
+        results.append((total.detach(), count, {n: p.grad for n, p in model.named_parameters()}))
+    reference = results[0]
+    assert reference[1] == 44
+    for total, count, grads in results[1:]:
+        assert count == reference[1]
+        torch.testing.assert_close(total, reference[0], atol=1e-4, rtol=1e-6)
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, reference[2][name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_one_process_training_goes_through_the_fused_head(tmp_path, data_dir, monkeypatch):
+    calls = []
+    original = hybridcore.ops.chunked_cross_entropy
+
+    def counting(*args, **kwargs):
+        calls.append(torch.is_grad_enabled())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(hybridcore.ops, "chunked_cross_entropy", counting)
+    train(tiny_train_config(tmp_path / "run", data_dir, steps=2, save_every=0, eval_every=2, eval_batches=1))
+    assert calls.count(True) == 2 and calls.count(False) == 1  # two training steps, one evaluation batch
