@@ -21,8 +21,8 @@ import importlib
 import os
 import statistics
 import sys
-import traceback
 import time
+import traceback
 
 import torch
 import torch.nn.functional as F
