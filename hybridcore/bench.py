@@ -49,6 +49,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--loss", choices=["chunked", "plain"], default="chunked",
                         help="our loss: chunked linear+cross-entropy, or full logits")
     parser.add_argument("--no-kernels", action="store_true", help="ours on the PyTorch reference ops")
+    parser.add_argument("--sdpa-backend", choices=sorted(SDPA_BACKENDS), default="auto",
+                        help="restrict our attention to one scaled_dot_product_attention backend (the peers "
+                             "keep PyTorch's choice); one that cannot run the shape makes ours an error")
     parser.add_argument("--peers", nargs="?", const="all", choices=["all", "kernels"], default=None,
                         help="also measure transformers' Falcon-H1: both paths, or (kernels) only with the "
                              "mamba_ssm kernels, where its PyTorch path would take minutes a step")
@@ -179,6 +182,19 @@ def _autocast(device, precision):
     return contextlib.nullcontext()
 
 
+SDPA_BACKENDS = {"auto": None, "cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION",
+                 "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
+
+
+def _sdpa_backend(name: str):
+    """A context that allows only the named SDPA backend ("auto": PyTorch's own choice)."""
+    if SDPA_BACKENDS[name] is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[name])])
+
+
 def _optimizer(params, device):
     return torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
 
@@ -205,14 +221,15 @@ def build_ours(config, ids, args, device, compiled=False, mode="default"):
         def step():
             if graphs:  # a new iteration: earlier steps' graph outputs may be overwritten
                 torch.compiler.cudagraph_mark_step_begin()
-            with ops.use_kernels(kernel_mode), _autocast(device, args.precision):
-                hidden = model.hidden_states(inputs)
-                if args.loss == "chunked":
-                    loss = ops.chunked_cross_entropy(hidden, model.lm_head.weight, labels,
-                                                     config.lm_head_multiplier, chunk_size=8192)
-                else:
-                    loss = F.cross_entropy(model.logits(hidden).float().flatten(0, 1), labels.flatten())
-            loss.backward()
+            with _sdpa_backend(args.sdpa_backend):  # backward too: checkpointed layers recompute there
+                with ops.use_kernels(kernel_mode), _autocast(device, args.precision):
+                    hidden = model.hidden_states(inputs)
+                    if args.loss == "chunked":
+                        loss = ops.chunked_cross_entropy(hidden, model.lm_head.weight, labels,
+                                                         config.lm_head_multiplier, chunk_size=8192)
+                    else:
+                        loss = F.cross_entropy(model.logits(hidden).float().flatten(0, 1), labels.flatten())
+                loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             return loss
@@ -220,7 +237,7 @@ def build_ours(config, ids, args, device, compiled=False, mode="default"):
         with ops.use_kernels(kernel_mode):
             kernels = ops.kernels_active(ids.new_empty(0, dtype=torch.float32))
         return step, {"kernels": kernels, "compiled": compiled, "compile_mode": mode if compiled else None,
-                      "loss": args.loss}
+                      "loss": args.loss, "sdpa_backend": args.sdpa_backend}
     return build
 
 

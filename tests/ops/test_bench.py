@@ -76,3 +76,17 @@ def test_bench_keeps_what_it_measured_when_cut_short(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert cli.main(["bench", "--smoke", "--out", str(out)]) == 0
     assert json.loads(next(out.glob("*.json")).read_text())["complete"] is True
+
+
+def test_bench_sdpa_backend_reaches_our_attention(tmp_path):
+    """`--sdpa-backend` restricts our attention to one backend: math runs on a CPU, cuDNN cannot, and
+    that failure must show as ours' status (so the restriction really reaches the attention)."""
+    statuses = {}
+    for backend in ("math", "cudnn"):
+        out = tmp_path / backend
+        assert cli.main(["bench", "--smoke", "--sdpa-backend", backend, "--out", str(out)]) == 0
+        result = json.loads(next(out.glob("*.json")).read_text())
+        assert result["runs"]["ours"]["sdpa_backend"] == backend
+        statuses[backend] = result["runs"]["ours"]["status"]
+    assert statuses["math"] == "ok"
+    assert statuses["cudnn"].startswith("error")
