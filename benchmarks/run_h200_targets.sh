@@ -8,6 +8,9 @@
 #                                           # generation at 4K and 32K, a few 7B blocks
 #   bash benchmarks/run_h200_targets.sh c   # one fresh call, peers/ carried: 7B blocks, then 4x4096 and
 #                                           # 1x65536 against the peers (causal_conv1d builds meanwhile)
+#   bash benchmarks/run_h200_targets.sh d   # peers/ carried with the built module: cuDNN attention at
+#                                           # 2x16384 (with the peer) and 4x4096, then `hybridcore train`
+#                                           # on 8 7B blocks (does training get the bench's speed?)
 #   bash benchmarks/run_h200_targets.sh build # causal_conv1d alone, its module copied to $OUT (put it in
 #                                           # peers/causal_conv1d-1.7.0/ with a .done beside it, and later
 #                                           # calls carry it and skip the build), then 4x4096 with the peers
@@ -61,6 +64,16 @@ elif [ "$1" = build ]; then  # whatever time the build left
   echo "build took $(( $(date +%s) - START )) s"
   timeout $((585 - $(date +%s) + START)) python3 -m hybridcore bench --steps 5 --warmup 3 --out "$OUT" --compile \
     --compile-modes reduce-overhead --peers kernels --peer-fallback-batch 0 2>&1 | quiet  # PyTorch path: OOM
+elif [ "$1" = d ]; then  # written after the fourth session's runs; not run yet
+  timeout 260 python3 -m hybridcore bench --out "$OUT" --batch-size 2 --seq-len 16384 --compile --compile-modes \
+    reduce-overhead --sdpa-backend cudnn --peers kernels --peer-fallback-batch 0 --steps 4 --warmup 2 --tag cudnn \
+    2>&1 | quiet
+  timeout 120 python3 -m hybridcore bench --out "$OUT" --compile --compile-modes reduce-overhead \
+    --sdpa-backend cudnn --steps 5 --warmup 3 --tag cudnn 2>&1 | quiet
+  timeout $((585 - $(date +%s) + START)) python3 -m hybridcore train --preset falcon-h1-7b \
+    --set layout=P-P-P-P-P-P-P-P- --device cuda --batch-size 2 --seq-len 4096 --steps 8 --warmup 2 --compile \
+    --save-every 0 --eval-every 0 --eval-batches 1 --sample-tokens 0 --no-progress --out /tmp/train-7b 2>&1 | quiet
+  cp /tmp/train-7b/metrics.jsonl "$OUT/train-falcon-h1-7b-8blocks-2x4096-metrics.jsonl"
 else  # c: the 7B blocks first, while causal_conv1d builds for the peers; the whole call stays under 590 s
   $BENCH --preset falcon-h1-7b --set layout=P-P-P-P-P-P-P-P- --batch-size 2 --compile --compile-modes \
     reduce-overhead --steps 4 --warmup 2 --tag 8blocks 2>&1 | quiet
