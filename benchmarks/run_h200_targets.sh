@@ -23,17 +23,20 @@ PEERS=$PWD/peers
 CONV=$PEERS/causal_conv1d-1.7.0
 export PYTHONPATH=$PWD:$PEERS/stub:$PEERS/mamba_ssm-2.3.2.post1:$CONV
 START=$(date +%s)
-if [ "${1:-a}" = build ] && [ ! -e "$CONV/.done" ]; then
-  (cd "$CONV" && CAUSAL_CONV1D_FORCE_BUILD=TRUE MAX_JOBS=16 timeout 520 python3 setup.py build_ext --inplace \
+left() { echo $((585 - $(date +%s) + START)); }  # seconds left of the call's 590 s, for the last run's timeout
+build_conv() {  # build_conv JOBS [PREFIX...]: .done marks the end of the build, failed or not
+  (cd "$CONV" && CAUSAL_CONV1D_FORCE_BUILD=TRUE MAX_JOBS=$1 "${@:2}" python3 setup.py build_ext --inplace \
      > /tmp/conv_build.log 2>&1; touch .done)
+}
+if [ "${1:-a}" = build ] && [ ! -e "$CONV/.done" ]; then
+  build_conv 16 timeout 520
   for so in "$CONV"/causal_conv1d_cuda*.so; do  # stripped (29 MiB) and split: a file comes back up to 16 MiB
     [ -e "$so" ] && strip --strip-all -o /tmp/conv.so "$so" && split -b 15M -d /tmp/conv.so "$OUT/conv_so_part" \
       && sha256sum /tmp/conv.so && echo "cat conv_so_part0* > peers/causal_conv1d-1.7.0/$(basename "$so")"
   done
-elif [ ! -e "$CONV/.done" ]; then  # .done marks the end of the build, failed or not
+elif [ ! -e "$CONV/.done" ]; then
   [ "${1:-a}" = c ] && NICE=0 || NICE=19  # part c has nothing else to do while it waits for the build
-  (cd "$CONV" && CAUSAL_CONV1D_FORCE_BUILD=TRUE MAX_JOBS=10 nice -n $NICE python3 setup.py build_ext --inplace \
-     > /tmp/conv_build.log 2>&1; touch .done) &
+  build_conv 10 nice -n $NICE &
 fi
 quiet() { grep -v "Warning\|warn(\|falling back\|_warn_once"; }
 LIMIT=${RUN_LIMIT:-200}
@@ -62,7 +65,7 @@ elif [ "$1" = b ]; then
   $BENCH --preset falcon-h1-7b --set layout=P-P-P-P-P-P-P-P- --batch-size 2 --compile --tag 8blocks 2>&1 | quiet
 elif [ "$1" = build ]; then  # whatever time the build left
   echo "build took $(( $(date +%s) - START )) s"
-  timeout $((585 - $(date +%s) + START)) python3 -m hybridcore bench --steps 5 --warmup 3 --out "$OUT" --compile \
+  timeout $(left) python3 -m hybridcore bench --steps 5 --warmup 3 --out "$OUT" --compile \
     --compile-modes reduce-overhead --peers kernels --peer-fallback-batch 0 2>&1 | quiet  # PyTorch path: OOM
 elif [ "$1" = d ]; then  # written after the fourth session's runs; not run yet
   timeout 260 python3 -m hybridcore bench --out "$OUT" --batch-size 2 --seq-len 16384 --compile --compile-modes \
@@ -70,7 +73,7 @@ elif [ "$1" = d ]; then  # written after the fourth session's runs; not run yet
     2>&1 | quiet
   timeout 120 python3 -m hybridcore bench --out "$OUT" --compile --compile-modes reduce-overhead \
     --sdpa-backend cudnn --steps 5 --warmup 3 --tag cudnn 2>&1 | quiet
-  timeout $((585 - $(date +%s) + START)) python3 -m hybridcore train --preset falcon-h1-7b \
+  timeout $(left) python3 -m hybridcore train --preset falcon-h1-7b \
     --set layout=P-P-P-P-P-P-P-P- --device cuda --batch-size 2 --seq-len 4096 --steps 8 --warmup 2 --compile \
     --save-every 0 --eval-every 0 --eval-batches 1 --sample-tokens 0 --no-progress --out /tmp/train-7b 2>&1 | quiet
   cp /tmp/train-7b/metrics.jsonl "$OUT/train-falcon-h1-7b-8blocks-2x4096-metrics.jsonl"
@@ -79,7 +82,7 @@ else  # c: the 7B blocks first, while causal_conv1d builds for the peers; the wh
     reduce-overhead --steps 4 --warmup 2 --tag 8blocks 2>&1 | quiet
   timeout 400 python3 -m hybridcore bench --steps 5 --warmup 3 --out "$OUT" --compile \
     --compile-modes reduce-overhead --peers --peer-fallback-batch 0 --wait-for-file "$CONV/.done" 2>&1 | quiet
-  timeout $((585 - $(date +%s) + START)) python3 -m hybridcore bench --out "$OUT" --batch-size 1 --seq-len 65536 \
+  timeout $(left) python3 -m hybridcore bench --out "$OUT" --batch-size 1 --seq-len 65536 \
     --activation-checkpointing --compile --peers kernels --peer-fallback-batch 0 --steps 2 --warmup 1 \
     --tag ckpt 2>&1 | quiet
 fi

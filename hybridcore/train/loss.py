@@ -62,9 +62,10 @@ def token_losses(model, input_ids: torch.Tensor, labels: torch.Tensor, seq_idx: 
 
 def _plain_linear_head(model) -> bool:
     """A bias-free nn.Linear head whose weight is a whole local tensor (not a DTensor shard)."""
+    from torch.distributed.tensor import DTensor
+
     head = getattr(model, "lm_head", None)
-    return (isinstance(head, torch.nn.Linear) and head.bias is None
-            and type(head.weight.data) is torch.Tensor)
+    return isinstance(head, torch.nn.Linear) and head.bias is None and not isinstance(head.weight, DTensor)
 
 
 def loss_sum(model, input_ids: torch.Tensor, labels: torch.Tensor, seq_idx: torch.Tensor | None = None,
