@@ -11,6 +11,11 @@
 #   bash benchmarks/run_h200_targets.sh d   # peers/ carried with the built module: cuDNN attention at
 #                                           # 2x16384 (with the peer) and 4x4096, then `hybridcore train`
 #                                           # on 8 7B blocks (does training get the bench's speed?)
+#   bash benchmarks/run_h200_targets.sh e   # `hybridcore train --compile-mode reduce-overhead`: the GPU test of
+#                                           # CUDA graphs with 2 micro-batches (and that it fails without the
+#                                           # fix), then 8 7B blocks trained in that mode and in the default one
+#   bash benchmarks/run_h200_targets.sh f   # 0.5B trained at 4x4096 with and without CUDA graphs, and
+#                                           # without document masking; the GPU tests of CUDA graphs
 #   bash benchmarks/run_h200_targets.sh build # causal_conv1d alone, its module copied to $OUT (put it in
 #                                           # peers/causal_conv1d-1.7.0/ with a .done beside it, and later
 #                                           # calls carry it and skip the build), then 4x4096 with the peers
@@ -23,6 +28,7 @@ PEERS=$PWD/peers
 CONV=$PEERS/causal_conv1d-1.7.0
 export PYTHONPATH=$PWD:$PEERS/stub:$PEERS/mamba_ssm-2.3.2.post1:$CONV
 START=$(date +%s)
+STAMP=$(date +%Y%m%d-%H%M)  # in the names of the train runs' metrics (train writes no dated JSON)
 left() { echo $((585 - $(date +%s) + START)); }  # seconds left of the call's 590 s, for the last run's timeout
 build_conv() {  # build_conv JOBS [PREFIX...]: .done marks the end of the build, failed or not
   (cd "$CONV" && CAUSAL_CONV1D_FORCE_BUILD=TRUE MAX_JOBS=$1 "${@:2}" python3 setup.py build_ext --inplace \
@@ -67,7 +73,7 @@ elif [ "$1" = build ]; then  # whatever time the build left
   echo "build took $(( $(date +%s) - START )) s"
   timeout $(left) python3 -m hybridcore bench --steps 5 --warmup 3 --out "$OUT" --compile \
     --compile-modes reduce-overhead --peers kernels --peer-fallback-batch 0 2>&1 | quiet  # PyTorch path: OOM
-elif [ "$1" = d ]; then  # written after the fourth session's runs; not run yet
+elif [ "$1" = d ]; then
   timeout 260 python3 -m hybridcore bench --out "$OUT" --batch-size 2 --seq-len 16384 --compile --compile-modes \
     reduce-overhead --sdpa-backend cudnn --peers kernels --peer-fallback-batch 0 --steps 4 --warmup 2 --tag cudnn \
     2>&1 | quiet
@@ -76,7 +82,35 @@ elif [ "$1" = d ]; then  # written after the fourth session's runs; not run yet
   timeout $(left) python3 -m hybridcore train --preset falcon-h1-7b \
     --set layout=P-P-P-P-P-P-P-P- --device cuda --batch-size 2 --seq-len 4096 --steps 8 --warmup 2 --compile \
     --save-every 0 --eval-every 0 --eval-batches 1 --sample-tokens 0 --no-progress --out /tmp/train-7b 2>&1 | quiet
-  cp /tmp/train-7b/metrics.jsonl "$OUT/train-falcon-h1-7b-8blocks-2x4096-metrics.jsonl"
+  cp /tmp/train-7b/metrics.jsonl "$OUT/train-falcon-h1-7b-8blocks-2x4096-default-$STAMP-metrics.jsonl"
+elif [ "$1" = e ]; then  # hybridcore train under CUDA graphs: correctness with 2 micro-batches, then speed
+  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/train/test_compile.py -k cuda_graphs 2>&1 | tail -3
+  timeout 150 python3 - <<'EOF' 2>&1 | tail -2  # the same test must fail without the fix (it can catch the bug)
+import sys, pytest
+import hybridcore.train.trainer as trainer
+trainer.keep_gradients_allocated = lambda model: None
+code = pytest.main(["-q", "-p", "no:cacheprovider", "tests/train/test_compile.py", "-k", "cuda_graphs"])
+print("without keep_gradients_allocated the GPU test", "fails, as it must" if code == 1 else f"gives exit code {code}")
+EOF
+  for mode in reduce-overhead default; do
+    timeout $(( $(left) > 240 ? 240 : $(left) )) python3 -m hybridcore train --preset falcon-h1-7b \
+      --set layout=P-P-P-P-P-P-P-P- --device cuda --batch-size 2 --seq-len 4096 --steps 8 --warmup 2 --compile \
+      --compile-mode $mode --save-every 0 --eval-every 0 --eval-batches 1 --sample-tokens 0 --no-progress \
+      --out /tmp/train-7b-$mode 2>&1 | quiet
+    cp /tmp/train-7b-$mode/metrics.jsonl "$OUT/train-falcon-h1-7b-8blocks-2x4096-$mode-$STAMP-metrics.jsonl"
+    rm -rf /tmp/train-7b-$mode  # its final checkpoint is about 29 GB (weights and AdamW moments in fp32)
+  done
+elif [ "$1" = f ]; then  # 0.5B trained at 4x4096: CUDA graphs or not, and what document masking costs
+  for variant in "reduce-overhead" "default" "reduce-overhead --no-doc-masking"; do
+    name=$(echo "$variant" | tr -d ' ' | sed 's/--/-/')
+    [ "$variant" = reduce-overhead ] && limit=240 || limit=170  # the first run compiles from a cold cache
+    timeout $limit python3 -m hybridcore train --preset falcon-h1-0.5b --device cuda --batch-size 4 --seq-len 4096 \
+      --steps 10 --warmup 2 --compile --compile-mode $variant --save-every 0 --eval-every 0 --eval-batches 1 \
+      --sample-tokens 0 --no-progress --out /tmp/train-$name 2>&1 | quiet
+    cp /tmp/train-$name/metrics.jsonl "$OUT/train-falcon-h1-0.5b-4x4096-$name-$STAMP-metrics.jsonl"
+  done
+  [ "$(left)" -gt 30 ] && timeout $(left) python3 -m pytest -q -p no:cacheprovider tests/train/test_compile.py \
+    -k cuda_graphs 2>&1 | tail -3
 else  # c: the 7B blocks first, while causal_conv1d builds for the peers; the whole call stays under 590 s
   $BENCH --preset falcon-h1-7b --set layout=P-P-P-P-P-P-P-P- --batch-size 2 --compile --compile-modes \
     reduce-overhead --steps 4 --warmup 2 --tag 8blocks 2>&1 | quiet

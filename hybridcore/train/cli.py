@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import DEVICES, DTYPES, PIPELINE_SCHEDULES, SCHEDULES, TrainConfig
+from .config import COMPILE_MODES, DEVICES, DTYPES, PIPELINE_SCHEDULES, SCHEDULES, TrainConfig
 
 _DEFAULTS = TrainConfig()
 
@@ -69,6 +69,9 @@ def add_arguments(parser) -> None:
                            help="recompute each layer's activations in backward")
     execution.add_argument("--compile", action="store_true", default=None,
                            help="torch.compile each layer (worth it on GPUs: 1.5x in benchmarks/README.md)")
+    _flag(execution, "--compile-mode", choices=COMPILE_MODES,
+          help="torch.compile mode with --compile, one process only; reduce-overhead adds CUDA graphs (CUDA "
+               "only: on CPU it is the default mode)")
     execution.add_argument("--no-doc-masking", dest="doc_masking", action="store_false", default=None,
                            help="let attention and the Mamba state cross document boundaries in a packed row")
     _flag(execution, "--loss-chunk", type=int, help="tokens per logits chunk in the loss (0: automatic)")

@@ -23,6 +23,7 @@ DEVICES = ("cpu", "cuda")
 DTYPES = ("fp32", "bf16")
 PARALLEL_FLAGS = ("tp", "pp", "cp", "dp_shard", "dp_replicate")
 PIPELINE_SCHEDULES = ("1f1b", "interleaved_1f1b", "gpipe")  # hybridcore.parallel's, without importing it
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")  # torch.compile's, as --compile-mode
 # Settings a resumed run cannot change without changing the data order or the meaning of a step.
 FIXED_ON_RESUME = ("seed", "batch_size", "seq_len", "grad_accum", "data", "doc_masking")
 
@@ -61,6 +62,7 @@ class TrainConfig:
     dtype: str | None = None  # None: bf16 on cuda, fp32 on cpu; bf16 is autocast over fp32 master weights
     activation_checkpointing: bool = False
     compile: bool = False  # torch.compile each layer (after activation checkpointing)
+    compile_mode: str = "default"  # reduce-overhead adds CUDA graphs (one process on CUDA only)
     doc_masking: bool = True
     loss_chunk: int = 0  # tokens per logits chunk; 0: chunk only when the logits would be large
     tensorboard: bool = False
@@ -125,10 +127,20 @@ class TrainConfig:
             raise ValueError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"--compile-mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+        if self.compile_mode != "default" and not self.compile:
+            raise ValueError(f"--compile-mode {self.compile_mode} needs --compile")
+        if self.compile_mode != "default" and any(getattr(self, name) > 1 for name in PARALLEL_FLAGS):
+            raise ValueError(f"--compile-mode {self.compile_mode} is for one process: the parallel layouts "
+                             f"compile each layer in the default mode")
         if not self.peak_flops > 0:
             raise ValueError(f"--peak-flops must be positive, got {self.peak_flops}")
 
     # ---- derived -------------------------------------------------------------------------------------
+    def uses_cuda_graphs(self) -> bool:
+        return self.compile and self.compile_mode == "reduce-overhead"
+
     def parallel_sizes(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in PARALLEL_FLAGS}
 
@@ -166,4 +178,4 @@ def _check_int(name: str, value, minimum: int) -> None:
         raise ValueError(f"{flag} must be an integer >= {minimum}, got {value!r}")
 
 
-__all__ = ["TrainConfig", "SCHEDULES", "FIXED_ON_RESUME", "PARALLEL_FLAGS", "PIPELINE_SCHEDULES"]
+__all__ = ["TrainConfig", "COMPILE_MODES", "SCHEDULES", "FIXED_ON_RESUME", "PARALLEL_FLAGS", "PIPELINE_SCHEDULES"]

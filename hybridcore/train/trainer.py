@@ -141,6 +141,8 @@ class _Run:
             self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay,
                                              (config.beta1, config.beta2), config.eps)
             self.optimizers = [self.optimizer]
+            if self._accumulates_under_graphs():
+                keep_gradients_allocated(self.model)
         else:
             self.parallel = ParallelModel(self.model, layout, config, device)
             self.model, self.optimizers = self.parallel.model, self.parallel.optimizers
@@ -168,6 +170,13 @@ class _Run:
         distributed.barrier()
         self.metrics = MetricsLogger(run_dir, enabled=self.is_main, tensorboard=config.tensorboard,
                                      start_step=self.start_step)
+
+    def _accumulates_under_graphs(self) -> bool:
+        """Several micro-batches per step under CUDA graphs: see keep_gradients_allocated. With one, the
+        graph-owned gradients are read by the optimizer before the next replay and then dropped, which
+        saves an addition over every gradient and a second copy of them (measured on 8 7B blocks: 3.5%
+        slower and 7.6 GiB more when every run kept them)."""
+        return self.config.uses_cuda_graphs() and self.config.grad_accum > 1
 
     # ---- messages ---------------------------------------------------------------------------------------
     def _say(self, message: str, error: bool = False) -> None:
@@ -200,7 +209,7 @@ class _Run:
         for optimizer in self.optimizers:
             if finite:
                 optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=not self._accumulates_under_graphs())
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - started
@@ -220,6 +229,8 @@ class _Run:
         local_tokens = sum(int(b["labels"].numel()) for b in batches)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         for batch in batches:
+            if self.config.uses_cuda_graphs():  # a new iteration: earlier graph outputs may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
             seq_idx = batch["seq_idx"].to(self.device) if batch.get("seq_idx") is not None else None
             with autocast(self.device, self.autocast_dtype):
                 loss, _ = loss_sum(self.model, batch["input_ids"].to(self.device), batch["labels"].to(self.device),
@@ -324,6 +335,17 @@ class _Run:
         text = sample_text(model, tokenizer, self.config.sample_prompt, self.config.sample_tokens, self.device)
         self._say(f"greedy sample ({self.config.sample_tokens} tokens at most):\n{text}")
         return text
+
+
+def keep_gradients_allocated(model: torch.nn.Module) -> None:
+    """Give every trainable parameter a zero .grad that zero_grad(set_to_none=False) then keeps. Under CUDA
+    graphs (--compile-mode reduce-overhead) the backward's gradients live in the graphs' memory pool, and
+    autograd would install the first micro-batch's gradient as .grad without a copy; the next replay then
+    overwrites it (pytorch/pytorch#169545: accumulation silently loses micro-batches). With .grad already
+    allocated, autograd adds into it instead."""
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
 
 
 def _perplexity(loss: float) -> float:

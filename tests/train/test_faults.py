@@ -66,6 +66,8 @@ def test_divergence_is_a_clean_cli_error(tmp_path, data_dir, monkeypatch, capsys
     (["--dp-shard", "4", "--pp", "2"], "--pp 2"),
     (["--steps", "0"], "--steps"),
     (["--schedule", "power", "--min-lr-ratio", "1.5"], "--min-lr-ratio"),
+    (["--compile-mode", "reduce-overhead"], "needs --compile"),
+    (["--compile", "--compile-mode", "reduce-overhead", "--tp", "2"], "--compile-mode reduce-overhead"),
 ])
 def test_user_mistakes_fail_before_any_work(tmp_path, data_dir, capsys, extra, field):
     out = tmp_path / "run"
