@@ -1,8 +1,9 @@
 """Grouped-query attention with RoPE on scaled_dot_product_attention.
 
 Causal, and when `seq_idx` is given (packed documents) a token attends only to its own document:
-through a boolean [B, 1, Lq, Lk] mask while that is small, else (long sequences, where the mask and
-the bias kept for backward would grow as L^2) one call per document run without a mask.
+inside a compiled layer on CUDA through FlexAttention's block mask (flex_document.py), else through a
+boolean [B, 1, Lq, Lk] mask while that is small, else (long sequences, where the mask and the bias kept
+for backward would grow as L^2) one call per document run without a mask.
 Falcon-H1 multiplies keys by `key_multiplier`; the input/output multipliers live in layers.py.
 """
 
@@ -16,6 +17,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .cache import AttentionCache
+from .flex_document import flex_document_attention, flex_document_attention_applies
 from .rope import apply_rope
 
 
@@ -78,6 +80,8 @@ class Attention(nn.Module):
                 slots = torch.arange(start + length, device=q.device)
                 mask = document_causal_mask(docs, key_docs, slots[start:], slots)
         elif seq_idx is not None:
+            if flex_document_attention_applies(q):
+                return flex_document_attention(q, k, v, seq_idx, self.num_kv_heads != self.num_heads)
             if document_mask_is_large(batch, length, length):
                 return attend_by_document(q, k, v, seq_idx, seq_idx, 0, self.num_kv_heads != self.num_heads)
             slots = torch.arange(length, device=q.device)

@@ -1,0 +1,44 @@
+"""Packed-document attention through FlexAttention, for compiled layers on CUDA.
+
+SDPA has no fused kernel for "causal and inside the same document": a boolean mask moves it to a slower
+kernel that also reads the [B, 1, L, L] mask (packed documents cost 20% of falcon-h1-0.5b's training
+speed at 4 x 4096, benchmarks/README.md), and long rows go document by document with a host sync, which
+breaks compiled graphs. FlexAttention builds a block mask from the document ids and runs one fused kernel
+that skips the blocks between documents. It is fast only when torch.compile lowers it (eager it
+materialises the scores), so attention.py takes it only inside a compiled layer on CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+# HYBRIDCORE_FLEX_ATTENTION=0 keeps the SDPA paths everywhere (to compare, or to work around a failure).
+ENABLED = os.environ.get("HYBRIDCORE_FLEX_ATTENTION", "1") != "0"
+
+try:  # torch >= 2.5
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+except ImportError:  # pragma: no cover - older torch keeps the SDPA paths
+    create_block_mask = flex_attention = None
+
+
+def flex_document_attention_applies(q: torch.Tensor) -> bool:
+    """Inside torch.compile on CUDA, where flex_attention becomes a fused kernel."""
+    return ENABLED and flex_attention is not None and q.is_cuda and torch.compiler.is_compiling()
+
+
+def flex_document_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx: torch.Tensor,
+                            enable_gqa: bool) -> torch.Tensor:
+    """Causal attention inside documents. q [B, heads, L, D], k/v [B, kv_heads, L, D], seq_idx [B, L]
+    (a document is a run of equal ids) -> [B, heads, L, D]."""
+    batch, _, length, _ = q.shape
+
+    def causal_same_document(b, h, q_index, kv_index):
+        return (kv_index <= q_index) & (seq_idx[b, q_index] == seq_idx[b, kv_index])
+
+    block_mask = create_block_mask(causal_same_document, batch, None, length, length, device=q.device)
+    return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
+
+
+__all__ = ["flex_document_attention", "flex_document_attention_applies"]

@@ -1,0 +1,98 @@
+"""FlexAttention for packed documents (model/flex_document.py) against the boolean-mask SDPA path.
+
+FlexAttention has no backward on CPU, so CI compares forwards (the block mask's meaning: causal, same
+document, grouped heads) and the routing; the GPU test compares a compiled layer's forward and
+gradients with the eager mask path's."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hybridcore.model import attention, flex_document
+from hybridcore.model.attention import Attention, document_causal_mask
+from hybridcore.model.rope import rope_cos_sin
+
+from .conftest import tiny_config
+
+pytestmark = pytest.mark.skipif(flex_document.flex_attention is None, reason="FlexAttention needs torch >= 2.5")
+
+# Borders inside and across 128-token blocks, a one-token document, and a row that is one document.
+LENGTH = 300
+BORDERS = [[0, 1, 130, 131, 257], [0]]
+
+
+def document_ids(device="cpu") -> torch.Tensor:
+    seq_idx = torch.zeros(len(BORDERS), LENGTH, dtype=torch.long, device=device)
+    for row, borders in enumerate(BORDERS):
+        for start in borders[1:]:
+            seq_idx[row, start:] += 1
+    return seq_idx
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # flex_attention warns that eager runs unfused
+def test_block_mask_means_causal_inside_documents():
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, LENGTH, 16, generator=generator)
+    k, v = (torch.randn(2, 2, LENGTH, 16, generator=generator) for _ in range(2))
+    seq_idx, slots = document_ids(), torch.arange(LENGTH)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=document_causal_mask(seq_idx, seq_idx, slots, slots),
+                                              enable_gqa=True)
+    torch.testing.assert_close(flex_document.flex_document_attention(q, k, v, seq_idx, enable_gqa=True), expected)
+
+
+def test_applies_only_inside_a_compiled_region_on_cuda_unless_switched_off(monkeypatch):
+    from types import SimpleNamespace
+
+    applies = flex_document.flex_document_attention_applies
+    cuda_query, cpu_query = SimpleNamespace(is_cuda=True), SimpleNamespace(is_cuda=False)
+    assert not applies(cuda_query)  # eager
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert applies(cuda_query) and not applies(cpu_query)
+    monkeypatch.setattr(flex_document, "ENABLED", False)  # HYBRIDCORE_FLEX_ATTENTION=0
+    assert not applies(cuda_query)
+
+
+def _layer_and_inputs(device, dtype):
+    config = tiny_config(num_heads=4, num_kv_heads=2, head_dim=16, d_model=64, max_seq_len=LENGTH)
+    layer = Attention(config).to(device=device, dtype=dtype)
+    x = torch.randn(2, LENGTH, 64, device=device, dtype=dtype, generator=torch.Generator(device).manual_seed(1))
+    positions = torch.arange(LENGTH, device=device).expand(2, LENGTH)
+    cos, sin = rope_cos_sin(positions, config.head_dim, config.rope_theta)
+    return layer, x, cos, sin, document_ids(device)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_attention_layer_routes_packed_rows_through_flex(monkeypatch):
+    """When flex applies, Attention.attend takes it (forward only: no CPU backward) and agrees."""
+    layer, x, cos, sin, seq_idx = _layer_and_inputs("cpu", torch.float32)
+    with torch.no_grad():
+        expected = layer(x, cos, sin, seq_idx)
+        calls = []
+        real = flex_document.flex_document_attention
+        monkeypatch.setattr(attention, "flex_document_attention_applies", lambda q: True)
+        monkeypatch.setattr(attention, "flex_document_attention", lambda *a: calls.append(1) or real(*a))
+        routed = layer(x, cos, sin, seq_idx)
+    assert calls == [1]
+    torch.testing.assert_close(routed, expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention's backward and fused kernel need CUDA")
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 2e-5), (torch.bfloat16, 2e-2)])
+def test_compiled_layer_uses_flex_and_matches_the_mask_path(dtype, tolerance, monkeypatch):
+    layer, x, cos, sin, seq_idx = _layer_and_inputs("cuda", dtype)
+    calls, real = [], flex_document.flex_document_attention
+    monkeypatch.setattr(attention, "flex_document_attention", lambda *a: calls.append(1) or real(*a))
+    compiled = torch.compile(layer)
+    outputs, grads = [], []
+    for run in (layer, compiled):
+        xi = x.clone().requires_grad_()
+        out = run(xi, cos, sin, seq_idx)
+        out.float().square().sum().backward()
+        outputs.append(out.float())
+        grads.append([xi.grad.float()] + [p.grad.float().clone() for p in layer.parameters()])
+        layer.zero_grad(set_to_none=True)
+    assert calls, "the compiled layer did not take FlexAttention"
+    scale = outputs[0].abs().max()
+    assert (outputs[0] - outputs[1]).abs().max() <= tolerance * scale
+    for eager, flex in zip(*grads):
+        assert (eager - flex).abs().max() <= tolerance * eager.abs().max()
