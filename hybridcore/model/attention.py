@@ -50,6 +50,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.d_model, config.num_kv_heads * config.head_dim, bias=bias)
         self.v_proj = nn.Linear(config.d_model, config.num_kv_heads * config.head_dim, bias=bias)
         self.o_proj = nn.Linear(config.num_heads * config.head_dim, config.d_model, bias=bias)
+        self.flex_for_documents = True  # see use_sdpa_for_documents
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seq_idx: torch.Tensor | None = None,
                 cache: AttentionCache | None = None) -> torch.Tensor:
@@ -80,7 +81,7 @@ class Attention(nn.Module):
                 slots = torch.arange(start + length, device=q.device)
                 mask = document_causal_mask(docs, key_docs, slots[start:], slots)
         elif seq_idx is not None:
-            if flex_document_attention_applies(q):
+            if self.flex_for_documents and flex_document_attention_applies(q):
                 return flex_document_attention(q, k, v, seq_idx, self.num_kv_heads != self.num_heads)
             if document_mask_is_large(batch, length, length):
                 return attend_by_document(q, k, v, seq_idx, seq_idx, 0, self.num_kv_heads != self.num_heads)
@@ -89,6 +90,15 @@ class Attention(nn.Module):
 
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and length > 1,
                                               enable_gqa=self.num_kv_heads != self.num_heads)
+
+
+def use_sdpa_for_documents(model: nn.Module) -> None:
+    """Keep packed documents on the SDPA paths in every attention layer of `model`. Activation
+    checkpointing calls this: FlexAttention inside a checkpointed, compiled layer has open reports
+    upstream (pytorch/pytorch#167116) and has not run on our GPU stack."""
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.flex_for_documents = False
 
 
 def cache_docs_for_new_tokens(cache: AttentionCache, batch: int, length: int, device) -> torch.Tensor:

@@ -5,7 +5,8 @@ kernel that also reads the [B, 1, L, L] mask (packed documents cost 20% of falco
 speed at 4 x 4096, benchmarks/README.md), and long rows go document by document with a host sync, which
 breaks compiled graphs. FlexAttention builds a block mask from the document ids and runs one fused kernel
 that skips the blocks between documents. It is fast only when torch.compile lowers it (eager it
-materialises the scores), so attention.py takes it only inside a compiled layer on CUDA.
+materialises the scores), so attention.py takes it only inside a compiled layer on CUDA, and not under
+activation checkpointing (attention.use_sdpa_for_documents).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.device_mesh import DeviceMesh
 
+from ..model.attention import use_sdpa_for_documents
 from ..model.mamba2 import Mamba2Mixer
 from ..model.model import HybridLM
 from .config import MESH_DIMS, ParallelConfig
@@ -70,6 +71,7 @@ def apply_parallelisms(model: HybridLM, config: ParallelConfig, mesh: DeviceMesh
     if activation_checkpointing:
         for name, layer in list(model.layers.items()):
             model.layers[name] = checkpoint_wrapper(layer, preserve_rng_state=False)
+        use_sdpa_for_documents(model)
     if compile:
         for layer in model.layers.values():
             layer.compile()

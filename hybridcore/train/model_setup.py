@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig, apply_overrides
 from ..model import HybridLM, build_model, build_model_part
+from ..model.attention import use_sdpa_for_documents
 from ..presets import get_preset
 
 
@@ -85,6 +86,7 @@ def apply_activation_checkpointing(model: HybridLM) -> None:
     for layer in model.layers.values():
         if not isinstance(layer.forward, functools.partial):
             layer.forward = functools.partial(_checkpointed_forward, layer.forward)
+    use_sdpa_for_documents(model)
 
 
 def parallelize(model: HybridLM, train_config) -> HybridLM:

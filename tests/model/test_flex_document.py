@@ -72,6 +72,8 @@ def test_attention_layer_routes_packed_rows_through_flex(monkeypatch):
         monkeypatch.setattr(attention, "flex_document_attention_applies", lambda q: True)
         monkeypatch.setattr(attention, "flex_document_attention", lambda *a: calls.append(1) or real(*a))
         routed = layer(x, cos, sin, seq_idx)
+        layer.flex_for_documents = False  # as under activation checkpointing
+        layer(x, cos, sin, seq_idx)
     assert calls == [1]
     torch.testing.assert_close(routed, expected)
 
@@ -96,3 +98,16 @@ def test_compiled_layer_uses_flex_and_matches_the_mask_path(dtype, tolerance, mo
     assert (outputs[0] - outputs[1]).abs().max() <= tolerance * scale
     for eager, flex in zip(*grads):
         assert (eager - flex).abs().max() <= tolerance * eager.abs().max()
+
+
+def test_activation_checkpointing_keeps_documents_on_sdpa():
+    from hybridcore.model import build_model
+    from hybridcore.model.attention import Attention
+    from hybridcore.train.model_setup import apply_activation_checkpointing
+
+    model = build_model(tiny_config(layout="P*-"))
+    layers = [m for m in model.modules() if isinstance(m, Attention)]
+    assert len(layers) == 2 and all(layer.flex_for_documents for layer in layers)
+    apply_activation_checkpointing(model)
+    assert not any(layer.flex_for_documents for layer in layers)
+
