@@ -96,7 +96,7 @@ def parallelize(model: HybridLM, train_config) -> HybridLM:
     if train_config.activation_checkpointing:
         apply_activation_checkpointing(model)
     if train_config.compile:
-        mode = getattr(train_config, "compile_mode", "default")
+        mode = None if train_config.compile_mode == "default" else train_config.compile_mode
         for layer in model.layers.values():
-            layer.compile(mode=None if mode == "default" else mode)  # in place: no _orig_mod prefix in the state dict
+            layer.compile(mode=mode)  # in place: no _orig_mod prefix in the state dict
     return model
