@@ -52,6 +52,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--sdpa-backend", choices=sorted(SDPA_BACKENDS), default="auto",
                         help="restrict our attention to one scaled_dot_product_attention backend (the peers "
                              "keep PyTorch's choice); one that cannot run the shape makes ours an error")
+    parser.add_argument("--documents", type=int, default=0, metavar="N",
+                        help="pack each row with documents of about N tokens (ours only: per-document attention "
+                             "and SSM resets, as `hybridcore train` does; FlexAttention in compiled layers on "
+                             "CUDA unless HYBRIDCORE_FLEX_ATTENTION=0); 0: one document per row")
     parser.add_argument("--peers", nargs="?", const="all", choices=["all", "kernels"], default=None,
                         help="also measure transformers' Falcon-H1: both paths, or (kernels) only with the "
                              "mamba_ssm kernels, where its PyTorch path would take minutes a step")
@@ -195,6 +199,22 @@ def _sdpa_backend(name: str):
     return sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[name])])
 
 
+def document_ids(rows: int, length: int, mean_length: int, seed: int = 0) -> torch.Tensor:
+    """[rows, length] document ids for packed rows: runs of uniform random length in
+    [mean_length / 2, 3 * mean_length / 2], each row starting a new document (as the packed loader's rows
+    do), reproducible from `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    low, high = max(1, mean_length // 2), max(1, mean_length // 2) + mean_length
+    ids = torch.empty(rows, length, dtype=torch.long)
+    for row in range(rows):
+        start, document = 0, 0
+        while start < length:
+            size = int(torch.randint(low, high + 1, (1,), generator=generator))
+            ids[row, start:start + size] = document
+            start, document = start + size, document + 1
+    return ids
+
+
 def _optimizer(params, device):
     return torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
 
@@ -215,6 +235,7 @@ def build_ours(config, ids, args, device, compiled=False, mode="default"):
                 layer.compile(mode=None if mode == "default" else mode)
         optimizer = _optimizer(model.parameters(), device)
         inputs, labels = ids[:, :-1], ids[:, 1:]
+        seq_idx = document_ids(*inputs.shape, args.documents).to(inputs.device) if args.documents else None
         kernel_mode = "off" if args.no_kernels else "auto"
         graphs = compiled and mode == "reduce-overhead"
 
@@ -223,7 +244,7 @@ def build_ours(config, ids, args, device, compiled=False, mode="default"):
                 torch.compiler.cudagraph_mark_step_begin()
             with _sdpa_backend(args.sdpa_backend):  # backward too: checkpointed layers recompute there
                 with ops.use_kernels(kernel_mode), _autocast(device, args.precision):
-                    hidden = model.hidden_states(inputs)
+                    hidden = model.hidden_states(inputs, seq_idx=seq_idx)
                     if args.loss == "chunked":
                         loss = ops.chunked_cross_entropy(hidden, model.lm_head.weight, labels,
                                                          config.lm_head_multiplier, chunk_size=8192)
@@ -237,7 +258,7 @@ def build_ours(config, ids, args, device, compiled=False, mode="default"):
         with ops.use_kernels(kernel_mode):
             kernels = ops.kernels_active(ids.new_empty(0, dtype=torch.float32))
         return step, {"kernels": kernels, "compiled": compiled, "compile_mode": mode if compiled else None,
-                      "loss": args.loss, "sdpa_backend": args.sdpa_backend}
+                      "loss": args.loss, "sdpa_backend": args.sdpa_backend, "documents": args.documents}
     return build
 
 
@@ -325,6 +346,7 @@ def run(args) -> int:
     from .config import apply_overrides
     from .flops import flops_per_token
     from .train.files import write_json_atomic
+    from .model.flex_document import ENABLED as flex_enabled
     from .presets import get_preset
 
     if args.smoke:
@@ -334,6 +356,11 @@ def run(args) -> int:
     for name, value in (("--batch-size", args.batch_size), ("--seq-len", args.seq_len), ("--steps", args.steps)):
         if value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
+    if args.documents < 0:
+        raise ValueError(f"--documents must be >= 0 (0: one document per row), got {args.documents}")
+    if args.documents and args.peers:
+        raise ValueError("--documents with --peers: transformers' Falcon-H1 takes no document ids here, so the "
+                         "ratio would compare packed rows with plain ones; measure the peers without --documents")
     config = apply_overrides(get_preset(args.preset), args.overrides)
     tokens = args.batch_size * args.seq_len
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
@@ -345,6 +372,8 @@ def run(args) -> int:
                       "fp32": "fp32"}[args.precision],
         "step": "forward + loss + backward + AdamW",
         "activation_checkpointing": args.activation_checkpointing,
+        "documents": args.documents,
+        "flex_attention": flex_enabled,  # packed documents in compiled CUDA layers (HYBRIDCORE_FLEX_ATTENTION)
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "hybridcore bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
     }

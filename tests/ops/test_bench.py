@@ -1,5 +1,7 @@
 import json
 
+import torch
+
 from hybridcore import cli
 
 REQUIRED = ["gpu", "preset", "batch_size", "seq_len", "tok_s", "mfu", "peak_gib", "hf_kernels_tok_s", "hf_torch_tok_s",
@@ -90,3 +92,32 @@ def test_bench_sdpa_backend_reaches_our_attention(tmp_path):
         statuses[backend] = result["runs"]["ours"]["status"]
     assert statuses["math"] == "ok"
     assert statuses["cudnn"].startswith("error")
+
+
+def test_document_ids_pack_reproducible_runs_of_about_the_mean_length():
+    from hybridcore.bench import document_ids
+
+    ids = document_ids(3, 200, 20)
+    assert torch.equal(ids, document_ids(3, 200, 20))
+    for row in ids:
+        assert row[0] == 0 and bool((row.diff() >= 0).all()) and bool((row.diff() <= 1).all())
+        sizes = torch.bincount(row)[:-1]  # the last document is cut by the row's end
+        assert len(sizes) >= 5 and int(sizes.min()) >= 10 and int(sizes.max()) <= 30
+
+
+def test_bench_documents_reach_our_model_and_refuse_the_peers(tmp_path, monkeypatch, capsys):
+    from hybridcore.model import HybridLM
+
+    seen, hidden_states = [], HybridLM.hidden_states
+
+    def recording(self, input_ids, seq_idx=None, **kwargs):
+        seen.append(seq_idx)
+        return hidden_states(self, input_ids, seq_idx, **kwargs)
+
+    monkeypatch.setattr(HybridLM, "hidden_states", recording)
+    assert cli.main(["bench", "--smoke", "--documents", "16", "--out", str(tmp_path)]) == 0
+    result = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert result["documents"] == 16 and result["runs"]["ours"]["status"] == "ok"
+    assert seen and all(s is not None and int(s.max()) >= 2 for s in seen)  # 64 tokens: 3 or more documents
+    assert cli.main(["bench", "--smoke", "--documents", "16", "--peers", "--out", str(tmp_path / "p")]) == 2
+    assert "--documents" in capsys.readouterr().err and not (tmp_path / "p").exists()

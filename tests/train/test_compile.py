@@ -83,7 +83,8 @@ def test_cuda_graphs_train_like_eager(tmp_path, data_dir, grad_accum):
     the second replay overwrites the first micro-batch's gradient (pytorch/pytorch#169545), and the
     gradient norm and the following losses move far from eager's. With 1, the gradients stay in the
     graphs' memory until the optimizer has read them. Evaluation and sampling run under the graphs too."""
-    common = dict(steps=4, grad_accum=grad_accum, save_every=4, eval_every=2, sample_tokens=8, device="cuda", dtype="fp32")
+    common = dict(steps=4, grad_accum=grad_accum, save_every=4, eval_every=2, sample_tokens=8, device="cuda",
+                  dtype="fp32")
     train(tiny_train_config(tmp_path / "eager", data_dir, **common))
     train(tiny_train_config(tmp_path / "graphs", data_dir, compile=True, compile_mode="reduce-overhead", **common))
     for key, tolerance in (("loss", 2e-3), ("grad_norm", 2e-2)):
