@@ -16,7 +16,7 @@ _DEFAULTS = TrainConfig()
 
 def _flag(parser, name: str, type=None, help: str = "", **kwargs) -> None:
     default = getattr(_DEFAULTS, name.lstrip("-").replace("-", "_"), None)
-    shown = f" (default {default})" if default not in (None, "", []) else ""
+    shown = f" (default {default})" if default not in (None, "", [], "default") else ""  # not "(default default)"
     if "choices" not in kwargs:
         kwargs.setdefault("metavar", {int: "N", float: "X"}.get(type, "TEXT"))
     parser.add_argument(name, type=type, default=None, help=help + shown, **kwargs)
