@@ -48,6 +48,14 @@ elif [ ! -e "$CONV/.done" ]; then
 fi
 quiet() { grep -v "Warning\|warn(\|falling back\|_warn_once"; }
 LIMIT=${RUN_LIMIT:-200}
+timed_train() {  # timed_train SECONDS NAME FLAGS...: `hybridcore train` for its speed, its metrics copied to
+  # $OUT/train-NAME-$STAMP-metrics.jsonl; the run directory goes (8 7B blocks leave a 29 GB final checkpoint)
+  timeout "$1" python3 -m hybridcore train --device cuda --warmup 2 --save-every 0 --eval-every 0 --eval-batches 1 \
+    --sample-tokens 0 --no-progress --out /tmp/train-run "${@:3}" 2>&1 | quiet
+  cp /tmp/train-run/metrics.jsonl "$OUT/train-$2-$STAMP-metrics.jsonl"
+  rm -rf /tmp/train-run
+}
+SEVEN_B="--preset falcon-h1-7b --set layout=P-P-P-P-P-P-P-P- --batch-size 2 --seq-len 4096 --steps 8 --compile"
 BENCH="timeout $LIMIT python3 -m hybridcore bench --steps 5 --warmup 3 --out $OUT"
 
 if [ "${1:-a}" = a ]; then
@@ -81,10 +89,7 @@ elif [ "$1" = d ]; then
     2>&1 | quiet
   timeout 120 python3 -m hybridcore bench --out "$OUT" --compile --compile-modes reduce-overhead \
     --sdpa-backend cudnn --steps 5 --warmup 3 --tag cudnn 2>&1 | quiet
-  timeout $(left) python3 -m hybridcore train --preset falcon-h1-7b \
-    --set layout=P-P-P-P-P-P-P-P- --device cuda --batch-size 2 --seq-len 4096 --steps 8 --warmup 2 --compile \
-    --save-every 0 --eval-every 0 --eval-batches 1 --sample-tokens 0 --no-progress --out /tmp/train-7b 2>&1 | quiet
-  cp /tmp/train-7b/metrics.jsonl "$OUT/train-falcon-h1-7b-8blocks-2x4096-default-$STAMP-metrics.jsonl"
+  timed_train $(left) falcon-h1-7b-8blocks-2x4096-default $SEVEN_B
 elif [ "$1" = e ]; then  # hybridcore train under CUDA graphs: correctness with 2 micro-batches, then speed
   timeout 150 python3 -m pytest -q -p no:cacheprovider tests/train/test_compile.py -k cuda_graphs 2>&1 | tail -3
   timeout 150 python3 - <<'EOF' 2>&1 | tail -2  # the same test must fail without the fix (it can catch the bug)
@@ -95,21 +100,14 @@ code = pytest.main(["-q", "-p", "no:cacheprovider", "tests/train/test_compile.py
 print("without keep_gradients_allocated the GPU test", "fails, as it must" if code == 1 else f"gives exit code {code}")
 EOF
   for mode in reduce-overhead default; do
-    timeout $(( $(left) > 240 ? 240 : $(left) )) python3 -m hybridcore train --preset falcon-h1-7b \
-      --set layout=P-P-P-P-P-P-P-P- --device cuda --batch-size 2 --seq-len 4096 --steps 8 --warmup 2 --compile \
-      --compile-mode $mode --save-every 0 --eval-every 0 --eval-batches 1 --sample-tokens 0 --no-progress \
-      --out /tmp/train-7b-$mode 2>&1 | quiet
-    cp /tmp/train-7b-$mode/metrics.jsonl "$OUT/train-falcon-h1-7b-8blocks-2x4096-$mode-$STAMP-metrics.jsonl"
-    rm -rf /tmp/train-7b-$mode  # its final checkpoint is about 29 GB (weights and AdamW moments in fp32)
+    timed_train $(( $(left) > 240 ? 240 : $(left) )) falcon-h1-7b-8blocks-2x4096-$mode $SEVEN_B --compile-mode $mode
   done
 elif [ "$1" = f ]; then  # 0.5B trained at 4x4096: CUDA graphs or not, and what document masking costs
   for variant in "reduce-overhead" "default" "reduce-overhead --no-doc-masking"; do
     name=$(echo "$variant" | tr -d ' ' | sed 's/--/-/')
     [ "$variant" = reduce-overhead ] && limit=240 || limit=170  # the first run compiles from a cold cache
-    timeout $limit python3 -m hybridcore train --preset falcon-h1-0.5b --device cuda --batch-size 4 --seq-len 4096 \
-      --steps 10 --warmup 2 --compile --compile-mode $variant --save-every 0 --eval-every 0 --eval-batches 1 \
-      --sample-tokens 0 --no-progress --out /tmp/train-$name 2>&1 | quiet
-    cp /tmp/train-$name/metrics.jsonl "$OUT/train-falcon-h1-0.5b-4x4096-$name-$STAMP-metrics.jsonl"
+    timed_train $limit falcon-h1-0.5b-4x4096-$name --preset falcon-h1-0.5b --batch-size 4 --seq-len 4096 --steps 10 \
+      --compile --compile-mode $variant
   done
   [ "$(left)" -gt 30 ] && timeout $(left) python3 -m pytest -q -p no:cacheprovider tests/train/test_compile.py \
     -k cuda_graphs 2>&1 | tail -3

@@ -222,7 +222,7 @@ def _optimizer(params, device):
 def build_ours(config, ids, args, device, compiled=False, mode="default"):
     from . import ops
     from .model import build_model
-    from .train.model_setup import apply_activation_checkpointing
+    from .train.model_setup import apply_activation_checkpointing, compile_layers
 
     def build():
         dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
@@ -231,8 +231,7 @@ def build_ours(config, ids, args, device, compiled=False, mode="default"):
         if args.activation_checkpointing:
             apply_activation_checkpointing(model)
         if compiled:
-            for layer in model.layers.values():
-                layer.compile(mode=None if mode == "default" else mode)
+            compile_layers(model, mode)
         optimizer = _optimizer(model.parameters(), device)
         inputs, labels = ids[:, :-1], ids[:, 1:]
         seq_idx = document_ids(*inputs.shape, args.documents).to(inputs.device) if args.documents else None

@@ -96,7 +96,12 @@ def parallelize(model: HybridLM, train_config) -> HybridLM:
     if train_config.activation_checkpointing:
         apply_activation_checkpointing(model)
     if train_config.compile:
-        mode = None if train_config.compile_mode == "default" else train_config.compile_mode
-        for layer in model.layers.values():
-            layer.compile(mode=mode)  # in place: no _orig_mod prefix in the state dict
+        compile_layers(model, train_config.compile_mode)
     return model
+
+
+def compile_layers(model: HybridLM, mode: str = "default") -> None:
+    """torch.compile each layer in place (no _orig_mod prefix in the state dict), in one of
+    train.config.COMPILE_MODES; `hybridcore bench` compiles through here too, so it times what train runs."""
+    for layer in model.layers.values():
+        layer.compile(mode=None if mode == "default" else mode)
