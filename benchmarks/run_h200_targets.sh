@@ -18,6 +18,9 @@
 #                                           # without document masking; the GPU tests of CUDA graphs
 #   bash benchmarks/run_h200_targets.sh g   # 0.5B at 4x4096 with packed documents: FlexAttention against the
 #                                           # mask path (HYBRIDCORE_FLEX_ATTENTION=0); then its GPU tests
+#   bash benchmarks/run_h200_targets.sh h   # peers/ carried with the built module: backward 4 with its heads split
+#                                           # over programs, swept on the SSD alone at the 0.5B and 7B shapes,
+#                                           # then the 0.5B model at 4x4096 against the peers, and 8 7B blocks
 #   bash benchmarks/run_h200_targets.sh build # causal_conv1d alone, its module copied to $OUT (put it in
 #                                           # peers/causal_conv1d-1.7.0/ with a .done beside it, and later
 #                                           # calls carry it and skip the build), then 4x4096 with the peers
@@ -56,18 +59,21 @@ timed_train() {  # timed_train SECONDS NAME FLAGS...: `hybridcore train` for its
   rm -rf /tmp/train-run
 }
 SEVEN_B="--preset falcon-h1-7b --set layout=P-P-P-P-P-P-P-P- --batch-size 2 --seq-len 4096 --steps 8 --compile"
-BENCH="timeout $LIMIT python3 -m hybridcore bench --steps 5 --warmup 3 --out $OUT"
-
-if [ "${1:-a}" = a ]; then
-  timeout "$LIMIT" python3 benchmarks/ssd_kernel_bench.py --out "$OUT" 2>&1 | quiet
-  python3 - "$OUT" <<'EOF' || exit 1
+ssd_gate() {  # stop when our SSD's errors (fp32 reference) drift from mamba_ssm's on the same bf16 inputs
+  python3 - "$OUT" <<'EOF'
 import json, pathlib, sys
-result = json.loads(next(pathlib.Path(sys.argv[1]).glob("ssd_kernel-*.json")).read_text())
+result = json.loads(sorted(pathlib.Path(sys.argv[1]).glob("ssd_kernel-*.json"))[0].read_text())
 ours, peer = result["plain_ours"]["errors"], result["plain_mamba_ssm"]["errors"]
 bad = {k: (ours[k], peer[k]) for k in ours if ours[k] > 2 * peer[k] + 1e-3}
 print("SSD gate:", "ok" if not bad else f"ours drifts from mamba_ssm's errors: {bad}")
 sys.exit(1 if bad else 0)
 EOF
+}
+BENCH="timeout $LIMIT python3 -m hybridcore bench --steps 5 --warmup 3 --out $OUT"
+
+if [ "${1:-a}" = a ]; then
+  timeout "$LIMIT" python3 benchmarks/ssd_kernel_bench.py --out "$OUT" 2>&1 | quiet
+  ssd_gate || exit 1
   timeout $((LIMIT + 150)) python3 -m hybridcore bench --steps 5 --warmup 3 --out "$OUT" --compile \
     --compile-modes default reduce-overhead --peers --peer-fallback-batch 0 --profile \
     --wait-for-file "$CONV/.done" 2>&1 | quiet
@@ -121,6 +127,16 @@ elif [ "$1" = g ]; then  # FlexAttention for packed documents (documents of abou
   done
   [ "$(left)" -gt 20 ] && timeout $(left) python3 -m pytest -q -p no:cacheprovider tests/model/test_flex_document.py \
     2>&1 | tail -4
+elif [ "$1" = h ]; then  # backward 4 (dB, dC) had one program loop over all 24 heads of a group; now the
+  # heads are split over several programs (hybridcore.ops.triton_ssd.dbc_head_split chooses how many)
+  timeout 150 python3 benchmarks/ssd_kernel_bench.py --out "$OUT" --head-splits 1 2 3 4 6 8 --profile 2>&1 | quiet
+  ssd_gate || exit 1
+  timeout 120 python3 benchmarks/ssd_kernel_bench.py --out "$OUT" --shape 2,4096,24,128,256,1 --chunk 256 \
+    --head-splits 1 2 4 6 12 24 --tag 7b-layer 2>&1 | quiet
+  timeout 330 python3 -m hybridcore bench --steps 5 --warmup 3 --out "$OUT" --compile --compile-modes reduce-overhead \
+    --peers --peer-fallback-batch 0 --profile --check --tag dbc-split 2>&1 | quiet
+  timeout $(left) python3 -m hybridcore bench --out "$OUT" --preset falcon-h1-7b --set layout=P-P-P-P-P-P-P-P- \
+    --batch-size 2 --compile --compile-modes reduce-overhead --steps 4 --warmup 2 --tag 8blocks-dbc-split 2>&1 | quiet
 else  # c: the 7B blocks first, while causal_conv1d builds for the peers; the whole call stays under 590 s
   $BENCH --preset falcon-h1-7b --set layout=P-P-P-P-P-P-P-P- --batch-size 2 --compile --compile-modes \
     reduce-overhead --steps 4 --warmup 2 --tag 8blocks 2>&1 | quiet
@@ -130,4 +146,4 @@ else  # c: the 7B blocks first, while causal_conv1d builds for the peers; the wh
     --activation-checkpointing --compile --peers kernels --peer-fallback-batch 0 --steps 2 --warmup 1 \
     --tag ckpt 2>&1 | quiet
 fi
-tail -1 /tmp/conv_build.log 2>/dev/null
+tail -1 /tmp/conv_build.log 2>/dev/null || true  # no build log when the build was skipped
