@@ -46,6 +46,9 @@ def add_arguments(parser) -> None:
                         help="torch.compile modes to measure with --compile (reduce-overhead adds CUDA graphs)")
     parser.add_argument("--activation-checkpointing", action="store_true",
                         help="recompute each layer in backward, ours and the peers alike (long sequences)")
+    parser.add_argument("--checkpoint-layers", type=int, default=None, metavar="N",
+                        help="with --activation-checkpointing, recompute only our first N layers (ours only: "
+                             "transformers checkpoints every layer)")
     parser.add_argument("--loss", choices=["chunked", "plain"], default="chunked",
                         help="our loss: chunked linear+cross-entropy, or full logits")
     parser.add_argument("--no-kernels", action="store_true", help="ours on the PyTorch reference ops")
@@ -229,7 +232,7 @@ def build_ours(config, ids, args, device, compiled=False, mode="default"):
         model = build_model(config, device=device, dtype=dtype, seed=0)
         model.train()
         if args.activation_checkpointing:
-            apply_activation_checkpointing(model)
+            apply_activation_checkpointing(model, args.checkpoint_layers)
         if compiled:
             compile_layers(model, mode)
         optimizer = _optimizer(model.parameters(), device)
@@ -357,6 +360,11 @@ def run(args) -> int:
             raise ValueError(f"{name} must be positive, got {value}")
     if args.documents < 0:
         raise ValueError(f"--documents must be >= 0 (0: one document per row), got {args.documents}")
+    if args.checkpoint_layers is not None and not args.activation_checkpointing:
+        raise ValueError("--checkpoint-layers needs --activation-checkpointing")
+    if args.checkpoint_layers is not None and args.peers:
+        raise ValueError("--checkpoint-layers with --peers: transformers checkpoints every layer, so the ratio "
+                         "would compare less recomputation with more; measure the peers without it")
     if args.documents and args.peers:
         raise ValueError("--documents with --peers: transformers' Falcon-H1 takes no document ids here, so the "
                          "ratio would compare packed rows with plain ones; measure the peers without --documents")
@@ -371,6 +379,7 @@ def run(args) -> int:
                       "fp32": "fp32"}[args.precision],
         "step": "forward + loss + backward + AdamW",
         "activation_checkpointing": args.activation_checkpointing,
+        "checkpoint_layers": args.checkpoint_layers,  # None: every layer (with activation_checkpointing)
         "documents": args.documents,
         "flex_attention": flex_enabled,  # packed documents in compiled CUDA layers (HYBRIDCORE_FLEX_ATTENTION)
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

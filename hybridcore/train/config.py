@@ -61,6 +61,7 @@ class TrainConfig:
     device: str | None = None  # None: cuda when available, else cpu
     dtype: str | None = None  # None: bf16 on cuda, fp32 on cpu; bf16 is autocast over fp32 master weights
     activation_checkpointing: bool = False
+    checkpoint_layers: int | None = None  # with activation_checkpointing: only the first N layers (None: all)
     compile: bool = False  # torch.compile each layer (after activation checkpointing)
     compile_mode: str = "default"  # reduce-overhead adds CUDA graphs (one process on CUDA only)
     doc_masking: bool = True
@@ -134,6 +135,13 @@ class TrainConfig:
         if self.compile_mode != "default" and any(getattr(self, name) > 1 for name in PARALLEL_FLAGS):
             raise ValueError(f"--compile-mode {self.compile_mode} is for one process: the parallel layouts "
                              f"compile each layer in the default mode")
+        if self.checkpoint_layers is not None:
+            if self.checkpoint_layers < 1:
+                raise ValueError(f"--checkpoint-layers must be at least 1, got {self.checkpoint_layers}")
+            if not self.activation_checkpointing:
+                raise ValueError("--checkpoint-layers needs --activation-checkpointing")
+            if any(getattr(self, name) > 1 for name in PARALLEL_FLAGS):
+                raise ValueError("--checkpoint-layers is for one process: the parallel layouts checkpoint every layer")
         if not self.peak_flops > 0:
             raise ValueError(f"--peak-flops must be positive, got {self.peak_flops}")
 

@@ -80,13 +80,20 @@ def _checkpointed_forward(original, *args, **kwargs):
     return checkpoint(original, *args, use_reentrant=False, **kwargs)
 
 
-def apply_activation_checkpointing(model: HybridLM) -> None:
-    """Recompute each layer's activations in backward. Done by replacing each layer's bound forward on
-    the instance, so module names and state-dict keys stay exactly as they were."""
-    for layer in model.layers.values():
+def apply_activation_checkpointing(model: HybridLM, layers: int | None = None) -> None:
+    """Recompute the activations of the first `layers` layers of the layout (all when None) in backward.
+    Done by replacing each layer's bound forward on the instance, so module names and state-dict keys stay
+    exactly as they were."""
+    chosen = list(model.layers.values())
+    if layers is not None:
+        if not 1 <= layers <= len(chosen):
+            raise ValueError(f"--checkpoint-layers must be between 1 and the model's {len(chosen)} layers, "
+                             f"got {layers}")
+        chosen = chosen[:layers]
+    for layer in chosen:
         if not isinstance(layer.forward, functools.partial):
             layer.forward = functools.partial(_checkpointed_forward, layer.forward)
-    use_sdpa_for_documents(model)
+        use_sdpa_for_documents(layer)
 
 
 def parallelize(model: HybridLM, train_config) -> HybridLM:
@@ -94,7 +101,7 @@ def parallelize(model: HybridLM, train_config) -> HybridLM:
     checkpointing, then per-layer compile, when asked (module names and keys unchanged either way).
     Several processes go through parallel_run.ParallelModel instead."""
     if train_config.activation_checkpointing:
-        apply_activation_checkpointing(model)
+        apply_activation_checkpointing(model, train_config.checkpoint_layers)
     if train_config.compile:
         compile_layers(model, train_config.compile_mode)
     return model

@@ -60,6 +60,9 @@ def check_run(config: TrainConfig, resume: bool, model_config: ModelConfig | Non
     config.validate()
     model_config = model_config or resolve_model_config(config)
     resolve_layout(config, model_config, launched_world_size())
+    if config.checkpoint_layers is not None and config.checkpoint_layers > model_config.num_layers:
+        raise ValueError(f"--checkpoint-layers {config.checkpoint_layers} exceeds the model's "
+                         f"{model_config.num_layers} layers")
     if config.seq_len > model_config.max_seq_len:
         raise ValueError(f"--seq-len {config.seq_len} exceeds the model's max_seq_len {model_config.max_seq_len} "
                          f"(raise it with --set max_seq_len=N)")

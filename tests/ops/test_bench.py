@@ -55,6 +55,19 @@ def test_bench_activation_checkpointing_reaches_ours_and_the_peer(tmp_path):
     assert result["runs"]["ours"]["status"] == "ok" and result["hf_torch_status"] == "ok"
 
 
+def test_bench_checkpoint_layers_is_recorded_and_refused_with_peers(tmp_path, capsys):
+    assert cli.main(["bench", "--smoke", "--activation-checkpointing", "--checkpoint-layers", "1",
+                     "--out", str(tmp_path)]) == 0
+    result = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert result["checkpoint_layers"] == 1 and result["runs"]["ours"]["status"] == "ok"
+    capsys.readouterr()
+    for flags, message in ((["--activation-checkpointing", "--peers"], "transformers checkpoints every layer"),
+                           ([], "needs --activation-checkpointing")):
+        out = tmp_path / "refused"
+        assert cli.main(["bench", "--smoke", *flags, "--checkpoint-layers", "1", "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err and not out.exists()
+
+
 def test_bench_peers_kernels_skips_the_pytorch_path(tmp_path):
     assert cli.main(["bench", "--smoke", "--peers", "kernels", "--out", str(tmp_path)]) == 0
     result = json.loads(next(tmp_path.glob("*.json")).read_text())

@@ -1,5 +1,8 @@
 """The loss: it falls, packing with seq_idx equals one document at a time, chunking changes nothing."""
 
+import functools
+
+import pytest
 import torch
 
 import hybridcore.ops
@@ -79,6 +82,27 @@ def test_activation_checkpointing_keeps_values_gradients_and_keys():
     torch.testing.assert_close(results[0][0], results[1][0])
     for a, b in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(a, b)
+
+
+def test_checkpointing_the_first_layers_only():
+    """--checkpoint-layers N: the first N layers recompute in backward, the others keep their activations;
+    values and gradients are the plain model's either way."""
+    ids = torch.randint(0, 256, (2, 17), generator=torch.Generator().manual_seed(2))
+    results = []
+    for layers in (None, 1):
+        model = tiny_model()
+        if layers:
+            apply_activation_checkpointing(model, layers)
+            wrapped = [isinstance(layer.forward, functools.partial) for layer in model.layers.values()]
+            assert wrapped == [True] + [False] * (len(wrapped) - 1)
+        loss = token_losses(model, ids[:, :-1], ids[:, 1:]).mean()
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="between 1 and the model's"):
+        apply_activation_checkpointing(tiny_model(), 99)
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, data_dir):
