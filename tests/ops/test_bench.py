@@ -68,6 +68,20 @@ def test_bench_checkpoint_layers_is_recorded_and_refused_with_peers(tmp_path, ca
         assert message in capsys.readouterr().err and not out.exists()
 
 
+def test_bench_compiled_only_skips_the_eager_run(tmp_path, monkeypatch, capsys):
+    from hybridcore.train import model_setup
+
+    compiled = []
+    monkeypatch.setattr(model_setup, "compile_layers", lambda model, mode: compiled.append(mode))  # CPU: fast
+    assert cli.main(["bench", "--smoke", "--compile", "--compiled-only", "--out", str(tmp_path)]) == 0
+    result = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert list(result["runs"]) == ["ours_compiled"] and compiled == ["default"]
+    assert result["ours_variant"] == "ours_compiled" and result["tok_s"] > 0
+    capsys.readouterr()
+    assert cli.main(["bench", "--smoke", "--compiled-only", "--out", str(tmp_path / "refused")]) == 2
+    assert "--compiled-only needs --compile" in capsys.readouterr().err
+
+
 def test_bench_peers_kernels_skips_the_pytorch_path(tmp_path):
     assert cli.main(["bench", "--smoke", "--peers", "kernels", "--out", str(tmp_path)]) == 0
     result = json.loads(next(tmp_path.glob("*.json")).read_text())
