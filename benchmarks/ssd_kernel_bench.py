@@ -16,7 +16,8 @@ import triton
 from triton.testing import do_bench
 
 from hybridcore.bench import kernel_times, versions
-from hybridcore.ops import fused_ssd, ssd_chunked, triton_ssd
+from hybridcore.train.files import write_json_atomic
+from hybridcore.ops import fused_ssd, ssd_chunked
 
 
 def inputs(batch, length, heads, head_dim, state, groups, seed=0):
@@ -39,28 +40,12 @@ def rel(a, b):
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
-def split_times(splits, fwd_bwd, leaves):
-    """fwd+bwd ms with backward 4's head split fixed to each value (then back to the automatic choice)."""
-    times = {}
-    try:
-        for split in splits:
-            triton_ssd.DBC_HEAD_SPLIT = split
-            times[split] = do_bench(fwd_bwd, warmup=50, rep=300, grad_to_none=list(leaves.values()),
-                                    return_mode="median")
-            print(f"        head split {split}: fwd+bwd {times[split]:.3f} ms", flush=True)
-    finally:
-        triton_ssd.DBC_HEAD_SPLIT = None
-    return times
-
-
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="4,4096,24,64,128,1", help="batch,length,heads,head_dim,state,groups")
     p.add_argument("--chunk", type=int, default=128)
     p.add_argument("--packed", action="store_true", help="also time with seq_idx (4 documents per row)")
     p.add_argument("--profile", action="store_true", help="also time each of our kernels (torch.profiler)")
-    p.add_argument("--head-splits", type=int, nargs="*", default=[],
-                   help="also time ours with backward 4's heads split into each of these many programs")
     p.add_argument("--tag", default="", help="added to the file name")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
@@ -91,6 +76,14 @@ def main():
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "inputs": "x, dt, B, C bf16; A, D, dt_bias fp32; dt_softplus; "
                         "errors vs fp32 reference on the same inputs"}
+    os.makedirs(args.out, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M")
+    tag = f"-{args.tag}" if args.tag else ""
+    path = os.path.join(args.out, f"ssd_kernel-{args.shape.replace(',', 'x')}{tag}-{stamp}.json")
+
+    def save():  # after each measurement: a run cut short by a time limit keeps what it measured
+        write_json_atomic(path, result, indent=1)
+
     for case, seq_idx in cases.items():
         # fp32 reference (same bf16 values, upcast)
         ref_leaves = {k: v.detach().float().requires_grad_() for k, v in t.items()}
@@ -115,24 +108,16 @@ def main():
             if args.profile and name == "ours":
                 result[f"{case}_{name}"]["kernel_ms"] = kernel_times(fwd_bwd, before_each=lambda: [
                     setattr(leaf, "grad", None) for leaf in leaves.values()])
+            save()
             print(f"{case:7s} {name:10s} fwd {fwd_ms:.3f} ms  fwd+bwd {both_ms:.3f} ms  errors "
                   + " ".join(f"{k} {v:.1e}" for k, v in errors.items()), flush=True)
-            if name == "ours" and args.head_splits:
-                result[f"{case}_{name}"]["auto_head_split"] = triton_ssd.dbc_head_split(
-                    heads // groups, batch * triton.cdiv(length, args.chunk) * groups, torch.device("cuda"))
-                result[f"{case}_{name}"]["head_split_fwd_bwd_ms"] = split_times(args.head_splits, fwd_bwd, leaves)
         if f"{case}_mamba_ssm" in result:
             peer, ours = result[f"{case}_mamba_ssm"], result[f"{case}_ours"]
             result[f"{case}_speedup_fwd_bwd"] = peer["fwd_bwd_ms"] / ours["fwd_bwd_ms"]
             result[f"{case}_speedup_fwd"] = result[f"{case}_mamba_ssm"]["fwd_ms"] / result[f"{case}_ours"]["fwd_ms"]
             print(f"{case}: ours is x{result[f'{case}_speedup_fwd_bwd']:.2f} (fwd+bwd), "
                   f"x{result[f'{case}_speedup_fwd']:.2f} (fwd) of mamba_ssm")
-    os.makedirs(args.out, exist_ok=True)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M")
-    tag = f"-{args.tag}" if args.tag else ""
-    path = os.path.join(args.out, f"ssd_kernel-{args.shape.replace(',', 'x')}{tag}-{stamp}.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
+    save()
     print(f"wrote {path}")
 
 

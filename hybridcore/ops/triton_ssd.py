@@ -442,32 +442,26 @@ def _dcb_bwd_kernel(dy_ptr, x_ptr, cb_ptr, dt_ptr, a_ptr, seq_ptr, dcb_ptr, ddt_
 #   dB_s = sum_l dCB[l,s] C_l + sum_h w_s x_s dCS_h             dw_s       = x_s . (dCS B_s)
 # and (first row block only) the passing decay's term d a_last = e^{a_last} sum(dCS * S), zero where a
 # document starts inside the chunk.
-# One launch for dC (IS_DC) and one for dB, so each program holds one [M, N] accumulator. The heads of a
-# group are split into SPLIT runs of HPS heads, one program each (a program looping over all heads of a
-# group left most of the GPU idle: 256 programs at the 0.5B shape); the runs write fp32 partial sums that
-# the caller adds. The first run also adds the intra-chunk dCB term.
 # ---------------------------------------------------------------------------------------------------
 @triton.autotune(
-    configs=_configs([(dict(BLOCK_M=64, BLOCK_K=32), 4, 2),
-                      (dict(BLOCK_M=64, BLOCK_K=64), 8, 2),
-                      (dict(BLOCK_M=128, BLOCK_K=32), 8, 2),
-                      (dict(BLOCK_M=32, BLOCK_K=64), 4, 3)],
+    configs=_configs([(dict(BLOCK_M=64, BLOCK_K=32), 8, 2),
+                      (dict(BLOCK_M=32, BLOCK_K=64), 4, 2),
+                      (dict(BLOCK_M=64, BLOCK_K=64), 8, 1),
+                      (dict(BLOCK_M=32, BLOCK_K=32), 4, 3)],
                      dict(BLOCK_M=16, BLOCK_K=16)),
-    key=["CHUNK", "P", "N", "HPS", "SPLIT", "IS_DC"])
+    key=["CHUNK", "P", "N", "HPG"])
 @triton.jit
 def _dbc_bwd_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dcb_ptr, dt_ptr, a_ptr, enter_ptr, dcs_ptr, seq_ptr,
-                    out_ptr, dainter_ptr, dw_ptr, dalast_ptr, L, H, G, P, N, nchunks,
+                    dB_ptr, dC_ptr, dainter_ptr, dw_ptr, dalast_ptr, L, H, G, P, N, nchunks,
                     s_dy_b, s_dy_l, s_dy_h, s_dy_p, s_x_b, s_x_l, s_x_h, s_x_p,
                     s_B_b, s_B_l, s_B_g, s_B_n, s_C_b, s_C_l, s_C_g, s_C_n, s_seq_b, s_seq_l,
-                    s_out_split, s_out_b, s_out_l, s_out_g, s_out_n,
-                    HPS: tl.constexpr, SPLIT: tl.constexpr, IS_DC: tl.constexpr, HAS_SEQ: tl.constexpr,
-                    CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_K: tl.constexpr):
+                    s_dB_b, s_dB_l, s_dB_g, s_dB_n, s_dC_b, s_dC_l, s_dC_g, s_dC_n,
+                    HPG: tl.constexpr, HAS_SEQ: tl.constexpr, CHUNK: tl.constexpr, BLOCK_P: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_bc = tl.program_id(0)
     pid_b = (pid_bc // nchunks).to(tl.int64)
     pid_c = pid_bc % nchunks
-    pid_g = tl.program_id(1) // SPLIT
-    pid_s = tl.program_id(1) % SPLIT
+    pid_g = tl.program_id(1)
     pid_m = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -477,89 +471,78 @@ def _dbc_bwd_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dcb_ptr, dt_ptr, a_ptr, enter_p
     m_ok = m_in & (t_m < L)
     n_ok = offs_n < N
     p_ok = offs_p < P
-    # dC multiplies dCB by B and the state term by C's rows; dB the other way round
-    if IS_DC:
-        K_base = B_ptr + pid_b * s_B_b + pid_g * s_B_g
-        s_K_l = s_B_l
-        s_K_n = s_B_n
-        R_base = C_ptr + pid_b * s_C_b + pid_g * s_C_g
-        s_R_l = s_C_l
-        s_R_n = s_C_n
-    else:
-        K_base = C_ptr + pid_b * s_C_b + pid_g * s_C_g
-        s_K_l = s_C_l
-        s_K_n = s_C_n
-        R_base = B_ptr + pid_b * s_B_b + pid_g * s_B_g
-        s_R_l = s_B_l
-        s_R_n = s_B_n
+    B_base = B_ptr + pid_b * s_B_b + pid_g * s_B_g
+    C_base = C_ptr + pid_b * s_C_b + pid_g * s_C_g
     dcb_base = dcb_ptr + ((pid_b * nchunks + pid_c) * G + pid_g) * CHUNK * CHUNK
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    if pid_s == 0:
-        if IS_DC:
-            k_start = 0  # s <= l
-            k_end = tl.minimum((pid_m + 1) * BLOCK_M, CHUNK)
-        else:
-            k_start = (pid_m * BLOCK_M // BLOCK_K) * BLOCK_K  # l >= s
-            k_end = CHUNK
-        for k0 in range(k_start, k_end, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            t_k = pid_c * CHUNK + offs_k
-            k_in = offs_k < CHUNK
-            if IS_DC:
-                g = tl.load(dcb_base + offs_m[:, None] * CHUNK + offs_k[None, :], mask=m_in[:, None] & k_in[None, :],
-                            other=0.0)
-            else:
-                g = tl.load(dcb_base + offs_k[None, :] * CHUNK + offs_m[:, None], mask=m_in[:, None] & k_in[None, :],
-                            other=0.0)
-            kv = tl.load(K_base + t_k[:, None] * s_K_l + offs_n[None, :] * s_K_n,
-                         mask=(k_in & (t_k < L))[:, None] & n_ok[None, :], other=0.0)
-            acc += tl.dot(g.to(kv.dtype), kv)
+    dC = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, tl.minimum((pid_m + 1) * BLOCK_M, CHUNK), BLOCK_K):  # s <= l
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        t_k = pid_c * CHUNK + offs_k
+        k_in = offs_k < CHUNK
+        g = tl.load(dcb_base + offs_m[:, None] * CHUNK + offs_k[None, :], mask=m_in[:, None] & k_in[None, :],
+                    other=0.0)
+        b = tl.load(B_base + t_k[:, None] * s_B_l + offs_n[None, :] * s_B_n,
+                    mask=(k_in & (t_k < L))[:, None] & n_ok[None, :], other=0.0)
+        dC += tl.dot(g.to(b.dtype), b)
+    dB = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range((pid_m * BLOCK_M // BLOCK_K) * BLOCK_K, CHUNK, BLOCK_K):  # l >= s
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        t_k = pid_c * CHUNK + offs_k
+        k_in = offs_k < CHUNK
+        gT = tl.load(dcb_base + offs_k[None, :] * CHUNK + offs_m[:, None], mask=m_in[:, None] & k_in[None, :],
+                     other=0.0)
+        c = tl.load(C_base + t_k[:, None] * s_C_l + offs_n[None, :] * s_C_n,
+                    mask=(k_in & (t_k < L))[:, None] & n_ok[None, :], other=0.0)
+        dB += tl.dot(gT.to(c.dtype), c)
 
-    R_m = tl.load(R_base + t_m[:, None] * s_R_l + offs_n[None, :] * s_R_n, mask=m_ok[:, None] & n_ok[None, :],
+    C_m = tl.load(C_base + t_m[:, None] * s_C_l + offs_n[None, :] * s_C_n, mask=m_ok[:, None] & n_ok[None, :],
+                  other=0.0).to(tl.float32)
+    B_m = tl.load(B_base + t_m[:, None] * s_B_l + offs_n[None, :] * s_B_n, mask=m_ok[:, None] & n_ok[None, :],
                   other=0.0).to(tl.float32)
     if HAS_SEQ:
         seq_base = seq_ptr + pid_b * s_seq_b
         doc_m = _doc(seq_base, s_seq_l, t_m, L)
         doc_enter = _doc(seq_base, s_seq_l, pid_c * CHUNK - 1, L)
         doc_last = _doc(seq_base, s_seq_l, pid_c * CHUNK + CHUNK - 1, L)
+        enter_ok = doc_m == doc_enter
+        last_ok = doc_m == doc_last
         passes = doc_last == doc_enter  # no document starts inside the chunk
-    pn_ok = p_ok[:, None] & n_ok[None, :]
-    for hh in range(HPS):
-        h = (pid_g * SPLIT + pid_s) * HPS + hh
+    for hh in range(HPG):
+        h = pid_g * HPG + hh
         dt_base = ((pid_b * H + h) * nchunks + pid_c) * CHUNK
         a_m = tl.load(a_ptr + dt_base + offs_m, mask=m_in, other=0.0)
+        dt_m = tl.load(dt_ptr + dt_base + offs_m, mask=m_in, other=0.0)
         a_last = tl.load(a_ptr + dt_base + CHUNK - 1)
         state_base = ((pid_b * nchunks + pid_c) * H + h) * P * N + offs_p[:, None] * N + offs_n[None, :]
-        if IS_DC:  # u = dy_l S: dC += e^{a_l} u, da_inter_l = e^{a_l} u . C_l
-            S = tl.load(enter_ptr + state_base, mask=pn_ok, other=0.0)
-            dy_m = tl.load(dy_ptr + pid_b * s_dy_b + t_m[:, None] * s_dy_l + h * s_dy_h + offs_p[None, :] * s_dy_p,
-                           mask=m_ok[:, None] & p_ok[None, :], other=0.0)
-            scale_m = tl.exp(a_m)
+        pn_ok = p_ok[:, None] & n_ok[None, :]
+        S = tl.load(enter_ptr + state_base, mask=pn_ok, other=0.0)
+        dCS = tl.load(dcs_ptr + state_base, mask=pn_ok, other=0.0)
+        dy_m = tl.load(dy_ptr + pid_b * s_dy_b + t_m[:, None] * s_dy_l + h * s_dy_h + offs_p[None, :] * s_dy_p,
+                       mask=m_ok[:, None] & p_ok[None, :], other=0.0)
+        x_m = tl.load(x_ptr + pid_b * s_x_b + t_m[:, None] * s_x_l + h * s_x_h + offs_p[None, :] * s_x_p,
+                      mask=m_ok[:, None] & p_ok[None, :], other=0.0)
+        scale_m = tl.exp(a_m)
+        w_m = dt_m * tl.exp(tl.minimum(a_last - a_m, 0.0))
+        if HAS_SEQ:
+            scale_m = tl.where(enter_ok, scale_m, 0.0)
+            w_m = tl.where(last_ok, w_m, 0.0)
+        u = tl.dot(dy_m, S.to(dy_m.dtype))  # [M, N]: dy_l S
+        dC += u * scale_m[:, None]
+        tl.store(dainter_ptr + dt_base + offs_m, tl.sum(u * C_m, axis=1) * scale_m, mask=m_in)
+        v = tl.dot(x_m, dCS.to(x_m.dtype))  # [M, N]: x_s dCS
+        dB += v * w_m[:, None]
+        tl.store(dw_ptr + dt_base + offs_m, tl.sum(v * B_m, axis=1), mask=m_in)
+        if pid_m == 0:
+            da_last = tl.exp(a_last) * tl.sum(tl.sum(dCS * S, axis=1), axis=0)
             if HAS_SEQ:
-                scale_m = tl.where(doc_m == doc_enter, scale_m, 0.0)
-            u = tl.dot(dy_m, S.to(dy_m.dtype))
-            acc += u * scale_m[:, None]
-            tl.store(dainter_ptr + dt_base + offs_m, tl.sum(u * R_m, axis=1) * scale_m, mask=m_in)
-        else:  # v = x_s dCS: dB += w_s v, dw_s = v . B_s
-            dCS = tl.load(dcs_ptr + state_base, mask=pn_ok, other=0.0)
-            x_m = tl.load(x_ptr + pid_b * s_x_b + t_m[:, None] * s_x_l + h * s_x_h + offs_p[None, :] * s_x_p,
-                          mask=m_ok[:, None] & p_ok[None, :], other=0.0)
-            dt_m = tl.load(dt_ptr + dt_base + offs_m, mask=m_in, other=0.0)
-            w_m = dt_m * tl.exp(tl.minimum(a_last - a_m, 0.0))
-            if HAS_SEQ:
-                w_m = tl.where(doc_m == doc_last, w_m, 0.0)
-            v = tl.dot(x_m, dCS.to(x_m.dtype))
-            acc += v * w_m[:, None]
-            tl.store(dw_ptr + dt_base + offs_m, tl.sum(v * R_m, axis=1), mask=m_in)
-            if pid_m == 0:
-                S = tl.load(enter_ptr + state_base, mask=pn_ok, other=0.0)
-                da_last = tl.exp(a_last) * tl.sum(tl.sum(dCS * S, axis=1), axis=0)
-                if HAS_SEQ:
-                    da_last = tl.where(passes, da_last, 0.0)
-                tl.store(dalast_ptr + (pid_b * H + h) * nchunks + pid_c, da_last)
-    tl.store(out_ptr + pid_s * s_out_split + pid_b * s_out_b + t_m[:, None] * s_out_l + pid_g * s_out_g
-             + offs_n[None, :] * s_out_n, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+                da_last = tl.where(passes, da_last, 0.0)
+            tl.store(dalast_ptr + (pid_b * H + h) * nchunks + pid_c, da_last)
+    out_mask = m_ok[:, None] & n_ok[None, :]
+    tl.store(dC_ptr + pid_b * s_dC_b + t_m[:, None] * s_dC_l + pid_g * s_dC_g + offs_n[None, :] * s_dC_n,
+             dC.to(dC_ptr.dtype.element_ty), mask=out_mask)
+    tl.store(dB_ptr + pid_b * s_dB_b + t_m[:, None] * s_dB_l + pid_g * s_dB_g + offs_n[None, :] * s_dB_n,
+             dB.to(dB_ptr.dtype.element_ty), mask=out_mask)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -726,41 +709,6 @@ def _limit(dt_min: float, dt_max: float) -> bool:
     return not (dt_min == 0.0 and dt_max == math.inf)
 
 
-# None: dbc_head_split chooses; an int fixes it (benchmarks/ssd_kernel_bench.py sweeps it)
-DBC_HEAD_SPLIT: int | None = None
-
-
-def dbc_head_split(heads_per_group: int, chunk_groups: int, device: torch.device) -> int:
-    """How many programs share one group's heads in backward 4: the fewest (a divisor of the heads per group)
-    that give four programs per SM before the row blocks; each extra one costs an fp32 partial sum."""
-    if DBC_HEAD_SPLIT is not None:
-        if heads_per_group % DBC_HEAD_SPLIT:
-            raise ValueError(f"DBC_HEAD_SPLIT={DBC_HEAD_SPLIT} must divide the heads per group ({heads_per_group})")
-        return DBC_HEAD_SPLIT
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-    divisors = [d for d in range(1, heads_per_group + 1) if heads_per_group % d == 0]
-    return next((d for d in divisors if chunk_groups * d >= 4 * sms), divisors[-1])
-
-
-def _dbc_bwd(dy, x, B, C, dcb, dt_out, a_out, enter, dcs, seq_args, dainter, dw, da_last, split, is_dc, has_seq,
-             Q, block_p):
-    """dC (is_dc) or dB; with split > 1 through fp32 partial sums, one per run of heads."""
-    batch, length, heads, head_dim = x.shape
-    groups, state = B.shape[2], B.shape[3]
-    nchunks = triton.cdiv(length, Q)
-    like = C if is_dc else B
-    out = torch.empty(like.shape, device=like.device, dtype=like.dtype) if split == 1 else \
-        torch.empty(split, *like.shape, device=like.device, dtype=torch.float32)
-    out_strides = (0, *out.stride()) if split == 1 else out.stride()
-    seq, s_seq_b, s_seq_l = seq_args
-    _dbc_bwd_kernel[lambda m: (batch * nchunks, groups * split, triton.cdiv(Q, m["BLOCK_M"]))](
-        dy, x, B, C, dcb, dt_out, a_out, enter, dcs, seq, out, dainter, dw, da_last, length, heads, groups,
-        head_dim, state, nchunks, *dy.stride(), *x.stride(), *B.stride(), *C.stride(), s_seq_b, s_seq_l,
-        *out_strides, HPS=heads // groups // split, SPLIT=split, IS_DC=is_dc, HAS_SEQ=has_seq, CHUNK=Q,
-        BLOCK_P=block_p, BLOCK_N=_dot_block(state))
-    return out if split == 1 else out.sum(0).to(like.dtype)
-
-
 def ssd_forward(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=False, dt_min=0.0,
                 dt_max=math.inf, initial_state=None, seq_idx=None):
     """Returns y [B, L, H, P] (x's dtype), final state [B, H, P, N] fp32, and what the backward needs:
@@ -847,12 +795,16 @@ def ssd_backward(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus
         BLOCK_P=block_p)
 
     # 4: dB, dC and the state terms of da
+    dB = torch.empty(B.shape, device=B.device, dtype=B.dtype)
+    dC = torch.empty(C.shape, device=C.device, dtype=C.dtype)
     dainter = torch.empty(batch, heads, nchunks, Q, **f32)
     dw = torch.empty(batch, heads, nchunks, Q, **f32)
     da_last = torch.empty(batch, heads, nchunks, **f32)
-    split = dbc_head_split(hpg, batch * nchunks * groups, x.device)
-    dB, dC = (_dbc_bwd(dy, x, B, C, dcb, dt_out, a_out, enter, dcs, (seq, s_seq_b, s_seq_l), dainter, dw, da_last,
-                       split, is_dc, has_seq, Q, block_p) for is_dc in (False, True))
+    _dbc_bwd_kernel[lambda m: (batch * nchunks, groups, triton.cdiv(Q, m["BLOCK_M"]))](
+        dy, x, B, C, dcb, dt_out, a_out, enter, dcs, seq, dB, dC, dainter, dw, da_last, length, heads, groups,
+        head_dim, state, nchunks, *dy.stride(), *x.stride(), *B.stride(), *C.stride(), s_seq_b, s_seq_l,
+        *dB.stride(), *dC.stride(), HPG=hpg, HAS_SEQ=has_seq, CHUNK=Q, BLOCK_P=block_p,
+        BLOCK_N=_dot_block(state))
 
     # 5: dx
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)

@@ -33,7 +33,8 @@ def ssd_inputs(device, batch=2, length=40, heads=4, head_dim=16, groups=2, state
     return t
 
 
-def check_ssd_against_reference(case, device):
+@pytest.mark.parametrize("case", ["plain", "docs", "docs+init", "limit", "one_group_chunk32", "three_heads_per_group"])
+def test_ssd_kernel_matches_chunked_reference(case, device):
     kw = dict(docs=[5, 11, 1, 13, 10]) if case.startswith("docs") else {}
     chunk, limit = 16, (0.0, math.inf)
     if case == "docs+init":
@@ -58,30 +59,6 @@ def check_ssd_against_reference(case, device):
     grads_ref = torch.autograd.grad((y_ref * gy).sum() + (final_ref * gf).sum(), list(leaves.values()))
     for name, a, b in zip(leaves, grads, grads_ref):
         assert rel(a, b) < 1e-4, name
-
-
-@pytest.mark.parametrize("case", ["plain", "docs", "docs+init", "limit", "one_group_chunk32", "three_heads_per_group"])
-def test_ssd_kernel_matches_chunked_reference(case, device):
-    check_ssd_against_reference(case, device)
-
-
-@pytest.mark.parametrize("case,split", [("docs+init", 2), ("three_heads_per_group", 3)])
-def test_ssd_backward_with_heads_split_matches_reference(case, split, device, monkeypatch):
-    """dB and dC summed from several programs' fp32 partials (each with a run of a group's heads)."""
-    from hybridcore.ops import triton_ssd
-    monkeypatch.setattr(triton_ssd, "DBC_HEAD_SPLIT", split)
-    check_ssd_against_reference(case, device)
-
-
-def test_head_split_must_divide_the_heads_per_group(monkeypatch):
-    from hybridcore.ops import triton_ssd
-    monkeypatch.setattr(triton_ssd, "DBC_HEAD_SPLIT", 4)
-    with pytest.raises(ValueError, match="DBC_HEAD_SPLIT=4 must divide the heads per group \\(6\\)"):
-        triton_ssd.dbc_head_split(6, 100, torch.device("cpu"))
-    monkeypatch.setattr(triton_ssd, "DBC_HEAD_SPLIT", None)
-    assert triton_ssd.dbc_head_split(6, 100, torch.device("cpu")) == 1  # four programs per CPU "SM"
-    assert triton_ssd.dbc_head_split(6, 2, torch.device("cpu")) == 2
-    assert triton_ssd.dbc_head_split(6, 1, torch.device("cpu")) == 6
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="Triton's CPU interpreter computes bf16 tl.dot wrongly")
