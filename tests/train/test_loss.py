@@ -67,40 +67,30 @@ def test_chunked_logits_give_the_same_loss_and_gradients():
     assert resolve_chunk(1000, 258) == 1000
 
 
-def test_activation_checkpointing_keeps_values_gradients_and_keys():
+def loss_and_grads(model, ids):
+    loss = token_losses(model, ids[:, :-1], ids[:, 1:]).mean()
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("layers", [None, 1])
+def test_activation_checkpointing_keeps_values_gradients_and_keys(layers):
+    """Every layer, or (--checkpoint-layers 1) only the first: the plain model's loss, gradients and keys."""
     ids = torch.randint(0, 256, (2, 17), generator=torch.Generator().manual_seed(2))
-    results = []
-    for checkpointed in (False, True):
-        model = tiny_model()
-        keys = list(model.state_dict())
-        if checkpointed:
-            apply_activation_checkpointing(model)
-            assert list(model.state_dict()) == keys
-        loss = token_losses(model, ids[:, :-1], ids[:, 1:]).mean()
-        loss.backward()
-        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
-    torch.testing.assert_close(results[0][0], results[1][0])
-    for a, b in zip(results[0][1], results[1][1]):
+    plain = loss_and_grads(tiny_model(), ids)
+    model = tiny_model()
+    keys = list(model.state_dict())
+    apply_activation_checkpointing(model, layers)
+    assert list(model.state_dict()) == keys
+    wrapped = [isinstance(layer.forward, functools.partial) for layer in model.layers.values()]
+    assert wrapped == ([True] * len(wrapped) if layers is None else [True] + [False] * (len(wrapped) - 1))
+    checkpointed = loss_and_grads(model, ids)
+    torch.testing.assert_close(plain[0], checkpointed[0])
+    for a, b in zip(plain[1], checkpointed[1]):
         torch.testing.assert_close(a, b)
 
 
-def test_checkpointing_the_first_layers_only():
-    """--checkpoint-layers N: the first N layers recompute in backward, the others keep their activations;
-    values and gradients are the plain model's either way."""
-    ids = torch.randint(0, 256, (2, 17), generator=torch.Generator().manual_seed(2))
-    results = []
-    for layers in (None, 1):
-        model = tiny_model()
-        if layers:
-            apply_activation_checkpointing(model, layers)
-            wrapped = [isinstance(layer.forward, functools.partial) for layer in model.layers.values()]
-            assert wrapped == [True] + [False] * (len(wrapped) - 1)
-        loss = token_losses(model, ids[:, :-1], ids[:, 1:]).mean()
-        loss.backward()
-        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
-    torch.testing.assert_close(results[0][0], results[1][0])
-    for a, b in zip(results[0][1], results[1][1]):
-        torch.testing.assert_close(a, b)
+def test_checkpoint_layers_beyond_the_model_is_an_error():
     with pytest.raises(ValueError, match="between 1 and the model's"):
         apply_activation_checkpointing(tiny_model(), 99)
 
