@@ -20,6 +20,9 @@
 #                                           # mask path (HYBRIDCORE_FLEX_ATTENTION=0); then its GPU tests
 #   bash benchmarks/run_h200_targets.sh h   # peers/ carried with the built module: 0.5B at 1x65536 with
 #                                           # --checkpoint-layers 24 and 36, then 4x4096 against the kernel peer
+#   bash benchmarks/run_h200_targets.sh i   # 0.5B trained at 4x4096 on packed documents through FlexAttention;
+#                                           # the kernel and FlexAttention tests on the GPU; 1x65536 with
+#                                           # --checkpoint-layers 12 in the time left
 #   bash benchmarks/run_h200_targets.sh build # causal_conv1d alone, its module copied to $OUT (put it in
 #                                           # peers/causal_conv1d-1.7.0/ with a .done beside it, and later
 #                                           # calls carry it and skip the build), then 4x4096 with the peers
@@ -139,6 +142,15 @@ elif [ "$1" = h ]; then  # 1 x 65536 with only the first N of the 72 layers chec
   done
   timeout $(left) python3 -m hybridcore bench --steps 5 --warmup 3 --out "$OUT" --compile --compile-modes \
     reduce-overhead --compiled-only --peers kernels --peer-fallback-batch 0 --check --tag state-pass 2>&1 | quiet
+elif [ "$1" = i ]; then  # `hybridcore train` itself on packed documents with FlexAttention (f's mask-path run:
+  # 68,203 tok/s), then the kernel and FlexAttention tests on the GPU (state passing's autotuning included)
+  timed_train 300 falcon-h1-0.5b-4x4096-reduce-overhead-flex --preset falcon-h1-0.5b --batch-size 4 --seq-len 4096 \
+    --steps 12 --compile --compile-mode reduce-overhead
+  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/ops/test_kernels.py tests/model/test_flex_document.py \
+    2>&1 | tail -3
+  [ "$(left)" -gt 100 ] && timeout $(left) python3 -m hybridcore bench --out "$OUT" --batch-size 1 --seq-len 65536 \
+    --activation-checkpointing --checkpoint-layers 12 --compile --compiled-only --steps 3 --warmup 2 --tag ckpt12 \
+    2>&1 | quiet  # h: 24 layers 97.5 GiB, 36 layers 79.8 GiB; none runs out of memory
 else  # c: the 7B blocks first, while causal_conv1d builds for the peers; the whole call stays under 590 s
   $BENCH --preset falcon-h1-7b --set layout=P-P-P-P-P-P-P-P- --batch-size 2 --compile --compile-modes \
     reduce-overhead --steps 4 --warmup 2 --tag 8blocks 2>&1 | quiet
