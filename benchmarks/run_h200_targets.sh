@@ -55,7 +55,7 @@ quiet() { grep -v "Warning\|warn(\|falling back\|_warn_once"; }
 LIMIT=${RUN_LIMIT:-200}
 timed_train() {  # timed_train SECONDS NAME FLAGS...: `hybridcore train` for its speed, its metrics copied to
   # $OUT/train-NAME-$STAMP-metrics.jsonl; the run directory goes (8 7B blocks leave a 29 GB final checkpoint)
-  timeout "$1" python3 -m hybridcore train --device cuda --warmup 2 --save-every 0 --eval-every 0 --eval-batches 1 \
+  timeout -k 20 "$1" python3 -m hybridcore train --device cuda --warmup 2 --save-every 0 --eval-every 0 --eval-batches 1 \
     --sample-tokens 0 --no-progress --out /tmp/train-run "${@:3}" 2>&1 | quiet
   cp /tmp/train-run/metrics.jsonl "$OUT/train-$2-$STAMP-metrics.jsonl"
   rm -rf /tmp/train-run
@@ -151,6 +151,15 @@ elif [ "$1" = i ]; then  # `hybridcore train` itself on packed documents with Fl
   [ "$(left)" -gt 100 ] && timeout $(left) python3 -m hybridcore bench --out "$OUT" --batch-size 1 --seq-len 65536 \
     --activation-checkpointing --checkpoint-layers 12 --compile --compiled-only --steps 3 --warmup 2 --tag ckpt12 \
     2>&1 | quiet  # h: 24 layers 97.5 GiB, 36 layers 79.8 GiB; none runs out of memory
+elif [ "$1" = j ]; then  # part i's train run hit an illegal memory access in its final evaluation (a no-grad
+  # forward of the compiled layers under CUDA graphs, on a smaller validation batch): the debug preset in the same
+  # settings, with FlexAttention (launches blocking, to name the faulting kernel) and without it
+  for flex in 1 0; do
+    [ $flex = 1 ] && blocking=1 || blocking=0
+    echo "== HYBRIDCORE_FLEX_ATTENTION=$flex CUDA_LAUNCH_BLOCKING=$blocking"
+    HYBRIDCORE_FLEX_ATTENTION=$flex CUDA_LAUNCH_BLOCKING=$blocking timed_train 100 debug-flex$flex --preset debug \
+      --batch-size 4 --seq-len 4096 --steps 3 --compile --compile-mode reduce-overhead 2>&1 | grep -v "^  File\|^    " | tail -12
+  done
 else  # c: the 7B blocks first, while causal_conv1d builds for the peers; the whole call stays under 590 s
   $BENCH --preset falcon-h1-7b --set layout=P-P-P-P-P-P-P-P- --batch-size 2 --compile --compile-modes \
     reduce-overhead --steps 4 --warmup 2 --tag 8blocks 2>&1 | quiet

@@ -7,6 +7,12 @@ breaks compiled graphs. FlexAttention builds a block mask from the document ids 
 that skips the blocks between documents. It is fast only when torch.compile lowers it (eager it
 materialises the scores), so attention.py takes it only inside a compiled layer on CUDA, and not under
 activation checkpointing (attention.use_sdpa_for_documents).
+
+Forwards without gradients (evaluation) keep the SDPA paths too: on the H200 (torch 2.11), a 0.5B
+`hybridcore train --compile-mode reduce-overhead` run trained 12 steps through FlexAttention and then hit
+an illegal memory access in its final evaluation, the first no-grad forward of the compiled layers
+(benchmarks/README.md, sixth session). The same evaluation on the SDPA paths had passed. The cause is not
+found; until it is, FlexAttention serves the training forward and backward only.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ except ImportError:  # pragma: no cover - older torch keeps the SDPA paths
 
 
 def flex_document_attention_applies(q: torch.Tensor) -> bool:
-    """Inside torch.compile on CUDA, where flex_attention becomes a fused kernel."""
-    return ENABLED and flex_attention is not None and q.is_cuda and torch.compiler.is_compiling()
+    """Inside torch.compile on CUDA, where flex_attention becomes a fused kernel, in a forward that records
+    gradients (training; see the module's docstring for evaluation)."""
+    return (ENABLED and flex_attention is not None and q.is_cuda and torch.compiler.is_compiling()
+            and torch.is_grad_enabled())
 
 
 def flex_document_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx: torch.Tensor,

@@ -48,6 +48,8 @@ def test_applies_only_inside_a_compiled_region_on_cuda_unless_switched_off(monke
     assert not applies(cuda_query)  # eager
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert applies(cuda_query) and not applies(cpu_query)
+    with torch.no_grad():  # evaluation keeps the SDPA paths (an illegal memory access on the H200)
+        assert not applies(cuda_query)
     monkeypatch.setattr(flex_document, "ENABLED", False)  # HYBRIDCORE_FLEX_ATTENTION=0
     assert not applies(cuda_query)
 
@@ -98,6 +100,27 @@ def test_compiled_layer_uses_flex_and_matches_the_mask_path(dtype, tolerance, mo
     assert (outputs[0] - outputs[1]).abs().max() <= tolerance * scale
     for eager, flex in zip(*grads):
         assert (eager - flex).abs().max() <= tolerance * eager.abs().max()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention's fused kernel needs CUDA")
+def test_compiled_layer_evaluates_after_training_through_sdpa(monkeypatch):
+    """The order of `hybridcore train --compile-mode reduce-overhead`: training steps through FlexAttention
+    under CUDA graphs, then a no-grad forward (the final evaluation), which keeps the SDPA path."""
+    layer, x, cos, sin, seq_idx = _layer_and_inputs("cuda", torch.bfloat16)
+    calls, real = [], flex_document.flex_document_attention
+    monkeypatch.setattr(attention, "flex_document_attention", lambda *a: calls.append(1) or real(*a))
+    compiled = torch.compile(layer, mode="reduce-overhead")
+    for _ in range(3):
+        torch.compiler.cudagraph_mark_step_begin()
+        compiled(x.clone().requires_grad_(), cos, sin, seq_idx).float().square().sum().backward()
+    trained_calls = len(calls)
+    with torch.no_grad():
+        torch.compiler.cudagraph_mark_step_begin()
+        evaluated = compiled(x, cos, sin, seq_idx).float()
+        expected = layer(x, cos, sin, seq_idx).float()
+    torch.cuda.synchronize()
+    assert trained_calls and len(calls) == trained_calls  # training took FlexAttention, evaluation did not
+    assert (evaluated - expected).abs().max() <= 2e-2 * expected.abs().max()
 
 
 def test_activation_checkpointing_keeps_documents_on_sdpa():

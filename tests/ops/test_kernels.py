@@ -13,6 +13,12 @@ from hybridcore.model.norm import gated_rms_norm as gated_rms_norm_ref  # noqa: 
 from hybridcore.ops import fused_conv, fused_ssd  # noqa: E402
 
 
+# The SSD kernels' tl.dot rounds fp32 operands to TF32 on the GPU (about 1e-3 relative); the CPU
+# interpreter multiplies in full fp32. On the H200 the 7 fp32 SSD comparisons failed at the interpreter's
+# bounds (sixth session; their messages were cut from the log). These GPU bounds have not run there yet.
+SSD_FP32_TOL, SSD_FP32_GRAD_TOL = (3e-3, 1e-2) if torch.cuda.is_available() else (1e-5, 1e-4)
+
+
 def rel(a, b):
     a, b = a.detach(), b.detach()
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
@@ -52,13 +58,13 @@ def test_ssd_kernel_matches_chunked_reference(case, device):
                 seq_idx=t["seq_idx"], return_final_state=True)
     y, final = fused_ssd.ssd(*args, **opts)
     y_ref, final_ref = ops.ssd_chunked(*args, **opts)
-    assert rel(y, y_ref) < 1e-5 and rel(final, final_ref) < 1e-5
+    assert rel(y, y_ref) < SSD_FP32_TOL and rel(final, final_ref) < SSD_FP32_TOL
     gy, gf = torch.randn_like(y_ref), torch.randn_like(final_ref)
     leaves = {k: v for k, v in t.items() if isinstance(v, torch.Tensor) and v.requires_grad}
     grads = torch.autograd.grad((y * gy).sum() + (final * gf).sum(), list(leaves.values()))
     grads_ref = torch.autograd.grad((y_ref * gy).sum() + (final_ref * gf).sum(), list(leaves.values()))
     for name, a, b in zip(leaves, grads, grads_ref):
-        assert rel(a, b) < 1e-4, name
+        assert rel(a, b) < SSD_FP32_GRAD_TOL, name
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="Triton's CPU interpreter computes bf16 tl.dot wrongly")
@@ -191,4 +197,4 @@ def test_compile_fullgraph_one_mamba_layer(device):
     with ops.use_kernels("off"):
         ref = layer(h, inputs)
         grad_ref = torch.autograd.grad(ref.square().sum(), h)[0]
-    assert rel(out, ref) < 1e-5 and rel(grad, grad_ref) < 1e-5
+    assert rel(out, ref) < SSD_FP32_TOL and rel(grad, grad_ref) < SSD_FP32_GRAD_TOL
