@@ -310,10 +310,11 @@ class _Run:
             self.bar.close()
             self.bar = None
             final_step = config.steps
-            # a resume of a finished run evaluates again but does not log the same line twice
-            val_loss = self.evaluate(final_step, log=self.start_step < final_step)
+            # saved before the evaluation, so a failure there (out of memory, a CUDA error) keeps the run's work
             if saved_at < final_step and self.start_step < final_step:
                 self.save(final_step)
+            # a resume of a finished run evaluates again but does not log the same line twice
+            val_loss = self.evaluate(final_step, log=self.start_step < final_step)
             if val_loss is not None:
                 self._say(f"validation loss {val_loss:.4f} (perplexity {_perplexity(val_loss):.2f}) "
                           f"at step {final_step}")
