@@ -296,17 +296,19 @@ class _Run:
                 self.bar.set_postfix(loss=f"{shown:.4f}", lr=f"{record['lr']:.2e}",
                                      tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
                 self.bar.update(1)
+                # a checkpoint due at this step comes before its evaluation, which can fail (out of memory)
+                if config.save_every and step % config.save_every == 0 and step < config.steps:
+                    self.save(step)
+                    saved_at = step
                 if config.eval_every and step % config.eval_every == 0 and step < config.steps:
                     val_loss = self.evaluate(step)
                     if val_loss is not None:
                         self._say(f"step {step}: validation loss {val_loss:.4f}")
                 if distributed.any_rank(stop.requested, self.device):
-                    self.save(step)
+                    if saved_at != step:
+                        self.save(step)
                     self._say(f"SIGTERM: saved step {step} and stopped; continue with --resume")
                     return TrainResult(str(self.run_dir), step, losses, val_loss, stopped_by_signal=True)
-                if config.save_every and step % config.save_every == 0 and step < config.steps:
-                    self.save(step)
-                    saved_at = step
             self.bar.close()
             self.bar = None
             final_step = config.steps

@@ -49,9 +49,11 @@ def test_too_many_bad_steps_in_a_row_stop_the_run(tmp_path, data_dir, monkeypatc
     assert max(r["step"] for r in read_metrics(tmp_path / "run")) == 5
 
 
-def test_a_failing_final_evaluation_keeps_the_final_checkpoint(tmp_path, data_dir, monkeypatch):
-    """The final checkpoint is written before the final evaluation, so a failure there (an out-of-memory
-    or CUDA error) loses no training: on the H200 one such run failed in its evaluation after its last step."""
+@pytest.mark.parametrize("every, saved", [(0, [3]), (2, [2])])
+def test_a_failing_evaluation_keeps_the_checkpoint_due_at_its_step(tmp_path, data_dir, monkeypatch, every, saved):
+    """Checkpoints due at a step (the final one, or --save-every's) are written before that step's evaluation,
+    so a failure there (an out-of-memory or CUDA error) loses no training: on the H200 one run failed in its
+    final evaluation."""
     from hybridcore.train.checkpoint import list_checkpoints
 
     def failing(self, step, log=True):
@@ -59,8 +61,8 @@ def test_a_failing_final_evaluation_keeps_the_final_checkpoint(tmp_path, data_di
 
     monkeypatch.setattr(trainer_module._Run, "evaluate", failing)
     with pytest.raises(RuntimeError, match="illegal memory access"):
-        train(tiny_train_config(tmp_path / "run", data_dir, steps=3, save_every=0, eval_every=0))
-    assert [step for step, _ in list_checkpoints(tmp_path / "run")] == [3]
+        train(tiny_train_config(tmp_path / "run", data_dir, steps=3, save_every=every, eval_every=every))
+    assert [step for step, _ in list_checkpoints(tmp_path / "run")] == saved
 
 
 def test_divergence_is_a_clean_cli_error(tmp_path, data_dir, monkeypatch, capsys):
