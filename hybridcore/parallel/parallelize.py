@@ -30,12 +30,14 @@ from .tensor_parallel import apply_tensor_parallel
 
 
 def parallelize(model: HybridLM, parallel_config: ParallelConfig, mesh: DeviceMesh, *,
-                activation_checkpointing: bool = False, compile: bool = False, mixed_precision=None) -> HybridLM:
+                activation_checkpointing: bool = False, checkpoint_layers: int | None = None, compile: bool = False,
+                mixed_precision=None) -> HybridLM:
     """Apply TP (+SP), activation checkpointing, compile and FSDP2 to `model` in place; returns it.
 
     `model` must be initialised (e.g. `build_model(config, device=..., seed=...)`) and on the mesh's
     device type. `mixed_precision`: None (bf16 compute with fp32 reduction on CUDA, fp32 on CPU),
     "bf16"/"fp32", a torch.dtype, or a torch.distributed.fsdp.MixedPrecisionPolicy.
+    `checkpoint_layers`: with activation checkpointing, only the layout's first N layers (None: all).
     With pp > 1 use `build_pipeline` (pipeline.py), which applies the same steps to each stage.
     """
     config = parallel_config.resolve(mesh.size())
@@ -43,13 +45,14 @@ def parallelize(model: HybridLM, parallel_config: ParallelConfig, mesh: DeviceMe
     if config.pp > 1:
         raise ValueError("ParallelConfig.pp > 1: use hybridcore.parallel.build_pipeline, which splits the "
                          "model into stages and parallelizes each")
-    apply_parallelisms(model, config, mesh, activation_checkpointing=activation_checkpointing, compile=compile,
-                       mixed_precision=mixed_precision)
+    apply_parallelisms(model, config, mesh, activation_checkpointing=activation_checkpointing,
+                       checkpoint_layers=checkpoint_layers, compile=compile, mixed_precision=mixed_precision)
     return model
 
 
 def apply_parallelisms(model: HybridLM, config: ParallelConfig, mesh: DeviceMesh, *, activation_checkpointing: bool,
-                       compile: bool, mixed_precision, pipelined: bool = False) -> None:
+                       compile: bool, mixed_precision, checkpoint_layers: int | None = None,
+                       pipelined: bool = False) -> None:
     """The ordered steps on one model or one pipeline stage (a HybridLM holding some of the layers)."""
     param = next(model.parameters())
     if param.device.type != mesh.device_type:
@@ -69,9 +72,14 @@ def apply_parallelisms(model: HybridLM, config: ParallelConfig, mesh: DeviceMesh
         apply_context_parallel(model, mesh["cp"], tp, config.sequence_parallel)
 
     if activation_checkpointing:
-        for name, layer in list(model.layers.items()):
-            model.layers[name] = checkpoint_wrapper(layer, preserve_rng_state=False)
-        use_sdpa_for_documents(model)
+        num_layers = model.config.num_layers
+        if checkpoint_layers is not None and not 1 <= checkpoint_layers <= num_layers:
+            raise ValueError(f"checkpoint_layers must be between 1 and the model's {num_layers} layers, "
+                             f"got {checkpoint_layers}")
+        for name, layer in list(model.layers.items()):  # a stage keeps the layout's indices as names
+            if checkpoint_layers is None or int(name) < checkpoint_layers:
+                use_sdpa_for_documents(layer)
+                model.layers[name] = checkpoint_wrapper(layer, preserve_rng_state=False)
     if compile:
         for layer in model.layers.values():
             layer.compile()

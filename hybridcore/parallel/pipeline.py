@@ -193,8 +193,8 @@ class Pipeline:
 
 
 def build_pipeline(model: HybridLM, parallel_config: ParallelConfig, mesh: DeviceMesh, loss_fn: Callable, *,
-                   seq_len: int, activation_checkpointing: bool = False, compile: bool = False,
-                   mixed_precision=None) -> Pipeline:
+                   seq_len: int, activation_checkpointing: bool = False, checkpoint_layers: int | None = None,
+                   compile: bool = False, mixed_precision=None) -> Pipeline:
     """Cut `model` (initialised, full) into stages, keep this rank's, parallelize each; see the module doc.
 
     loss_fn(logits, targets) -> mean loss of one microbatch. seq_len: the training sequence length
@@ -209,8 +209,9 @@ def build_pipeline(model: HybridLM, parallel_config: ParallelConfig, mesh: Devic
     parts = []
     for index in indices:
         part = stage_module(model, stages, index)
-        apply_parallelisms(part, config, mesh, activation_checkpointing=activation_checkpointing, compile=compile,
-                           mixed_precision=mixed_precision, pipelined=True)
+        apply_parallelisms(part, config, mesh, activation_checkpointing=activation_checkpointing,
+                           checkpoint_layers=checkpoint_layers, compile=compile, mixed_precision=mixed_precision,
+                           pipelined=True)
         parts.append(part)
     policy = mixed_precision_policy(mixed_precision, mesh.device_type)
     compute_dtype = policy.param_dtype or next(model.parameters()).dtype

@@ -68,8 +68,8 @@ def add_arguments(parser) -> None:
     execution.add_argument("--activation-checkpointing", action="store_true", default=None,
                            help="recompute each layer's activations in backward")
     _flag(execution, "--checkpoint-layers", type=int, metavar="N",
-          help="with --activation-checkpointing, recompute only the first N layers of the layout (one process): "
-               "less recomputation where memory allows")
+          help="with --activation-checkpointing, recompute only the first N layers of the layout (less "
+               "recomputation where memory allows)")
     execution.add_argument("--compile", action="store_true", default=None,
                            help="torch.compile each layer (worth it on GPUs: 1.5x in benchmarks/README.md)")
     _flag(execution, "--compile-mode", choices=COMPILE_MODES,

@@ -140,8 +140,6 @@ class TrainConfig:
                 raise ValueError(f"--checkpoint-layers must be at least 1, got {self.checkpoint_layers}")
             if not self.activation_checkpointing:
                 raise ValueError("--checkpoint-layers needs --activation-checkpointing")
-            if any(getattr(self, name) > 1 for name in PARALLEL_FLAGS):
-                raise ValueError("--checkpoint-layers is for one process: the parallel layouts checkpoint every layer")
         if not self.peak_flops > 0:
             raise ValueError(f"--peak-flops must be positive, got {self.peak_flops}")
 

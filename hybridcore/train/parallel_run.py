@@ -38,7 +38,8 @@ class ParallelModel:
     def __init__(self, full_model, layout: ParallelConfig, train_config, device: torch.device):
         self.layout, self.device = layout, device
         self.mesh = build_mesh(layout, device.type)
-        options = dict(activation_checkpointing=train_config.activation_checkpointing, compile=train_config.compile,
+        options = dict(activation_checkpointing=train_config.activation_checkpointing,
+                       checkpoint_layers=train_config.checkpoint_layers, compile=train_config.compile,
                        mixed_precision=train_config.resolved_dtype(device.type))
         if layout.pp == 1:
             self.model = parallelize(full_model, layout, self.mesh, **options)

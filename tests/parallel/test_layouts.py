@@ -34,6 +34,8 @@ TWO_RANKS = {
     "tp2/M*-P/activation-checkpointing": (dict(tp=2), "M*-P", False, {"activation_checkpointing": True}),
     **{f"fsdp2/{layout}": (dict(dp_shard=2), layout, False, {}) for layout in LAYOUTS},
     "pp2-1f1b/M*-P": (dict(pp=2), "M*-P", False, {}),
+    "pp2-1f1b/M*-P/checkpoint-2-layers": (dict(pp=2), "M*-P", False,
+                                          {"activation_checkpointing": True, "checkpoint_layers": 2}),
     "pp2-interleaved/M*-P/documents": (dict(pp=2, pp_schedule="interleaved_1f1b", pp_stages_per_rank=2,
                                             pp_microbatches=4), "M*-P", True, {}),
     "cp2/P-": (dict(cp=2), "P-", False, {}),
@@ -126,6 +128,15 @@ def _check_scenarios(results: list[dict], scenarios: dict) -> None:
 
 def test_two_rank_layouts_match_single_process(two_rank_results):
     _check_scenarios(two_rank_results, TWO_RANKS)
+
+
+def test_checkpoint_layers_wraps_the_layouts_first_layers_across_stages(two_rank_results):
+    """checkpoint_layers=2 under pp2: layers 0 and 1 of "M*-P" recompute, whichever stage holds them; none after."""
+    def wrapped(name):
+        return [result["layouts"][name]["checkpointed"] for result in two_rank_results]
+    assert sorted(sum(wrapped("pp2-1f1b/M*-P/checkpoint-2-layers"), [])) == ["0", "1"]
+    assert sum(wrapped("tp2/M*-P/activation-checkpointing"), []).count("3") == 2  # every layer, on both ranks
+    assert not sum(wrapped("pp2-1f1b/M*-P"), [])
 
 
 def test_four_rank_layouts_match_single_process(four_rank_results):

@@ -6,6 +6,7 @@ import traceback
 
 import torch
 import torch.distributed as dist
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 from torch.distributed.tensor import DTensor
 
 from hybridcore.model import HybridLM, attention, build_model
@@ -34,7 +35,14 @@ def _layout_losses(parallel: dict, layout: str, docs: bool, options: dict) -> di
     losses = train_steps(model, optimizer, global_batch(), steps=STEPS, mesh=mesh,
                          seq_idx=document_index() if docs else None)
     weights = full_state_dict(model, cpu_offload=False)  # this rank's stages' tensors under pp
-    return {"losses": losses, "local_fraction": local_fraction(model, config), "weights": weights}
+    return {"losses": losses, "local_fraction": local_fraction(model, config), "weights": weights,
+            "checkpointed": checkpointed_layers(model)}
+
+
+def checkpointed_layers(model) -> list[str]:
+    """Names of this rank's layers that recompute in backward (every stage's under a pipeline)."""
+    parts = getattr(model, "model_parts", [model])
+    return sorted(name for part in parts for name, layer in part.layers.items() if isinstance(layer, CheckpointWrapper))
 
 
 def local_fraction(model, config) -> float:

@@ -87,7 +87,6 @@ def test_divergence_is_a_clean_cli_error(tmp_path, data_dir, monkeypatch, capsys
     (["--checkpoint-layers", "1"], "needs --activation-checkpointing"),
     (["--activation-checkpointing", "--checkpoint-layers", "0"], "--checkpoint-layers must be at least 1"),
     (["--activation-checkpointing", "--checkpoint-layers", "99"], "--checkpoint-layers 99 exceeds the model's"),
-    (["--activation-checkpointing", "--checkpoint-layers", "1", "--tp", "2"], "--checkpoint-layers is for one"),
 ])
 def test_user_mistakes_fail_before_any_work(tmp_path, data_dir, capsys, extra, field):
     out = tmp_path / "run"
