@@ -152,7 +152,7 @@ elif [ "$1" = i ]; then  # `hybridcore train` itself on packed documents with Fl
     --activation-checkpointing --checkpoint-layers 12 --compile --compiled-only --steps 3 --warmup 2 --tag ckpt12 \
     2>&1 | quiet  # h: 24 layers 97.5 GiB, 36 layers 79.8 GiB; none runs out of memory
 elif [ "$1" = j ]; then  # part i's train run hit an illegal memory access in its final evaluation (a no-grad
-  # forward of the compiled layers under CUDA graphs, on a smaller validation batch): the debug preset in the same
+  # forward of the compiled layers under CUDA graphs, same batch shape as training): the debug preset in the same
   # settings, with FlexAttention (launches blocking, to name the faulting kernel) and without it
   for flex in 1 0; do
     [ $flex = 1 ] && blocking=1 || blocking=0

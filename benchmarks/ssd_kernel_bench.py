@@ -2,12 +2,12 @@
 the same bf16 inputs, with each one's error against an fp32 run of the PyTorch reference.
 
     PYTHONPATH=.:peers/stub:peers/mamba_ssm-2.3.2.post1 python benchmarks/ssd_kernel_bench.py --out DIR
-Writes DIR/ssd_kernel-<shape>.json. Timings: triton.testing.do_bench, median, after warm-up/autotune.
+Writes DIR/ssd_kernel-<shape>[-TAG]-<date>.json after each measurement. Timings: triton.testing.do_bench,
+median, after warm-up/autotune.
 """
 
 import argparse
 import datetime
-import json
 import math
 import os
 
@@ -16,8 +16,8 @@ import triton
 from triton.testing import do_bench
 
 from hybridcore.bench import kernel_times, versions
-from hybridcore.train.files import write_json_atomic
 from hybridcore.ops import fused_ssd, ssd_chunked
+from hybridcore.train.files import write_json_atomic
 
 
 def inputs(batch, length, heads, head_dim, state, groups, seed=0):

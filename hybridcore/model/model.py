@@ -101,6 +101,14 @@ class HybridLM(nn.Module):
             caches.append(cache)
         return caches
 
+    def leading_layer_names(self, count: int | None) -> list[str]:
+        """Names of this model's layers among the layout's first `count` (all when None). Names are layout
+        indices, so a pipeline stage answers for its own share (activation checkpointing's first N layers)."""
+        total = self.config.num_layers
+        if count is not None and not 1 <= count <= total:
+            raise ValueError(f"checkpoint_layers must be between 1 and the model's {total} layers, got {count}")
+        return [name for name in self.layers if count is None or int(name) < count]
+
     def num_parameters(self, exclude_embedding: bool = False) -> int:
         seen, total = set(), 0
         for name, p in self.named_parameters():

@@ -72,14 +72,9 @@ def apply_parallelisms(model: HybridLM, config: ParallelConfig, mesh: DeviceMesh
         apply_context_parallel(model, mesh["cp"], tp, config.sequence_parallel)
 
     if activation_checkpointing:
-        num_layers = model.config.num_layers
-        if checkpoint_layers is not None and not 1 <= checkpoint_layers <= num_layers:
-            raise ValueError(f"checkpoint_layers must be between 1 and the model's {num_layers} layers, "
-                             f"got {checkpoint_layers}")
-        for name, layer in list(model.layers.items()):  # a stage keeps the layout's indices as names
-            if checkpoint_layers is None or int(name) < checkpoint_layers:
-                use_sdpa_for_documents(layer)
-                model.layers[name] = checkpoint_wrapper(layer, preserve_rng_state=False)
+        for name in model.leading_layer_names(checkpoint_layers):
+            use_sdpa_for_documents(model.layers[name])
+            model.layers[name] = checkpoint_wrapper(model.layers[name], preserve_rng_state=False)
     if compile:
         for layer in model.layers.values():
             layer.compile()

@@ -84,13 +84,8 @@ def apply_activation_checkpointing(model: HybridLM, layers: int | None = None) -
     """Recompute the activations of the first `layers` layers of the layout (all when None) in backward.
     Done by replacing each layer's bound forward on the instance, so module names and state-dict keys stay
     exactly as they were."""
-    chosen = list(model.layers.values())
-    if layers is not None:
-        if not 1 <= layers <= len(chosen):
-            raise ValueError(f"--checkpoint-layers must be between 1 and the model's {len(chosen)} layers, "
-                             f"got {layers}")
-        chosen = chosen[:layers]
-    for layer in chosen:
+    for name in model.leading_layer_names(layers):
+        layer = model.layers[name]
         if not isinstance(layer.forward, functools.partial):
             layer.forward = functools.partial(_checkpointed_forward, layer.forward)
         use_sdpa_for_documents(layer)
