@@ -8,6 +8,7 @@ import socket
 import traceback
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -17,7 +18,12 @@ from hybridcore.config import ModelConfig
 SEQ_LEN = 32
 GLOBAL_BATCH = 4
 STEPS = 3
-TOLERANCE = 1e-5  # relative, fp32
+# HYBRIDCORE_TEST_DEVICE=cuda: the ranks run on GPUs over NCCL, one GPU each, against one GPU (CI: CPU, gloo).
+DEVICE = os.environ.get("HYBRIDCORE_TEST_DEVICE", "cpu")
+# Relative, fp32. On GPUs cuBLAS picks its reduction order by shape, and tensor parallelism changes the shapes.
+TOLERANCE = 1e-5 if DEVICE == "cpu" else 1e-4
+if DEVICE == "cuda":  # fp32 means fp32 on both sides (cuDNN's convolutions would take TF32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
 # Layout tests take plain gradient steps, large enough that a wrong gradient moves the next losses.
 LAYOUT_OPTIMIZER = dict(optimizer="sgd", lr=0.5)
 
@@ -94,7 +100,10 @@ def _entry(rank: int, fn, world_size: int, port: int, out_dir: str, args: tuple)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=120))
+    if DEVICE == "cuda":
+        torch.cuda.set_device(rank)
+    dist.init_process_group("nccl" if DEVICE == "cuda" else "gloo", rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=120))
     try:
         result = fn(*args)
     except Exception:  # report it to the test, which names the rank
@@ -105,11 +114,16 @@ def _entry(rank: int, fn, world_size: int, port: int, out_dir: str, args: tuple)
 
 
 def run_workers(fn, world_size: int, out_dir: Path, *args) -> list:
-    """Run fn(*args) on `world_size` spawned gloo ranks; returns each rank's return value."""
+    """Run fn(*args) on `world_size` spawned ranks (gloo, or NCCL under DEVICE=cuda); returns each rank's
+    return value."""
+    if DEVICE == "cuda" and torch.cuda.device_count() < world_size:
+        pytest.skip(f"{world_size} ranks need {world_size} GPUs, {torch.cuda.device_count()} here")
     out_dir.mkdir(parents=True, exist_ok=True)
     mp.start_processes(_entry, args=(fn, world_size, _free_port(), str(out_dir), args), nprocs=world_size,
                        start_method="spawn")
-    results = [torch.load(out_dir / f"rank{rank}.pt", weights_only=False) for rank in range(world_size)]
+    # map_location: every rank's tensors onto the device the test compares on (cuda:0 under NCCL)
+    results = [torch.load(out_dir / f"rank{rank}.pt", weights_only=False, map_location=DEVICE)
+               for rank in range(world_size)]
     for rank, result in enumerate(results):
         if isinstance(result, dict) and "__error__" in result:
             raise AssertionError(f"rank {rank} failed:\n{result['__error__']}")

@@ -1,6 +1,9 @@
 """Every layout trains like one process: the first losses agree within 1e-5 (relative, fp32) and so do
 the weights after those (plain gradient) steps; checkpoints reshard between layouts.
 
+CI runs the ranks on CPU over gloo. On a machine with GPUs, `HYBRIDCORE_TEST_DEVICE=cuda` runs them over
+NCCL, one GPU each, against one GPU, at 1e-4 (the 4-rank tests skip below 4 GPUs, the error paths on GPUs).
+
 Three process groups are started for the whole module (start-up dominates on a small CPU machine):
 2 ranks for tp2 / fsdp2 / pp2 / cp2 and the error paths, 4 ranks for their combinations and a
 checkpoint save, 4 ranks again for loading that checkpoint as tp4 and pp2 x tp2 after a
@@ -18,7 +21,7 @@ import torch
 from hybridcore.parallel import load_sharded, save_sharded
 from hybridcore.parallel.harness import build_parallel_model, train_steps
 
-from .common import (LAYOUT_OPTIMIZER, STEPS, TOLERANCE, checkpoint_config, document_index, global_batch, long_memory,
+from .common import (DEVICE, LAYOUT_OPTIMIZER, STEPS, TOLERANCE, checkpoint_config, document_index, global_batch, long_memory,
                      named_config, relative_error, run_workers)
 from .workers import run_all
 
@@ -59,7 +62,8 @@ SAVE_STEPS, CONTINUE_STEPS = 2, 2
 @functools.cache
 def reference_run(layout: str, documents: bool) -> tuple[list[float], dict]:
     """Single process: the losses of STEPS steps and the weights after them."""
-    model, optimizer = build_parallel_model(named_config(layout), seed=0, prepare=long_memory, **LAYOUT_OPTIMIZER)
+    model, optimizer = build_parallel_model(named_config(layout), seed=0, prepare=long_memory, device=DEVICE,
+                                            **LAYOUT_OPTIMIZER)
     losses = train_steps(model, optimizer, global_batch(), steps=STEPS, seq_idx=document_index() if documents else None)
     return losses, {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
 
@@ -75,7 +79,9 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_rank_results(workdir):
-    jobs = [("layouts", ("layout_scenarios", (TWO_RANKS,))), ("errors", ("error_scenarios", ()))]
+    jobs = [("layouts", ("layout_scenarios", (TWO_RANKS,)))]
+    if DEVICE == "cpu":  # the error paths build CPU meshes; they do not depend on the backend
+        jobs.append(("errors", ("error_scenarios", ())))
     return run_workers(run_all, 2, workdir / "two", jobs)
 
 
@@ -90,7 +96,7 @@ def four_rank_results(workdir):
 @pytest.fixture(scope="module")
 def checkpoint_reference():
     """Single process: the losses of SAVE_STEPS + CONTINUE_STEPS steps and the weights after SAVE_STEPS."""
-    model, optimizer = build_parallel_model(checkpoint_config(), seed=0)
+    model, optimizer = build_parallel_model(checkpoint_config(), seed=0, device=DEVICE)
     batches = [global_batch(seed=step) for step in range(SAVE_STEPS + CONTINUE_STEPS)]
     before = train_steps(model, optimizer, batches[:SAVE_STEPS])
     weights = {name: p.detach().clone() for name, p in model.state_dict().items()}
@@ -120,7 +126,7 @@ def _check_scenarios(results: list[dict], scenarios: dict) -> None:
             if not outcome["weights"] or not set(outcome["weights"]) <= set(weights):
                 failures.append(f"{name} rank {rank}: exported keys {sorted(outcome['weights'])[:4]}...")
             for key, tensor in outcome["weights"].items():
-                if key in weights and not torch.allclose(tensor, weights[key], rtol=1e-4, atol=1e-5):
+                if key in weights and not torch.allclose(tensor, weights[key], rtol=10 * TOLERANCE, atol=TOLERANCE):
                     difference = (tensor - weights[key]).abs().max().item()
                     failures.append(f"{name} rank {rank}: {key} differs by {difference:.2e} after {STEPS} steps")
     assert not failures, "\n".join(failures)
@@ -159,6 +165,8 @@ def test_losses_actually_move():
     ("pp_too_many_stages", "pipeline stages"), ("pp_stage_marks", "3 stages"),
     ("pp_tied", "ModelConfig.tie_embeddings"), ("pp_microbatches", "ParallelConfig.pp_microbatches")])
 def test_error_paths(two_rank_results, case, field):
+    if DEVICE != "cpu":
+        pytest.skip("the error paths run on CPU ranks only")
     message = two_rank_results[0]["errors"][case]
     assert message is not None, f"{case}: no ValueError raised"
     assert field in message, message
@@ -170,7 +178,7 @@ def test_export_after_tp2_x_fsdp2_equals_single_process_weights(four_rank_result
     assert set(exported) == set(want)  # the model's own (fused) keys
     for name, tensor in want.items():
         # Adam turns fp32 rounding of tiny gradients into differences of a small part of one lr step.
-        torch.testing.assert_close(exported[name], tensor, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(exported[name], tensor, rtol=TOLERANCE, atol=TOLERANCE, msg=lambda m: f"{name}: {m}")
     assert four_rank_results[1]["save"]["exported"] == {}  # only rank 0 receives the full state
 
 
@@ -180,7 +188,7 @@ def test_checkpoint_reshards_tp2xfsdp2_to_single_to_tp4_and_pp2xtp2(four_rank_re
     assert relative_error(saved["after"], checkpoint_reference["after"]) < TOLERANCE
 
     # tp2 x fsdp2 -> one process: continues with the same losses, then saves again.
-    model, optimizer = build_parallel_model(checkpoint_config(), seed=123)
+    model, optimizer = build_parallel_model(checkpoint_config(), seed=123, device=DEVICE)
     extra = load_sharded(workdir / "ckpt-tp2xfsdp2", model, optimizer)
     assert extra == {"step": SAVE_STEPS}
     save_sharded(workdir / "ckpt-single", model, optimizer, extra=extra)

@@ -15,7 +15,7 @@ from hybridcore.parallel.context_parallel import shard_sequence
 from hybridcore.parallel.harness import build_parallel_model, token_loss, train_steps
 from hybridcore.parallel.pipeline import build_pipeline
 
-from .common import (SEQ_LEN, STEPS, checkpoint_config, document_index, global_batch, long_memory, named_config,
+from .common import (DEVICE, SEQ_LEN, STEPS, checkpoint_config, document_index, global_batch, long_memory, named_config,
                      tiny_config, LAYOUT_OPTIMIZER)
 
 
@@ -29,9 +29,9 @@ def _layout_losses(parallel: dict, layout: str, docs: bool, options: dict) -> di
             attention.DOCUMENT_MASK_LIMIT = limit
     config = named_config(layout)
     parallel_config = ParallelConfig(**parallel)
-    mesh = build_mesh(parallel_config, "cpu")
+    mesh = build_mesh(parallel_config, DEVICE)
     model, optimizer = build_parallel_model(config, parallel_config, mesh, seed=0, prepare=long_memory,
-                                            seq_len=SEQ_LEN, **LAYOUT_OPTIMIZER, **options)
+                                            seq_len=SEQ_LEN, device=DEVICE, **LAYOUT_OPTIMIZER, **options)
     losses = train_steps(model, optimizer, global_batch(), steps=STEPS, mesh=mesh,
                          seq_idx=document_index() if docs else None)
     weights = full_state_dict(model, cpu_offload=False)  # this rank's stages' tensors under pp
@@ -109,8 +109,8 @@ def checkpoint_save(path: str, parallel: dict, steps_before: int, steps_after: i
     """Train, save, train on: losses before and after the save, and the exported full state (rank 0)."""
     config = checkpoint_config()
     parallel_config = ParallelConfig(**parallel)
-    mesh = build_mesh(parallel_config, "cpu")
-    model, optimizer = build_parallel_model(config, parallel_config, mesh, seed=0, seq_len=SEQ_LEN)
+    mesh = build_mesh(parallel_config, DEVICE)
+    model, optimizer = build_parallel_model(config, parallel_config, mesh, seed=0, seq_len=SEQ_LEN, device=DEVICE)
     batches = [global_batch(seed=step) for step in range(steps_before + steps_after)]
     before = train_steps(model, optimizer, batches[:steps_before], mesh=mesh)
     save_sharded(path, model, optimizer, extra={"step": steps_before})
@@ -123,8 +123,8 @@ def checkpoint_load(path: str, parallel: dict, steps: int) -> dict:
     """Load into a freshly built (differently seeded) model under `parallel`, then train on."""
     config = checkpoint_config()
     parallel_config = ParallelConfig(**parallel)
-    mesh = build_mesh(parallel_config, "cpu")
-    model, optimizer = build_parallel_model(config, parallel_config, mesh, seed=123, seq_len=SEQ_LEN)
+    mesh = build_mesh(parallel_config, DEVICE)
+    model, optimizer = build_parallel_model(config, parallel_config, mesh, seed=123, seq_len=SEQ_LEN, device=DEVICE)
     extra = load_sharded(path, model, optimizer)
     batches = [global_batch(seed=step) for step in range(extra["step"], extra["step"] + steps)]
     return {"extra": extra, "after": train_steps(model, optimizer, batches, mesh=mesh)}
