@@ -27,11 +27,19 @@ import triton.language as tl
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# Under the interpreter each kernel runs one small config. Its GPU candidates stay reachable here, by the
+# id of that one-config list, so that a test can run the GPU's block shapes through the interpreter too.
+INTERPRETED_GPU_CONFIGS: dict[int, list] = {}
+
+
 def _configs(gpu: list[tuple[dict, int, int]], interpret: dict) -> list:
     """Autotune candidates for the GPU; a single small one under the CPU interpreter."""
-    if INTERPRET:
-        return [triton.Config(interpret, num_warps=1, num_stages=1)]
-    return [triton.Config(meta, num_warps=w, num_stages=s) for meta, w, s in gpu]
+    candidates = [triton.Config(meta, num_warps=w, num_stages=s) for meta, w, s in gpu]
+    if not INTERPRET:
+        return candidates
+    small = [triton.Config(interpret, num_warps=1, num_stages=1)]
+    INTERPRETED_GPU_CONFIGS[id(small)] = candidates
+    return small
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -783,7 +791,7 @@ def ssd_backward(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus
         s_seq_b, s_seq_l, HAS_DFINAL=dfinal_c is not None, HAS_SEQ=has_seq, CHUNK=Q)
 
     # 3: dCB and the intra-chunk dt / da terms
-    block_m = 16 if INTERPRET else (32 if Q <= 128 else 16)
+    block_m = 16 if INTERPRET else (min(Q, 32) if Q <= 128 else 16)  # _dcb_bwd_kernel: BLOCK_M <= CHUNK
     num_m = triton.cdiv(Q, block_m)
     block_p = _dot_block(head_dim)
     dcb = torch.empty(batch, nchunks, groups, Q, Q, **f32)
