@@ -2,6 +2,7 @@
 # The multi-GPU figures of benchmarks/README.md on nvidia-h200-x2 (or -x4), in two calls of under 10 minutes:
 #   bash benchmarks/run_h200_scale.sh layouts  # the layout tests over NCCL (each layout against one GPU, fp32),
 #                                              # then falcon-h1-1.5b-deep 8 x 4096 on one GPU, tp2, fsdp2, pp2
+#                                              # (the kernel tests run on the second GPU meanwhile)
 #   bash benchmarks/run_h200_scale.sh cp       # falcon-h1-0.5b at 32K (cp1, cp2) and 128K (cp1, cp2, and cp4
 #                                              # on four GPUs)
 # Each run is capped (RUN_LIMIT seconds), so one failure costs only its own time. Results go to $OUT (or
@@ -17,16 +18,21 @@ bench() {  # name, processes, parallel_bench arguments...
   local name=$1 procs=$2; shift 2
   [ "$procs" -le "$GPUS" ] || { echo "skip $name: needs $procs GPUs"; return; }
   echo "== $name"
-  timeout -k 10 ${RUN_LIMIT:-150} torchrun --standalone --nproc_per_node "$procs" benchmarks/parallel_bench.py "$@" \
+  timeout -k 10 ${RUN_LIMIT:-110} torchrun --standalone --nproc_per_node "$procs" benchmarks/parallel_bench.py "$@" \
     --out "$OUT/parallel_$name.json" 2>&1 | grep -E "tokens_per_second_per_gpu|mfu|peak_memory|first_losses|Error|error" -A0
 }
 
 if [ "${1:-layouts}" = layouts ]; then
+  # the kernel and FlexAttention tests on the second GPU, alongside the NCCL tests and the one-GPU baseline
+  ( CUDA_VISIBLE_DEVICES=1 timeout -k 10 260 python3 -m pytest -q -p no:cacheprovider -rfE --tb=short \
+      tests/ops/test_kernels.py tests/model/test_flex_document.py > /tmp/gpu_tests.log 2>&1 ) &
   echo "== layout tests, NCCL"
   HYBRIDCORE_TEST_DEVICE=cuda timeout -k 10 180 python3 -m pytest -q -p no:cacheprovider -rfEs --tb=short \
     tests/parallel/test_layouts.py 2>&1 | tail -40
   DEEP="--preset falcon-h1-1.5b-deep --seq-len 4096 --global-batch 8 --steps 8 --warmup 3 --activation-checkpointing"
-  bench 1.5b-deep_1gpu 1 $DEEP
+  CUDA_VISIBLE_DEVICES=0 bench 1.5b-deep_1gpu 1 $DEEP
+  wait
+  echo "== kernel and FlexAttention tests (GPU 1)"; grep -v "^  \|^$\|Warning\|warn" /tmp/gpu_tests.log | tail -40
   bench 1.5b-deep_tp2 2 $DEEP --tp 2
   bench 1.5b-deep_fsdp2 2 $DEEP --dp-shard 2
   bench 1.5b-deep_pp2 2 $DEEP --pp 2 --pp-microbatches 8

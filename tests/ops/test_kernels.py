@@ -84,6 +84,10 @@ def test_ssd_kernel_bf16_inputs(device):
 
 @pytest.mark.parametrize("case", ["plain", "limit", "bf16", "one_group_no_D"])
 def test_ssd_step_kernel_matches_recurrence(case, device):
+    check_ssd_step_case(case, device)
+
+
+def check_ssd_step_case(case, device):
     """Several decoding steps in a row: outputs and the in-place state against the reference step."""
     groups = 1 if case == "one_group_no_D" else 2
     t = ssd_inputs(device, batch=3, length=5, head_dim=20, groups=groups, state=24, init=True)
@@ -147,25 +151,37 @@ def check_conv_case(docs, init, device):
 def test_kernels_with_each_gpu_config(index, device, monkeypatch):
     """The interpreter runs each kernel with one small block config; the GPU picks among larger ones, which
     may exceed a chunk of 16 (a block of rows past the chunk once wrote out of bounds on the H200). Here
-    every autotuned SSD and conv kernel runs its index-th GPU candidate, with the GPU's other block choices."""
+    every autotuned SSD and conv kernel runs its index-th GPU candidate, and every kernel the GPU's fixed
+    block sizes."""
     from triton.runtime.autotuner import Autotuner
 
-    from hybridcore.ops import triton_conv, triton_ssd
+    from hybridcore.ops import triton_conv, triton_norm, triton_ssd, triton_ssd_step
 
     kernels = [k for module in (triton_ssd, triton_conv) for k in vars(module).values() if isinstance(k, Autotuner)]
     candidates = [triton_ssd.INTERPRETED_GPU_CONFIGS[id(kernel.configs)] for kernel in kernels]
     assert len(kernels) == 10 and max(map(len, candidates)) == 6  # every kernel, every candidate
     for kernel, gpu in zip(kernels, candidates):
         monkeypatch.setattr(kernel, "configs", [gpu[min(index, len(gpu) - 1)]])
-    monkeypatch.setattr(triton_ssd, "INTERPRET", False)  # the backward's fixed block sizes, as on the GPU
+    # the fixed block sizes chosen by platform, as on the GPU
+    monkeypatch.setattr(triton_ssd, "INTERPRET", False)
+    monkeypatch.setattr(triton_ssd_step, "INTERPRET", False)
+    monkeypatch.setattr(triton_conv, "BWD_BLOCK_L", 64)
+    monkeypatch.setattr(triton_norm, "BLOCK_R", 16)
     for case in ("docs+init", "one_group_chunk32", "three_heads_per_group"):
         check_ssd_case(case, device)
     check_conv_case(True, True, device)
+    if index == 0:  # not autotuned: once is enough
+        check_ssd_step_case("plain", device)
+        check_gated_norm_case(True, 2, device)
 
 
 @pytest.mark.parametrize("norm_before_gate", [False, True])
 @pytest.mark.parametrize("groups", [1, 2])
 def test_gated_norm_kernel_matches_reference(norm_before_gate, groups, device):
+    check_gated_norm_case(norm_before_gate, groups, device)
+
+
+def check_gated_norm_case(norm_before_gate, groups, device):
     g = torch.Generator().manual_seed(2)
     y = torch.randn(2, 7, 48, generator=g).to(device).requires_grad_()
     z = torch.randn(2, 7, 100, generator=g).to(device)[..., 10:58].requires_grad_()
