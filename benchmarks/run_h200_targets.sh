@@ -25,6 +25,8 @@
 #                                           # --checkpoint-layers 12 in the time left
 #   bash benchmarks/run_h200_targets.sh k   # the kernel and FlexAttention tests on the GPU, 0.5B trained through
 #                                           # FlexAttention to its final evaluation, a 2x16384 kernel profile
+#   bash benchmarks/run_h200_targets.sh l   # the FlexAttention evaluation test with and without FlexAttention,
+#                                           # one GPU against CPU on the layout tests' model
 #   bash benchmarks/run_h200_targets.sh build # causal_conv1d alone, its module copied to $OUT (put it in
 #                                           # peers/causal_conv1d-1.7.0/ with a .done beside it, and later
 #                                           # calls carry it and skip the build), then 4x4096 with the peers
@@ -171,6 +173,30 @@ elif [ "$1" = k ]; then  # the checks part i left unrun: the kernel and FlexAtte
     --steps 12 --compile --compile-mode reduce-overhead 2>&1 | grep -v "^  File\|^    " | tail -8
   [ "$(left)" -gt 90 ] && timeout $(left) python3 -m hybridcore bench --out "$OUT" --batch-size 2 --seq-len 16384 \
     --compile --compile-modes reduce-overhead --compiled-only --profile --steps 3 --warmup 2 --tag profile 2>&1 | quiet
+elif [ "$1" = l ]; then  # checks the x2 layouts call left open: the GPU FlexAttention evaluation test (its message
+  # was cut) with its traceback, with and without FlexAttention; one GPU against CPU on the layout tests' model
+  # (the noise floor under the NCCL layouts' 1e-4 differences)
+  for flex in 1 0; do
+    echo "== flex test, HYBRIDCORE_FLEX_ATTENTION=$flex"
+    HYBRIDCORE_FLEX_ATTENTION=$flex timeout -k 10 150 python3 -m pytest -q -p no:cacheprovider -p no:logging \
+      --tb=long tests/model/test_flex_document.py -k evaluates_after 2>&1 | grep -v "^$" | tail -45
+  done
+  echo "== the trainer's own CUDA-graph tests (packed documents: FlexAttention in training)"
+  timeout -k 10 150 python3 -m pytest -q -p no:cacheprovider -p no:logging --tb=short tests/train/test_compile.py \
+    -k cuda_graphs 2>&1 | grep -v "^$" | tail -15
+  echo "== one GPU against CPU, the layout tests' model and steps"
+  HYBRIDCORE_TEST_DEVICE=cuda timeout 100 python3 - <<'PY'
+from tests.parallel.common import relative_error
+from tests.parallel.test_layouts import reference_run
+import tests.parallel.test_layouts as layouts
+for layout, docs in (("M*-P", True), ("P-", False)):
+    gpu_losses, gpu_weights = reference_run(layout, docs)
+    layouts.DEVICE = "cpu"
+    cpu_losses, cpu_weights = reference_run.__wrapped__(layout, docs)
+    layouts.DEVICE = "cuda"
+    worst = max(((gpu_weights[k].cpu() - w).abs().max() / w.abs().max()).item() for k, w in cpu_weights.items())
+    print(f"{layout} documents={docs}: losses {relative_error(gpu_losses, cpu_losses):.1e}, weights {worst:.1e}")
+PY
 else  # c: the 7B blocks first, while causal_conv1d builds for the peers; the whole call stays under 590 s
   $BENCH --preset falcon-h1-7b --set layout=P-P-P-P-P-P-P-P- --batch-size 2 --compile --compile-modes \
     reduce-overhead --steps 4 --warmup 2 --tag 8blocks 2>&1 | quiet
