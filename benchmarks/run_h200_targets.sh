@@ -27,6 +27,7 @@
 #                                           # FlexAttention to its final evaluation, a 2x16384 kernel profile
 #   bash benchmarks/run_h200_targets.sh l   # the FlexAttention evaluation test with and without FlexAttention,
 #                                           # one GPU against CPU on the layout tests' model
+#   bash benchmarks/run_h200_targets.sh m   # that test's graph breaks; one GPU against CPU from the same weights
 #   bash benchmarks/run_h200_targets.sh build # causal_conv1d alone, its module copied to $OUT (put it in
 #                                           # peers/causal_conv1d-1.7.0/ with a .done beside it, and later
 #                                           # calls carry it and skip the build), then 4x4096 with the peers
@@ -184,7 +185,7 @@ elif [ "$1" = l ]; then  # checks the x2 layouts call left open: the GPU FlexAtt
   echo "== the trainer's own CUDA-graph tests (packed documents: FlexAttention in training)"
   timeout -k 10 150 python3 -m pytest -q -p no:cacheprovider -p no:logging --tb=short tests/train/test_compile.py \
     -k cuda_graphs 2>&1 | grep -v "^$" | tail -15
-  echo "== one GPU against CPU, the layout tests' model and steps"
+  echo "== one GPU against CPU, the layout tests' model and steps"  # each device drew its own initial weights: see m
   HYBRIDCORE_TEST_DEVICE=cuda timeout 100 python3 - <<'PY'
 from tests.parallel.common import relative_error
 from tests.parallel.test_layouts import reference_run
@@ -196,6 +197,28 @@ for layout, docs in (("M*-P", True), ("P-", False)):
     layouts.DEVICE = "cuda"
     worst = max(((gpu_weights[k].cpu() - w).abs().max() / w.abs().max()).item() for k, w in cpu_weights.items())
     print(f"{layout} documents={docs}: losses {relative_error(gpu_losses, cpu_losses):.1e}, weights {worst:.1e}")
+PY
+elif [ "$1" = m ]; then  # part l's evaluation test failed the same way without FlexAttention: which graph breaks
+  # split the compiled layer; and one GPU against CPU from the same CPU-initialised weights (the noise floor of the
+  # NCCL layout tests; part l's comparison had each device draw its own initial weights)
+  HYBRIDCORE_FLEX_ATTENTION=1 TORCH_LOGS=graph_breaks timeout -k 10 120 python3 -m pytest -q -s -p no:cacheprovider \
+    -p no:logging --tb=line tests/model/test_flex_document.py -k evaluates_after 2>&1 | grep -v "^$" | grep -iv "warn" | tail -30
+  timeout 100 python3 - <<'PY'
+import copy, torch
+torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+from hybridcore.parallel.harness import build_parallel_model, train_steps, _optimizer
+from tests.parallel.common import LAYOUT_OPTIMIZER, STEPS, document_index, global_batch, long_memory, named_config, relative_error
+for layout, docs in (("M*-P", True), ("P-", False)):
+    results = {}
+    for device in ("cpu", "cuda"):
+        model, _ = build_parallel_model(named_config(layout), seed=0, prepare=long_memory, **LAYOUT_OPTIMIZER)
+        model = model.to(device)  # the same CPU-initialised weights on both devices
+        optimizer = _optimizer(LAYOUT_OPTIMIZER["optimizer"], model, LAYOUT_OPTIMIZER["lr"], 0.1)
+        losses = train_steps(model, optimizer, global_batch(), steps=STEPS, seq_idx=document_index() if docs else None)
+        results[device] = losses, {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    (cl, cw), (gl, gw) = results["cpu"], results["cuda"]
+    worst = max(((gw[k] - w).abs().max() / w.abs().max()).item() for k, w in cw.items())
+    print(f"{layout} documents={docs}: one GPU against CPU, losses {relative_error(gl, cl):.1e}, weights {worst:.1e}")
 PY
 else  # c: the 7B blocks first, while causal_conv1d builds for the peers; the whole call stays under 590 s
   $BENCH --preset falcon-h1-7b --set layout=P-P-P-P-P-P-P-P- --batch-size 2 --compile --compile-modes \
