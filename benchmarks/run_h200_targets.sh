@@ -28,6 +28,7 @@
 #   bash benchmarks/run_h200_targets.sh l   # the FlexAttention evaluation test with and without FlexAttention,
 #                                           # one GPU against CPU on the layout tests' model
 #   bash benchmarks/run_h200_targets.sh m   # that test's graph breaks; one GPU against CPU from the same weights
+#   bash benchmarks/run_h200_targets.sh n   # the trainer's CUDA-graph tests (FlexAttention in training, then evaluation)
 #   bash benchmarks/run_h200_targets.sh build # causal_conv1d alone, its module copied to $OUT (put it in
 #                                           # peers/causal_conv1d-1.7.0/ with a .done beside it, and later
 #                                           # calls carry it and skip the build), then 4x4096 with the peers
@@ -220,6 +221,10 @@ for layout, docs in (("M*-P", True), ("P-", False)):
     worst = max(((gw[k] - w).abs().max() / w.abs().max()).item() for k, w in cw.items())
     print(f"{layout} documents={docs}: one GPU against CPU, losses {relative_error(gl, cl):.1e}, weights {worst:.1e}")
 PY
+elif [ "$1" = n ]; then  # the trainer's CUDA-graph tests (part l's 150 s cap cut them off, output unflushed): packed
+  # documents, training through FlexAttention under CUDA graphs, then evaluation and sampling
+  timeout -k 5 ${RUN_LIMIT:-200} python3 -u -m pytest -v -p no:cacheprovider -p no:logging --tb=short \
+    tests/train/test_compile.py -k cuda_graphs 2>&1 | grep -v "^$" | grep -iv "warn" | tail -30
 else  # c: the 7B blocks first, while causal_conv1d builds for the peers; the whole call stays under 590 s
   $BENCH --preset falcon-h1-7b --set layout=P-P-P-P-P-P-P-P- --batch-size 2 --compile --compile-modes \
     reduce-overhead --steps 4 --warmup 2 --tag 8blocks 2>&1 | quiet

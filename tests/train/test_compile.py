@@ -82,7 +82,10 @@ def test_cuda_graphs_train_like_eager(tmp_path, data_dir, grad_accum):
     """Real inductor + CUDA graphs. With 2 micro-batches per step and without keep_gradients_allocated,
     the second replay overwrites the first micro-batch's gradient (pytorch/pytorch#169545), and the
     gradient norm and the following losses move far from eager's. With 1, the gradients stay in the
-    graphs' memory until the optimizer has read them. Evaluation and sampling run under the graphs too."""
+    graphs' memory until the optimizer has read them. Evaluation and sampling run under the graphs too.
+    The rows hold packed documents, so training attends through FlexAttention and evaluation, a no-grad
+    forward after CUDA-graph training, through SDPA: the order in which the sixth session's 0.5B run
+    failed with an illegal memory access, before no-grad forwards left FlexAttention."""
     common = dict(steps=4, grad_accum=grad_accum, save_every=4, eval_every=2, sample_tokens=8, device="cuda",
                   dtype="fp32")
     train(tiny_train_config(tmp_path / "eager", data_dir, **common))
