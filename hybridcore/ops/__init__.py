@@ -1,6 +1,8 @@
 """Compute ops of the Mamba-2 path. Each name dispatches to a fused Triton kernel where one applies
 (CUDA tensors, Triton importable, supported shapes), else to the pure-PyTorch reference twin with the
-same signature. HYBRIDCORE_KERNELS=0 forces the reference; `use_kernels(...)` changes it at run time."""
+same signature. HYBRIDCORE_KERNELS=0 forces the reference, HYBRIDCORE_KERNELS=on the kernels on any device
+(on CPU they run only under TRITON_INTERPRET=1: a way to check the kernels' paths under the parallel layouts
+on CPU processes); `use_kernels(...)` changes it at run time."""
 
 from __future__ import annotations
 
@@ -15,7 +17,16 @@ from .ssd import ssd_chunked, ssd_recurrent, ssd_step_ref
 
 # "auto": kernels on CUDA; "off": reference everywhere; "on": kernels on any device (the CPU runs them
 # only under TRITON_INTERPRET=1; used by the tests).
-_MODE = "off" if os.environ.get("HYBRIDCORE_KERNELS", "1") == "0" else "auto"
+_ENV_MODES = {"1": "auto", "0": "off", "on": "on"}
+
+
+def _mode_from_env(value: str) -> str:
+    if value not in _ENV_MODES:
+        raise ValueError(f"HYBRIDCORE_KERNELS must be one of {', '.join(_ENV_MODES)}, got {value!r}")
+    return _ENV_MODES[value]
+
+
+_MODE = _mode_from_env(os.environ.get("HYBRIDCORE_KERNELS", "1"))
 _FUSED = None  # the fused modules once imported, False if Triton is missing
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # float64 stays on the reference
 

@@ -204,6 +204,12 @@ def test_dispatch_modes():
         assert ops.kernels_active(x)
 
 
+def test_kernel_mode_from_the_environment():
+    assert [ops._mode_from_env(v) for v in ("1", "0", "on")] == ["auto", "off", "on"]
+    with pytest.raises(ValueError, match="HYBRIDCORE_KERNELS must be one of 1, 0, on, got 'yes'"):
+        ops._mode_from_env("yes")
+
+
 def test_custom_ops_opcheck(device):
     t = ssd_inputs(device, batch=1, length=20, heads=2, groups=1, docs=[7, 13])
     args = (t["x"], t["dt"], t["A"], t["B"], t["C"], t["D"], t["dt_bias"], None, t["seq_idx"], 16, True, 0.0,

@@ -20,7 +20,10 @@ GLOBAL_BATCH = 4
 STEPS = 3
 # HYBRIDCORE_TEST_DEVICE=cuda: the ranks run on GPUs over NCCL, one GPU each, against one GPU (CI: CPU, gloo).
 DEVICE = os.environ.get("HYBRIDCORE_TEST_DEVICE", "cpu")
-# Relative, fp32. On GPUs cuBLAS picks its reduction order by shape, and tensor parallelism changes the shapes.
+if DEVICE not in ("cpu", "cuda"):
+    raise ValueError(f"HYBRIDCORE_TEST_DEVICE must be cpu or cuda, got {DEVICE!r}")
+# Relative, fp32. Looser on GPUs, where kernels are picked by the shapes each rank holds; two H200s still
+# missed it by up to 5x in the seventh session (benchmarks/README.md, "Multi-GPU figures").
 TOLERANCE = 1e-5 if DEVICE == "cpu" else 1e-4
 if DEVICE == "cuda":  # fp32 means fp32 on both sides (cuDNN's convolutions would take TF32)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
