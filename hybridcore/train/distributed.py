@@ -24,16 +24,33 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+_OWNED = False  # whether init_from_environment made the group (then shutdown tears it down)
+
+
 def init_from_environment(device: str) -> tuple[int, int, torch.device]:
     """(rank, world_size, this rank's device); initialises the process group under torchrun."""
+    global _OWNED
     wanted = int(os.environ.get("WORLD_SIZE", "1"))
     if wanted > 1 and not is_distributed():
         dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        _OWNED = True
     if device == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         return rank(), world_size(), torch.device("cuda", local)
     return rank(), world_size(), torch.device("cpu")
+
+
+def shutdown(clean: bool) -> None:
+    """Destroy the group init_from_environment made, after a barrier when the run ended cleanly. A rank that
+    exits with the group alive can abort in gloo's threads at interpreter exit ("terminate called without an
+    active exception", pytorch/pytorch#190489), failing a run that had finished."""
+    global _OWNED
+    if _OWNED and is_distributed():
+        if clean:
+            dist.barrier()
+        dist.destroy_process_group()
+    _OWNED = False
 
 
 def barrier() -> None:

@@ -110,12 +110,18 @@ def train(config: TrainConfig, resume: bool = False, model_config: ModelConfig |
     model_config = check_run(config, resume, model_config)
     device_name = config.resolved_device()
     rank, world_size, device = distributed.init_from_environment(device_name)
-    run_dir = Path(config.out)
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    distributed.barrier()
-    layout = resolve_layout(config, model_config, world_size)
-    return _Run(config, model_config, run_dir, device, rank, world_size, resume, layout).run()
+    try:
+        run_dir = Path(config.out)
+        if rank == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()
+        layout = resolve_layout(config, model_config, world_size)
+        result = _Run(config, model_config, run_dir, device, rank, world_size, resume, layout).run()
+    except BaseException:
+        distributed.shutdown(clean=False)  # no barrier: the other ranks may never reach it
+        raise
+    distributed.shutdown(clean=True)
+    return result
 
 
 class _Run:
