@@ -8,6 +8,7 @@
 #                                              # 128K (cp1, cp2, and cp4 on four GPUs)
 # Each run is capped (RUN_LIMIT seconds), so one failure costs only its own time. Results go to $OUT (or
 # benchmarks/results); scale_summary.py then compares every layout with its one-GPU run.
+# The exit status says the script ran to its end, not that the tests in it passed: read the log.
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 OUT=${OUT:-benchmarks/results}

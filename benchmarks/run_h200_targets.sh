@@ -33,6 +33,7 @@
 #                                           # peers/causal_conv1d-1.7.0/ with a .done beside it, and later
 #                                           # calls carry it and skip the build), then 4x4096 with the peers
 # Each run is capped (RUN_LIMIT seconds), so one failure costs only its own time. Results go to $OUT.
+# The exit status says the script ran to its end, not that the tests in it passed: read the log.
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results}
