@@ -25,9 +25,7 @@
 #                                           # --checkpoint-layers 12 in the time left
 #   bash benchmarks/run_h200_targets.sh k   # the kernel and FlexAttention tests on the GPU, 0.5B trained through
 #                                           # FlexAttention to its final evaluation, a 2x16384 kernel profile
-#   bash benchmarks/run_h200_targets.sh l   # the FlexAttention evaluation test with and without FlexAttention,
-#                                           # one GPU against CPU on the layout tests' model
-#   bash benchmarks/run_h200_targets.sh m   # that test's graph breaks; one GPU against CPU from the same weights
+#   bash benchmarks/run_h200_targets.sh m   # one GPU against CPU from the same weights (the layout tests' model)
 #   bash benchmarks/run_h200_targets.sh n   # the trainer's CUDA-graph tests (FlexAttention in training, then evaluation)
 #   bash benchmarks/run_h200_targets.sh build # causal_conv1d alone, its module copied to $OUT (put it in
 #                                           # peers/causal_conv1d-1.7.0/ with a .done beside it, and later
@@ -176,37 +174,12 @@ elif [ "$1" = k ]; then  # the checks part i left unrun: the kernel and FlexAtte
     --steps 12 --compile --compile-mode reduce-overhead 2>&1 | grep -v "^  File\|^    " | tail -8
   [ "$(left)" -gt 90 ] && timeout $(left) python3 -m hybridcore bench --out "$OUT" --batch-size 2 --seq-len 16384 \
     --compile --compile-modes reduce-overhead --compiled-only --profile --steps 3 --warmup 2 --tag profile 2>&1 | quiet
-elif [ "$1" = l ]; then  # checks the x2 layouts call left open: the GPU FlexAttention evaluation test (its message
-  # was cut) with its traceback, with and without FlexAttention; one GPU against CPU on the layout tests' model
-  # (the noise floor under the NCCL layouts' 1e-4 differences)
-  for flex in 1 0; do
-    echo "== flex test, HYBRIDCORE_FLEX_ATTENTION=$flex"
-    HYBRIDCORE_FLEX_ATTENTION=$flex timeout -k 10 150 python3 -m pytest -q -p no:cacheprovider -p no:logging \
-      --tb=long tests/model/test_flex_document.py -k evaluates_after 2>&1 | grep -v "^$" | tail -45
-  done
-  echo "== the trainer's own CUDA-graph tests (packed documents: FlexAttention in training)"
-  timeout -k 10 150 python3 -m pytest -q -p no:cacheprovider -p no:logging --tb=short tests/train/test_compile.py \
-    -k cuda_graphs 2>&1 | grep -v "^$" | tail -15
-  echo "== one GPU against CPU, the layout tests' model and steps"  # each device drew its own initial weights: see m
-  HYBRIDCORE_TEST_DEVICE=cuda timeout 100 python3 - <<'PY'
-from tests.parallel.common import relative_error
-from tests.parallel.test_layouts import reference_run
-import tests.parallel.test_layouts as layouts
-for layout, docs in (("M*-P", True), ("P-", False)):
-    gpu_losses, gpu_weights = reference_run(layout, docs)
-    layouts.DEVICE = "cpu"
-    cpu_losses, cpu_weights = reference_run.__wrapped__(layout, docs)
-    layouts.DEVICE = "cuda"
-    worst = max(((gpu_weights[k].cpu() - w).abs().max() / w.abs().max()).item() for k, w in cpu_weights.items())
-    print(f"{layout} documents={docs}: losses {relative_error(gpu_losses, cpu_losses):.1e}, weights {worst:.1e}")
-PY
-elif [ "$1" = m ]; then  # part l's evaluation test failed the same way without FlexAttention: which graph breaks
-  # split the compiled layer; and one GPU against CPU from the same CPU-initialised weights (the noise floor of the
-  # NCCL layout tests; part l's comparison had each device draw its own initial weights)
-  HYBRIDCORE_FLEX_ATTENTION=1 TORCH_LOGS=graph_breaks timeout -k 10 120 python3 -m pytest -q -s -p no:cacheprovider \
-    -p no:logging --tb=line tests/model/test_flex_document.py -k evaluates_after 2>&1 | grep -v "^$" | grep -iv "warn" | tail -30
+elif [ "$1" = m ]; then  # one GPU against CPU from the same CPU-initialised weights: the noise floor of the NCCL
+  # layout tests. (Parts l and m also ran the GPU evaluation-after-training test, since removed, with and without
+  # FlexAttention and with TORCH_LOGS=graph_breaks; l compared each device's own initial weights. Their logs,
+  # h200-run-20261129-1357-part-l.log and -1403-part-m.log, record those runs; the script of that time is 678854b.)
   timeout 100 python3 - <<'PY'
-import copy, torch
+import torch
 torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
 from hybridcore.parallel.harness import build_parallel_model, train_steps, _optimizer
 from tests.parallel.common import LAYOUT_OPTIMIZER, STEPS, document_index, global_batch, long_memory, named_config, relative_error
@@ -222,7 +195,7 @@ for layout, docs in (("M*-P", True), ("P-", False)):
     worst = max(((gw[k] - w).abs().max() / w.abs().max()).item() for k, w in cw.items())
     print(f"{layout} documents={docs}: one GPU against CPU, losses {relative_error(gl, cl):.1e}, weights {worst:.1e}")
 PY
-elif [ "$1" = n ]; then  # the trainer's CUDA-graph tests (part l's 150 s cap cut them off, output unflushed): packed
+elif [ "$1" = n ]; then  # the trainer's CUDA-graph tests (a 150 s cap in part l cut them off, output unflushed): packed
   # documents, training through FlexAttention under CUDA graphs, then evaluation and sampling
   timeout -k 5 ${RUN_LIMIT:-200} python3 -u -m pytest -v -p no:cacheprovider -p no:logging --tb=short \
     tests/train/test_compile.py -k cuda_graphs 2>&1 | grep -v "^$" | grep -iv "warn" | tail -30

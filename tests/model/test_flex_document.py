@@ -104,7 +104,6 @@ def test_compiled_layer_uses_flex_and_matches_the_mask_path(dtype, tolerance, mo
 
 def test_activation_checkpointing_keeps_documents_on_sdpa():
     from hybridcore.model import build_model
-    from hybridcore.model.attention import Attention
     from hybridcore.train.model_setup import apply_activation_checkpointing
 
     model = build_model(tiny_config(layout="P*-"))

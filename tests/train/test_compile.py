@@ -12,8 +12,9 @@ from hybridcore.train.checkpoint import load_model
 from .conftest import tiny_train_config
 
 
-def _losses(run_dir):
-    return [row["loss"] for row in read_metrics(run_dir) if "loss" in row]
+def _column(run_dir, key):
+    """One metric of every training step (validation rows hold val_loss instead)."""
+    return [row[key] for row in read_metrics(run_dir) if key in row]
 
 
 @pytest.mark.skipif(not hasattr(torch.nn.Module, "compile"), reason="Module.compile needs torch >= 2.2")
@@ -28,15 +29,11 @@ def test_compiled_layers_train_like_eager_and_save_the_same_keys(tmp_path, data_
     monkeypatch.setattr(torch.nn.Module, "compile", compile_without_inductor)
     for name, compiled in (("eager", False), ("compiled", True)):
         train(tiny_train_config(tmp_path / name, data_dir, steps=3, save_every=3, eval_every=0, compile=compiled))
-    eager, compiled = _losses(tmp_path / "eager"), _losses(tmp_path / "compiled")
+    eager, compiled = _column(tmp_path / "eager", "loss"), _column(tmp_path / "compiled", "loss")
     assert len(compiled_layers) == 2  # both sub-layers of "P-", in the compiled run only
     assert len(eager) == len(compiled) == 3
     assert all(abs(a - b) <= 1e-4 * abs(a) for a, b in zip(eager, compiled)), (eager, compiled)
     assert load_model(tmp_path / "compiled").state_dict().keys() == load_model(tmp_path / "eager").state_dict().keys()
-
-
-def _column(run_dir, key):
-    return [row[key] for row in read_metrics(run_dir) if key in row and "val_loss" not in row]
 
 
 @pytest.mark.skipif(not hasattr(torch.nn.Module, "compile"), reason="Module.compile needs torch >= 2.2")
@@ -58,7 +55,7 @@ def test_compile_mode_reaches_each_layer_and_marks_every_micro_batch(tmp_path, d
     train(tiny_train_config(tmp_path / "graphs", data_dir, compile=True, compile_mode="reduce-overhead", **common))
     assert modes == ["reduce-overhead"] * 2
     assert len(marks) == 3 * 2  # steps x micro-batches; evaluation needs none (no backward pending)
-    eager, graphs = _losses(tmp_path / "eager"), _losses(tmp_path / "graphs")
+    eager, graphs = _column(tmp_path / "eager", "loss"), _column(tmp_path / "graphs", "loss")
     assert all(abs(a - b) <= 1e-4 * abs(a) for a, b in zip(eager, graphs)), (eager, graphs)
 
 
