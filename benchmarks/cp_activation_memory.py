@@ -23,17 +23,18 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
 from hybridcore.config import apply_overrides
-from hybridcore.model import attention
-from hybridcore.parallel import ParallelConfig, build_mesh
-from hybridcore.parallel.harness import build_parallel_model, split_batch, token_loss
+from hybridcore.model import attention, build_model
+from hybridcore.parallel import ParallelConfig, build_mesh, parallelize
 from hybridcore.presets import get_preset
+from hybridcore.train.step import Batch, local_batch
 
 SHAPE = ["layout=P-P-", "d_model=256", "d_ff=512", "num_heads=4", "num_kv_heads=2", "head_dim=64",
          "mamba_n_heads=8", "mamba_d_head=32", "mamba_d_state=32", "mamba_chunk_size=128", "max_seq_len=262144"]
 
 
-def saved_bytes(model, inputs, targets, seq_idx=None) -> int:
-    """Bytes of the distinct storages autograd saves during one forward; runs the backward too."""
+def saved_bytes(model, local) -> int:
+    """Bytes of the distinct storages autograd saves during one training forward (the fused head and
+    loss included); runs the backward too."""
     storages = {}
 
     def pack(tensor):
@@ -43,7 +44,7 @@ def saved_bytes(model, inputs, targets, seq_idx=None) -> int:
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = token_loss(model(inputs, seq_idx=seq_idx), targets)
+        loss = model(local.input_ids, local.seq_idx, local.positions, labels=local.labels)
     loss.backward()
     return sum(storages.values())
 
@@ -69,17 +70,14 @@ def main() -> None:
     config = apply_overrides(get_preset(args.preset), overrides)
     parallel_config = ParallelConfig(cp=world, dp_shard=1).resolve(world)
     mesh = build_mesh(parallel_config, device)
-    model, _ = build_parallel_model(config, parallel_config, mesh, seed=0, device=device, lr=1e-3,
-                                    mixed_precision="fp32")
+    model = parallelize(build_model(config, device=device, seed=0), mesh, parallel_config)
     generator = torch.Generator().manual_seed(0)
     for seq_len in args.seq_lens:
         tokens = torch.randint(0, config.vocab_size, (1, seq_len + 1), generator=generator)
         seq_idx = None
         if args.documents > 1:
             seq_idx = (torch.arange(seq_len + 1) * args.documents // (seq_len + 1))[None]
-        inputs, targets, docs = split_batch(tokens, seq_idx, mesh)
-        measured = saved_bytes(model, inputs.to(device), targets.to(device),
-                               docs.to(device) if docs is not None else None)
+        measured = saved_bytes(model.model, local_batch(model, Batch.from_tokens(tokens, seq_idx), device))
         model.zero_grad(set_to_none=True)
         per_rank = torch.tensor([measured], dtype=torch.float64, device=device)
         dist.all_reduce(per_rank, op=dist.ReduceOp.MAX)

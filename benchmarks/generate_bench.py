@@ -33,7 +33,7 @@ import torch
 import hybridcore
 from hybridcore.bench import versions
 from hybridcore.bridge.config_map import hf_config_from_model
-from hybridcore.bridge.keys import ours_to_hf
+from hybridcore.bridge.hf import hf_state_dict
 from hybridcore.config import apply_overrides
 from hybridcore.model import build_model
 from hybridcore.presets import get_preset
@@ -85,9 +85,7 @@ def build_peer(config, ours, device, dtype):
     with torch.device(device):
         peer = FalconH1ForCausalLM(FalconH1Config(**fields, attn_implementation="sdpa"))
     peer.to(dtype).eval()
-    ours_params = dict(ours.named_parameters())
-    state = {hf_key: ours_params[key] for key, hf_key in ours_to_hf(config).items()}
-    result = peer.load_state_dict(state, strict=False)
+    result = peer.load_state_dict(hf_state_dict(ours), strict=False)
     if result.unexpected_keys or set(result.missing_keys) - {"lm_head.weight"}:
         raise RuntimeError(f"weights do not line up with transformers' model: {result}")
     peer.generation_config.eos_token_id = None

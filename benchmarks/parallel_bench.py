@@ -4,9 +4,11 @@
         --seq-len 4096 --global-batch 8 --steps 20
     torchrun --nproc_per_node 2 benchmarks/parallel_bench.py --smoke --tp 2     # CPU, gloo, tiny
 
-Reports tokens/s per GPU, model FLOPs utilisation against a bf16 matmul ceiling measured in the same
-run (hybridcore.flops counts the model FLOPs: 3 x forward, recomputation not counted), peak memory,
-and the first losses (random tokens, so about ln(vocab)); writes JSON to benchmarks/results/.
+The step is hybridcore.train.step.train_step on the model `parallelize` returns: what `hybridcore train`
+runs. Reports tokens/s per GPU, MFU against the datasheet dense bf16 peak (--peak-tflops, 989 for
+H100/H200; hybridcore.flops counts the model FLOPs: 3 x forward, recomputation not counted) and the
+bf16 matmul ceiling measured in the same run as "% of measured", peak memory, and the first losses
+(random tokens, so about ln(vocab)); writes JSON to benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ import torch.distributed as dist
 
 from hybridcore.config import apply_overrides
 from hybridcore.flops import flops_per_token
-from hybridcore.parallel import ParallelConfig, build_mesh
-from hybridcore.parallel.harness import build_parallel_model, global_mean, split_batch, train_step
+from hybridcore.model import build_model
+from hybridcore.parallel import ParallelConfig, build_mesh, parallelize
 from hybridcore.presets import get_preset
+from hybridcore.train.step import Batch, build_optimizers, train_step
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -52,7 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--mixed-precision", default=None, help="bf16 | fp32 (default: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--dtype", default=None, help="bf16 | fp32 (default: bf16 autocast on CUDA, fp32 on CPU)")
+    p.add_argument("--peak-tflops", type=float, default=989.0,
+                   help="datasheet dense bf16 TFLOP/s per GPU for MFU (989: H100/H200 SXM)")
     p.add_argument("--matmul-size", type=int, default=8192, help="square bf16 matmul for the ceiling")
     p.add_argument("--smoke", action="store_true", help="CPU + gloo, debug preset, tiny sizes")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/...)")
@@ -124,14 +129,13 @@ def main(argv=None) -> dict:
     mesh = build_mesh(parallel_config, device_type)
     ceiling = matmul_ceiling_tflops(device_type, args.matmul_size)
 
-    model, optimizer = build_parallel_model(
-        config, parallel_config, mesh, seed=0, device=device_type, lr=3e-4, seq_len=args.seq_len,
-        activation_checkpointing=args.activation_checkpointing, compile=args.compile,
-        mixed_precision=args.mixed_precision)
+    dtype = args.dtype or ("bf16" if device_type == "cuda" else "fp32")
+    model = parallelize(build_model(config, device=device_type, seed=0), mesh, parallel_config, seq_len=args.seq_len,
+                        activation_checkpointing=args.activation_checkpointing, compile=args.compile)
+    optimizers = build_optimizers(model, lr=3e-4, weight_decay=0.1)
     generator = torch.Generator().manual_seed(0)
-    batch = torch.randint(0, config.vocab_size, (args.global_batch, args.seq_len + 1), generator=generator)
-    inputs, targets, _ = split_batch(batch, None, mesh)
-    inputs, targets = inputs.to(device_type), targets.to(device_type)
+    tokens = torch.randint(0, config.vocab_size, (args.global_batch, args.seq_len + 1), generator=generator)
+    batch = Batch.from_tokens(tokens)
     if device_type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
@@ -139,11 +143,12 @@ def main(argv=None) -> dict:
     for step in range(args.warmup + args.steps):
         synchronize(device_type)
         start = time.perf_counter()
-        loss = train_step(model, optimizer, inputs, targets)
+        result = train_step(model, optimizers, [batch], max_norm=1.0,
+                            autocast_dtype=torch.bfloat16 if dtype == "bf16" else None)
         synchronize(device_type)
         if step >= args.warmup:
             step_seconds.append(time.perf_counter() - start)
-        losses.append(global_mean(loss, mesh))
+        losses.append(result.loss.item())
 
     seconds = sum(step_seconds) / len(step_seconds)
     tokens_per_gpu = args.global_batch * args.seq_len / seconds / world
@@ -158,8 +163,7 @@ def main(argv=None) -> dict:
         "backend": dist.get_backend(), "torch": torch.__version__, "commit": git_commit(),
         "seq_len": args.seq_len, "global_batch": args.global_batch, "warmup_steps": args.warmup,
         "timed_steps": args.steps, "activation_checkpointing": args.activation_checkpointing,
-        "compile": args.compile,
-        "mixed_precision": args.mixed_precision or ("bf16" if device_type == "cuda" else "fp32"),
+        "compile": args.compile, "dtype": dtype,
         "step_seconds_mean": seconds, "step_seconds_max_rank": max_over_ranks(seconds),
         "tokens_per_second_per_gpu": tokens_per_gpu,
         "model_flops_per_token": flops.as_dict(),
@@ -170,7 +174,9 @@ def main(argv=None) -> dict:
         "first_losses": losses[:5],
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    result["mfu_vs_matmul_ceiling"] = achieved / result["matmul_ceiling_tflops"]
+    result["mfu"] = achieved / args.peak_tflops
+    result["peak_tflops"] = args.peak_tflops
+    result["percent_of_measured_matmul"] = 100 * achieved / result["matmul_ceiling_tflops"]
     if dist.get_rank() == 0:
         c = parallel_config
         layout = f"pp{c.pp}_dpr{c.dp_replicate}_dps{c.dp_shard}_cp{c.cp}_tp{c.tp}"

@@ -25,7 +25,6 @@ import time
 import traceback
 
 import torch
-import torch.nn.functional as F
 
 HF_MODULE = "transformers.models.falcon_h1.modeling_falcon_h1"
 PEER_PACKAGES = ("mamba_ssm", "causal_conv1d")
@@ -225,39 +224,30 @@ def _optimizer(params, device):
 
 
 def build_ours(config, ids, args, device, compiled=False, mode="default"):
+    """Our step is the trainer's: the model through `parallelize` (one process) and `train_step`."""
     from . import ops
     from .model import build_model
-    from .train.model_setup import apply_activation_checkpointing, compile_layers
+    from .parallel import parallelize
+    from .train.step import Batch, build_optimizers, train_step
 
     def build():
         dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-        model = build_model(config, device=device, dtype=dtype, seed=0)
+        model = parallelize(build_model(config, device=device, dtype=dtype, seed=0),
+                            activation_checkpointing=args.activation_checkpointing,
+                            checkpoint_layers=args.checkpoint_layers, compile=compiled, compile_mode=mode)
         model.train()
-        if args.activation_checkpointing:
-            apply_activation_checkpointing(model, args.checkpoint_layers)
-        if compiled:
-            compile_layers(model, mode)
-        optimizer = _optimizer(model.parameters(), device)
-        inputs, labels = ids[:, :-1], ids[:, 1:]
-        seq_idx = document_ids(*inputs.shape, args.documents).to(inputs.device) if args.documents else None
+        optimizers = build_optimizers(model, lr=1e-4, weight_decay=0.1)
+        seq_idx = document_ids(ids.shape[0], ids.shape[1] - 1, args.documents).to(ids.device) if args.documents else None
+        batch = Batch.from_tokens(ids, torch.cat([seq_idx, seq_idx[:, -1:]], dim=1) if seq_idx is not None else None)
         kernel_mode = "off" if args.no_kernels else "auto"
-        graphs = compiled and mode == "reduce-overhead"
+        loss_chunk = 8192 if args.loss == "chunked" else ids.numel()  # "plain": one chunk, the logits whole
+        autocast_dtype = torch.bfloat16 if args.precision == "amp" else None
 
         def step():
-            if graphs:  # a new iteration: earlier steps' graph outputs may be overwritten
-                torch.compiler.cudagraph_mark_step_begin()
             with _sdpa_backend(args.sdpa_backend):  # backward too: checkpointed layers recompute there
-                with ops.use_kernels(kernel_mode), _autocast(device, args.precision):
-                    hidden = model.hidden_states(inputs, seq_idx=seq_idx)
-                    if args.loss == "chunked":
-                        loss = ops.chunked_cross_entropy(hidden, model.lm_head.weight, labels,
-                                                         config.lm_head_multiplier, chunk_size=8192)
-                    else:
-                        loss = F.cross_entropy(model.logits(hidden).float().flatten(0, 1), labels.flatten())
-                loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            return loss
+                with ops.use_kernels(kernel_mode):
+                    return train_step(model, optimizers, [batch], max_norm=1.0, autocast_dtype=autocast_dtype,
+                                      loss_chunk=loss_chunk, cuda_graphs=compiled and mode == "reduce-overhead").loss
 
         with ops.use_kernels(kernel_mode):
             kernels = ops.kernels_active(ids.new_empty(0, dtype=torch.float32))

@@ -17,14 +17,16 @@ def check(config, batch: int, seq_len: int, device) -> dict:
     """Fused vs reference for the Mamba-2 mixer of this preset at [batch, seq_len] (bf16 autocast), and the
     SSD alone; each error is against an fp32 reference, beside the reference's own bf16 error."""
     from . import ops
+    from .model.layers import LayerInputs
     from .model.mamba2 import Mamba2Mixer
 
     torch.manual_seed(0)
     mixer = Mamba2Mixer(config).to(device)
     mixer.reset_parameters()
     with torch.no_grad():
-        for linear in (mixer.in_proj, mixer.out_proj):
-            linear.weight.normal_(0, config.init_std)
+        mixer.in_proj.init_normal(config.init_std)
+        mixer.out_proj.weight.normal_(0, config.init_std)
+    no_rope = torch.zeros(0, device=device)  # the mixer reads no positions
     u = torch.randn(batch, seq_len, config.d_model, device=device)
     grad_out = torch.randn(batch, seq_len, config.d_model, device=device)
     lengths = [seq_len // 3, seq_len // 2, seq_len - seq_len // 3 - seq_len // 2]  # three packed documents
@@ -34,7 +36,7 @@ def check(config, batch: int, seq_len: int, device) -> dict:
         mixer.zero_grad(set_to_none=True)
         x = u.clone().requires_grad_()
         with ops.use_kernels(mode), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = mixer(x, seq_idx=seq_idx if docs else None)
+            out = mixer(x, LayerInputs(no_rope, no_rope, seq_idx if docs else None))
         (out.float() * grad_out).sum().backward()
         grads = {"out": out.detach().float(), "d_input": x.grad}
         grads.update({f"d_{n}": p.grad for n, p in mixer.named_parameters()})

@@ -52,8 +52,15 @@ def layer_flops(config: ModelConfig, kind: str, seq_len: int) -> float:
     return {"P": attention + mamba, "M": mamba, "*": attention, "-": mlp}[kind]
 
 
+def head_flops(config: ModelConfig) -> float:
+    """Forward FLOPs per token of the LM head and its loss (the product, the softmax and its gradient)."""
+    return 2.0 * config.d_model * config.vocab_size + 4.0 * config.vocab_size
+
+
 def pipeline_stages(config: ModelConfig, num_stages: int, seq_len: int) -> list[list[int]]:
-    """Layer indices of each pipeline stage: the layout's '|' cuts if it has them, else balanced by FLOPs."""
+    """Layer indices of each pipeline stage: the layout's '|' cuts if it has them, else balanced by FLOPs,
+    the LM head and loss counted with the last layer (the embedding lookup costs no FLOPs: it goes with
+    the first layer at no weight)."""
     from .layout import parse_layout, split_by_cost
 
     layout = parse_layout(config.layout)
@@ -62,7 +69,9 @@ def pipeline_stages(config: ModelConfig, num_stages: int, seq_len: int) -> list[
             raise ValueError(f"layout {config.layout!r} has {len(layout.stages)} stages ('|' cuts) "
                              f"but {num_stages} pipeline stages were asked for")
         return layout.stages
-    return split_by_cost([layer_flops(config, k, seq_len) for k in layout.kinds], num_stages)
+    costs = [layer_flops(config, k, seq_len) for k in layout.kinds]
+    costs[-1] += head_flops(config)
+    return split_by_cost(costs, num_stages)
 
 
 def flops_per_token(config: ModelConfig, seq_len: int, training: bool = True) -> FlopsPerToken:

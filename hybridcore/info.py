@@ -8,7 +8,7 @@ import os
 import torch
 
 from .config import ModelConfig, apply_overrides
-from .flops import flops_per_token, layer_flops, memory_estimate, pipeline_stages
+from .flops import flops_per_token, head_flops, layer_flops, memory_estimate, pipeline_stages
 from .layout import compact_layout, parse_layout
 from .presets import get_preset, preset_names
 
@@ -63,9 +63,13 @@ def describe(config: ModelConfig, seq_len: int, pp: int = 1) -> dict:
 
 
 def describe_stage(config: ModelConfig, stage: list[int], seq_len: int) -> dict:
+    """A pipeline stage's layers and forward FLOPs, the LM head and loss counted on the last stage."""
     kinds = config.layer_kinds
+    flops = sum(layer_flops(config, kinds[i], seq_len) for i in stage)
+    if stage[-1] == len(kinds) - 1:
+        flops += head_flops(config)
     return {"layers": [stage[0], stage[-1]], "layout": "".join(kinds[i] for i in stage),
-            "forward_flops_per_token": sum(layer_flops(config, kinds[i], seq_len) for i in stage)}
+            "forward_flops_per_token": flops}
 
 
 def _human(n: float, unit: str = "") -> str:

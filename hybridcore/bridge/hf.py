@@ -11,7 +11,7 @@ from ..config import ModelConfig
 from ..model import HybridLM
 from .config_map import encode_special_floats, hf_config_from_model, model_config_from_hf
 from .files import atomic_output_dir, check_output_dir, read_json_object
-from .keys import hf_to_ours, is_derived_hf_key, ours_to_hf
+from .keys import hf_to_ours, is_derived_hf_key, ours_to_hf, targets
 from .loading import load_checkpoint
 from .safetensors_io import CheckpointReader, parse_size, write_checkpoint
 
@@ -39,15 +39,28 @@ def load_hf(path: str, dtype: torch.dtype | str | None = None, device: str | tor
                                tied_head_key=TIED_HEAD_KEY if config.tie_embeddings else None)
 
 
-def exportable_tensors(model: HybridLM) -> dict[str, torch.Tensor]:
-    """HF key -> tensor for every parameter; ValueError if the model is not a whole "P-" * n model."""
+def exportable_tensors(model: HybridLM) -> dict[str, tuple[torch.Tensor, ...]]:
+    """HF key -> the parameters its tensor concatenates (one, or a fused tensor's segments); ValueError
+    if the model is not a whole "P-" * n model."""
     mapping = ours_to_hf(model.config)  # raises for layouts Falcon-H1 cannot express
     params = dict(model.named_parameters())
-    if set(params) != set(mapping):
-        absent = sorted(set(mapping) - set(params)) or sorted(set(params) - set(mapping))
+    wanted = {name for ours in mapping for name in targets(ours)}
+    if set(params) != wanted:
+        absent = sorted(wanted - set(params)) or sorted(set(params) - wanted)
         raise ValueError(f"the model's parameters do not match its config (e.g. {absent[0]}); "
                          f"export a whole model, not a pipeline stage")
-    return {mapping[name]: tensor for name, tensor in params.items()}
+    return {hf_key: tuple(params[name] for name in targets(ours)) for ours, hf_key in mapping.items()}
+
+
+def _joined(parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """One tensor from its parts, concatenated only when it has several (when the shard is written)."""
+    with torch.no_grad():
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def hf_state_dict(model: HybridLM) -> dict[str, torch.Tensor]:
+    """The model's state under Falcon-H1's keys (fused tensors joined), e.g. to load into transformers."""
+    return {key: _joined(parts) for key, parts in exportable_tensors(model).items()}
 
 
 def save_hf(model: HybridLM, path: str, max_shard_bytes: int | str = DEFAULT_MAX_SHARD_BYTES,
@@ -60,10 +73,10 @@ def save_hf(model: HybridLM, path: str, max_shard_bytes: int | str = DEFAULT_MAX
     check_output_dir(path, overwrite)
     hf_config = hf_config_from_model(model.config)
     tensors = exportable_tensors(model)
-    hf_config["dtype"] = str(tensors["model.embed_tokens.weight"].dtype).removeprefix("torch.")
-    sizes = [(key, t.numel() * t.element_size()) for key, t in tensors.items()]
+    hf_config["dtype"] = str(tensors["model.embed_tokens.weight"][0].dtype).removeprefix("torch.")
+    sizes = [(key, sum(t.numel() * t.element_size() for t in parts)) for key, parts in tensors.items()]
     with atomic_output_dir(path, overwrite) as staging:
         with open(os.path.join(staging, CONFIG_FILE), "w") as handle:
             json.dump(encode_special_floats(hf_config), handle, indent=2, sort_keys=True)
             handle.write("\n")
-        write_checkpoint(staging, sizes, tensors.__getitem__, limit)
+        write_checkpoint(staging, sizes, lambda key: _joined(tensors[key]), limit)

@@ -1,6 +1,8 @@
 """The key map between Falcon-H1 checkpoints and hybridcore's names, for "P-" * n layouts.
 
 HF layer i holds one parallel-hybrid block and one MLP; hybridcore writes them as layers 2i and 2i+1.
+A fused HF tensor (the Mamba in_proj and conv1d) maps to the tuple of our segment parameters that it
+concatenates along dim 0, in order.
 """
 
 from __future__ import annotations
@@ -8,14 +10,17 @@ from __future__ import annotations
 import re
 
 from ..config import ModelConfig
+from ..model.mamba2 import CONV_SEGMENTS, IN_PROJ_SEGMENTS
 from .config_map import check_exportable
+
+Target = str | tuple[str, ...]  # our parameter, or the segments a fused tensor concatenates
 
 _BLOCK = {  # HF suffix under model.layers.i -> (offset of our layer, our suffix)
     "input_layernorm.weight": (0, "norm.weight"),
-    "mamba.in_proj.weight": (0, "mamba.in_proj.weight"),
-    "mamba.in_proj.bias": (0, "mamba.in_proj.bias"),
-    "mamba.conv1d.weight": (0, "mamba.conv_weight"),
-    "mamba.conv1d.bias": (0, "mamba.conv_bias"),
+    "mamba.in_proj.weight": (0, tuple(f"mamba.in_proj.weight_{s}" for s in IN_PROJ_SEGMENTS)),
+    "mamba.in_proj.bias": (0, tuple(f"mamba.in_proj.bias_{s}" for s in IN_PROJ_SEGMENTS)),
+    "mamba.conv1d.weight": (0, tuple(f"mamba.conv_weight_{s}" for s in CONV_SEGMENTS)),
+    "mamba.conv1d.bias": (0, tuple(f"mamba.conv_bias_{s}" for s in CONV_SEGMENTS)),
     "mamba.dt_bias": (0, "mamba.dt_bias"),
     "mamba.A_log": (0, "mamba.A_log"),
     "mamba.D": (0, "mamba.D"),
@@ -40,8 +45,12 @@ def is_derived_hf_key(key: str) -> bool:
     return _DERIVED.fullmatch(key) is not None
 
 
-def hf_to_ours(config: ModelConfig) -> dict[str, str]:
-    """Every HF key this config's checkpoint must hold -> our parameter name."""
+def targets(target: Target) -> tuple[str, ...]:
+    return (target,) if isinstance(target, str) else target
+
+
+def hf_to_ours(config: ModelConfig) -> dict[str, Target]:
+    """Every HF key this config's checkpoint must hold -> our parameter name (or segment names)."""
     blocks = check_exportable(config)
     ours_expected = set(expected_names(config))
     mapping = {}
@@ -50,10 +59,26 @@ def hf_to_ours(config: ModelConfig) -> dict[str, str]:
             mapping[hf_key] = ours
     for i in range(blocks):
         for suffix, (offset, our_suffix) in _BLOCK.items():
-            ours = f"layers.{2 * i + offset}.{our_suffix}"
-            if ours in ours_expected:
-                mapping[f"model.layers.{i}.{suffix}"] = ours
+            ours = tuple(f"layers.{2 * i + offset}.{name}" for name in targets(our_suffix))
+            if all(name in ours_expected for name in ours):
+                mapping[f"model.layers.{i}.{suffix}"] = ours if isinstance(our_suffix, tuple) else ours[0]
     return mapping
+
+
+def ours_state_from_hf(config: ModelConfig, hf_state: dict) -> dict:
+    """Our state dict from an HF state dict of this config (fused tensors split into their segments)."""
+    import torch
+
+    from ..model import HybridLM
+
+    with torch.device("meta"):
+        rows = {name: p.shape[0] for name, p in HybridLM(config).named_parameters()}
+    state = {}
+    for hf_key, ours in hf_to_ours(config).items():
+        names = targets(ours)
+        pieces = hf_state[hf_key].split([rows[name] for name in names]) if len(names) > 1 else [hf_state[hf_key]]
+        state.update(zip(names, pieces))
+    return state
 
 
 def expected_names(config: ModelConfig) -> list[str]:
@@ -67,6 +92,6 @@ def expected_names(config: ModelConfig) -> list[str]:
     return [name for name, _ in model.named_parameters()]  # named_parameters skips the tied duplicate
 
 
-def ours_to_hf(config: ModelConfig) -> dict[str, str]:
-    """Our parameter name -> its HF key (the inverse of hf_to_ours)."""
+def ours_to_hf(config: ModelConfig) -> dict[Target, str]:
+    """Our parameter name (or segment names) -> its HF key (the inverse of hf_to_ours)."""
     return {ours: hf_key for hf_key, ours in hf_to_ours(config).items()}

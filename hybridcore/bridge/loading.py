@@ -14,6 +14,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..model import HybridLM
+from .keys import Target, targets
 from .safetensors_io import CheckpointReader
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -34,14 +35,20 @@ def _some(keys, limit: int = 5) -> str:
     return ", ".join(keys[:limit]) + more
 
 
+def _joined_shape(shapes) -> tuple[int, ...]:
+    """The shape of tensors of `shapes` concatenated along dim 0."""
+    return (sum(shape[0] for shape in shapes), *shapes[0][1:])
+
+
 def _shape(shape) -> str:
     return "[" + ", ".join(str(n) for n in shape) + "]"
 
 
-def load_checkpoint(config: ModelConfig, reader: CheckpointReader, name_map: dict[str, str], source: str,
+def load_checkpoint(config: ModelConfig, reader: CheckpointReader, name_map: dict[str, Target], source: str,
                     dtype: torch.dtype | str | None = None, device: str | torch.device | None = None,
                     skip: Callable[[str], bool] = lambda key: False, tied_head_key: str | None = None) -> HybridLM:
-    """`name_map`: checkpoint key -> our parameter name, covering every parameter exactly once.
+    """`name_map`: checkpoint key -> our parameter name, or the tuple of our parameters the key's tensor
+    concatenates along dim 0; every parameter covered exactly once.
 
     `skip(key)` marks checkpoint keys to ignore (derived buffers). `tied_head_key`: a key that may hold a
     copy of the tied embedding; if present it must equal the embedding.
@@ -51,20 +58,22 @@ def load_checkpoint(config: ModelConfig, reader: CheckpointReader, name_map: dic
     with torch.device("meta"):
         model = HybridLM(config)
     params = dict(model.named_parameters())
-    assert sorted(name_map.values()) == sorted(params), "key map does not cover the model exactly"
+    assert sorted(n for t in name_map.values() for n in targets(t)) == sorted(params), \
+        "key map does not cover the model exactly"
+    shapes = {key: _joined_shape([params[name].shape for name in targets(ours)]) for key, ours in name_map.items()}
 
     present = {key for key in reader.keys() if not skip(key)}
     missing = [key for key in name_map if key not in present]
     if missing:
         raise ValueError(f"{source}: missing key(s) {_some(missing)}; the config says the model has them "
-                         f"(e.g. {missing[0]} of shape {_shape(params[name_map[missing[0]]].shape)})")
+                         f"(e.g. {missing[0]} of shape {_shape(shapes[missing[0]])})")
     assert tied_head_key not in name_map, "a tied head is not a parameter of its own"
     extra = present - set(name_map) - {tied_head_key}
     if extra:
         raise ValueError(f"{source}: unexpected key(s) {_some(extra)}; the config describes no such parameter "
                          f"(a bias or norm switched off in the config?)")
-    for key, ours in name_map.items():
-        found, wanted = reader.shape(key), tuple(params[ours].shape)
+    for key in name_map:
+        found, wanted = reader.shape(key), shapes[key]
         if found != wanted:
             raise ValueError(f"{source}: key {key} has shape {_shape(found)}, expected {_shape(wanted)} "
                              f"from the config")
@@ -74,9 +83,13 @@ def load_checkpoint(config: ModelConfig, reader: CheckpointReader, name_map: dic
         if not tensor.is_floating_point():
             raise ValueError(f"{source}: key {key} has dtype {tensor.dtype}, expected a floating-point tensor")
         tensor = tensor.to(device=device, dtype=dtype or tensor.dtype)
-        module_name, _, leaf = ours.rpartition(".")
-        setattr(model.get_submodule(module_name), leaf, nn.Parameter(tensor))
-        del tensor
+        names = targets(ours)
+        pieces = tensor.split([params[name].shape[0] for name in names]) if len(names) > 1 else (tensor,)
+        for name, piece in zip(names, pieces):
+            module_name, _, leaf = name.rpartition(".")
+            # a segment is copied out (its own storage); a whole tensor becomes the parameter as read
+            setattr(model.get_submodule(module_name), leaf, nn.Parameter(piece.clone() if len(names) > 1 else piece))
+        del tensor, pieces
     model.tie_weights()
 
     if tied_head_key is not None and tied_head_key in present:

@@ -3,13 +3,16 @@
 Causal, and when `seq_idx` is given (packed documents) a token attends only to its own document:
 inside a compiled layer on CUDA through FlexAttention's block mask (flex_document.py), else through a
 boolean [B, 1, Lq, Lk] mask while that is small, else (long sequences, where the mask and the bias kept
-for backward would grow as L^2) one call per document run without a mask.
+for backward would grow as L^2) one call per document run without a mask. Training calls attend through
+the layer's context strategy (model.parallelism; context parallelism supplies another); generation's
+cache paths are here.
 Falcon-H1 multiplies keys by `key_multiplier`; the input/output multipliers live in layers.py.
 """
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +21,11 @@ from torch import nn
 from ..config import ModelConfig
 from .cache import AttentionCache
 from .flex_document import flex_document_attention, flex_document_attention_applies
+from .plan import COLWISE, ROWWISE, linear_plan
 from .rope import apply_rope
+
+if TYPE_CHECKING:
+    from .layers import LayerInputs
 
 
 # Above this many B x Lq x Lk elements, packed documents attend run by run instead of through a mask.
@@ -39,10 +46,11 @@ def document_causal_mask(query_docs: torch.Tensor, key_docs: torch.Tensor, query
 
 
 class Attention(nn.Module):
+    parallel_plan = {**linear_plan("q_proj", COLWISE), **linear_plan("k_proj", COLWISE),
+                     **linear_plan("v_proj", COLWISE), **linear_plan("o_proj", ROWWISE)}
+
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.num_heads = config.num_heads
-        self.num_kv_heads = config.num_kv_heads
         self.head_dim = config.head_dim
         self.key_multiplier = config.key_multiplier
         bias = config.attention_bias
@@ -50,52 +58,61 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.d_model, config.num_kv_heads * config.head_dim, bias=bias)
         self.v_proj = nn.Linear(config.d_model, config.num_kv_heads * config.head_dim, bias=bias)
         self.o_proj = nn.Linear(config.num_heads * config.head_dim, config.d_model, bias=bias)
-        self.flex_for_documents = True  # see use_sdpa_for_documents
+        # FlexAttention for packed documents in compiled layers on CUDA; activation checkpointing turns it off
+        # (FlexAttention inside a checkpointed, compiled layer has open reports upstream, pytorch/pytorch#167116).
+        self.flex_for_documents = True
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seq_idx: torch.Tensor | None = None,
-                cache: AttentionCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inputs: LayerInputs, cache: AttentionCache | None = None) -> torch.Tensor:
+        """x [B, L, d] -> [B, L, d]. The head counts are those of the projections this module holds."""
         batch, length, _ = x.shape
         q = self.q_proj(x).view(batch, length, -1, self.head_dim)
         k = self.k_proj(x).view(batch, length, -1, self.head_dim) * self.key_multiplier
         v = self.v_proj(x).view(batch, length, -1, self.head_dim)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = apply_rope(q, inputs.cos, inputs.sin), apply_rope(k, inputs.cos, inputs.sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, L, head_dim]
-        out = self.attend(q, k, v, seq_idx, cache)
+        if cache is None:
+            out = inputs.context.attend(q, k, v, inputs.seq_idx, self.flex_for_documents)
+        else:
+            out = attend_with_cache(q, k, v, inputs.seq_idx, cache)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx: torch.Tensor | None,
-               cache: AttentionCache | None) -> torch.Tensor:
-        """q [B, heads, L, head_dim], k/v [B, kv_heads, L, head_dim] -> [B, heads, L, head_dim].
-        A method so that context parallelism (hybridcore.parallel) can attend across ranks."""
-        batch, _, length, _ = q.shape
-        mask = None
-        if cache is not None and cache.next_slot is not None:  # static shapes: attend over every slot
-            docs = seq_idx if seq_idx is not None else cache_docs_for_new_tokens(cache, batch, length, q.device)
-            k, v, key_docs, new_slots = cache.append_static(k, v, docs)
-            mask = document_causal_mask(docs, key_docs, new_slots, torch.arange(key_docs.shape[1], device=q.device))
-        elif cache is not None:
-            start = cache.filled
-            docs = seq_idx if seq_idx is not None else cache_docs_for_new_tokens(cache, batch, length, q.device)
-            k, v, key_docs = cache.append(k, v, docs)
-            if start > 0 or seq_idx is not None:  # else: a prompt into an empty cache, plainly causal
-                slots = torch.arange(start + length, device=q.device)
-                mask = document_causal_mask(docs, key_docs, slots[start:], slots)
-        elif seq_idx is not None:
-            if self.flex_for_documents and flex_document_attention_applies(q):
-                return flex_document_attention(q, k, v, seq_idx, self.num_kv_heads != self.num_heads)
-            if document_mask_is_large(batch, length, length):
-                return attend_by_document(q, k, v, seq_idx, seq_idx, 0, self.num_kv_heads != self.num_heads)
-            slots = torch.arange(length, device=q.device)
-            mask = document_causal_mask(seq_idx, seq_idx, slots, slots)
 
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and length > 1,
-                                              enable_gqa=self.num_kv_heads != self.num_heads)
+def attend_within_documents(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx: torch.Tensor,
+                            flex: bool) -> torch.Tensor:
+    """Causal attention inside the documents of seq_idx [B, L], the whole sequence on this rank."""
+    batch, _, length, _ = q.shape
+    gqa = q.shape[1] != k.shape[1]
+    if flex and flex_document_attention_applies(q):
+        return flex_document_attention(q, k, v, seq_idx, gqa)
+    if document_mask_is_large(batch, length, length):
+        return attend_by_document(q, k, v, seq_idx, seq_idx, 0, gqa)
+    slots = torch.arange(length, device=q.device)
+    mask = document_causal_mask(seq_idx, seq_idx, slots, slots)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+
+def attend_with_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx: torch.Tensor | None,
+                      cache: AttentionCache) -> torch.Tensor:
+    """Generation: append k, v to the cache and attend over every filled slot of the query's documents."""
+    batch, _, length, _ = q.shape
+    docs = seq_idx if seq_idx is not None else cache_docs_for_new_tokens(cache, batch, length, q.device)
+    mask = None
+    if cache.next_slot is not None:  # static shapes: attend over every slot
+        k, v, key_docs, new_slots = cache.append_static(k, v, docs)
+        mask = document_causal_mask(docs, key_docs, new_slots, torch.arange(key_docs.shape[1], device=q.device))
+    else:
+        start = cache.filled
+        k, v, key_docs = cache.append(k, v, docs)
+        if start > 0 or seq_idx is not None:  # else: a prompt into an empty cache, plainly causal
+            slots = torch.arange(start + length, device=q.device)
+            mask = document_causal_mask(docs, key_docs, slots[start:], slots)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and length > 1,
+                                          enable_gqa=q.shape[1] != k.shape[1])
 
 
 def use_sdpa_for_documents(model: nn.Module) -> None:
-    """Keep packed documents on the SDPA paths in every attention layer of `model`. Activation
-    checkpointing calls this: FlexAttention inside a checkpointed, compiled layer has open reports
-    upstream (pytorch/pytorch#167116) and has not run on our GPU stack."""
+    """Keep packed documents on the SDPA paths in every attention layer of `model` (activation
+    checkpointing calls this; see Attention.flex_for_documents)."""
     for module in model.modules():
         if isinstance(module, Attention):
             module.flex_for_documents = False

@@ -4,11 +4,16 @@
     M: h + mamba(u * ssm_in) * ssm_out
     *: h + attention(u * attn_in) * attn_out
     -: h + mlp(norm(h))
+
+Each layer's branches run between `region.enter` and `region.exit` (model/parallelism.py): on one device
+both return their input; under tensor parallelism the branches compute this rank's heads and channels of
+the whole sequence, and exit adds their outputs over the ranks (once per layer, both branches of a P
+layer together) back onto the residual stream's share.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -19,6 +24,7 @@ from .cache import LayerCache
 from .mamba2 import Mamba2Mixer
 from .mlp import SwiGLU
 from .norm import RMSNorm
+from .parallelism import LOCAL_REGION, WHOLE_SEQUENCE, LocalRegion, WholeSequence
 
 
 @dataclass
@@ -27,6 +33,8 @@ class LayerInputs:
     cos: torch.Tensor
     sin: torch.Tensor
     seq_idx: torch.Tensor | None = None
+    region: LocalRegion = field(default=LOCAL_REGION)
+    context: WholeSequence = field(default=WHOLE_SEQUENCE)
 
 
 class _Residual(nn.Module):
@@ -41,12 +49,10 @@ class _Residual(nn.Module):
         self.ssm_out = config.ssm_out_multiplier
 
     def _mamba(self, u, inputs: LayerInputs, cache: LayerCache | None):
-        return self.mamba(u * self.ssm_in, inputs.seq_idx, cache.mamba if cache else None) * self.ssm_out
+        return self.mamba(u * self.ssm_in, inputs, cache.mamba if cache else None) * self.ssm_out
 
     def _attention(self, u, inputs: LayerInputs, cache: LayerCache | None):
-        out = self.attention(u * self.attention_in, inputs.cos, inputs.sin, inputs.seq_idx,
-                             cache.attention if cache else None)
-        return out * self.attention_out
+        return self.attention(u * self.attention_in, inputs, cache.attention if cache else None) * self.attention_out
 
 
 class ParallelHybridLayer(_Residual):
@@ -58,8 +64,8 @@ class ParallelHybridLayer(_Residual):
         self.attention = Attention(config)
 
     def forward(self, h, inputs: LayerInputs, cache: LayerCache | None = None):
-        u = self.norm(h)
-        return h + self._mamba(u, inputs, cache) + self._attention(u, inputs, cache)
+        u = inputs.region.enter(self.norm(h))
+        return h + inputs.region.exit(self._mamba(u, inputs, cache) + self._attention(u, inputs, cache))
 
 
 class MambaLayer(_Residual):
@@ -70,7 +76,7 @@ class MambaLayer(_Residual):
         self.mamba = Mamba2Mixer(config)
 
     def forward(self, h, inputs: LayerInputs, cache: LayerCache | None = None):
-        return h + self._mamba(self.norm(h), inputs, cache)
+        return h + inputs.region.exit(self._mamba(inputs.region.enter(self.norm(h)), inputs, cache))
 
 
 class AttentionLayer(_Residual):
@@ -81,7 +87,7 @@ class AttentionLayer(_Residual):
         self.attention = Attention(config)
 
     def forward(self, h, inputs: LayerInputs, cache: LayerCache | None = None):
-        return h + self._attention(self.norm(h), inputs, cache)
+        return h + inputs.region.exit(self._attention(inputs.region.enter(self.norm(h)), inputs, cache))
 
 
 class MLPLayer(nn.Module):
@@ -93,7 +99,7 @@ class MLPLayer(nn.Module):
         self.mlp = SwiGLU(config)
 
     def forward(self, h, inputs: LayerInputs, cache: LayerCache | None = None):
-        return h + self.mlp(self.norm(h))
+        return h + inputs.region.exit(self.mlp(inputs.region.enter(self.norm(h))))
 
 
 LAYER_CLASSES = {cls.kind: cls for cls in (ParallelHybridLayer, MambaLayer, AttentionLayer, MLPLayer)}

@@ -6,114 +6,194 @@
     y      = gated_rmsnorm(y, z)  or  y * silu(z)
     out    = out_proj(y)
 
-The scan and conv go through `hybridcore.ops`, which picks a fused kernel where one is available and
-the pure-PyTorch reference otherwise.
+The in_proj and the conv hold one parameter per segment (in_proj.weight_z ... weight_dt, conv_weight_x,
+_B, _C), concatenated for one product and one conv: tensor parallelism gives each rank a slice of every
+segment (Megatron's per-segment split), so a rank's concatenation is the fused in_proj of a mixer with its
+share of the heads and groups; the checkpoint keys are the same in every layout. Head and group counts
+are read from those shapes. The scan and conv go through the layer's context strategy (model.parallelism)
+and `hybridcore.ops`, which picks a fused kernel where one applies and the pure-PyTorch twin otherwise.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..ops import causal_conv1d, gated_rms_norm, ssd, ssd_step
+from ..ops import causal_conv1d, gated_rms_norm, gated_rms_norm_spanning, ssd, ssd_step
 from .cache import MambaCache
+from .plan import COLWISE, GROUPS, OUTPUT_BIAS, ROWWISE
+
+if TYPE_CHECKING:
+    from .layers import LayerInputs
+
+IN_PROJ_SEGMENTS = ("z", "x", "B", "C", "dt")
+CONV_SEGMENTS = ("x", "B", "C")
+_SEGMENT_RULE = {"z": COLWISE, "x": COLWISE, "B": GROUPS, "C": GROUPS, "dt": COLWISE}
+
+
+class SegmentedLinear(nn.Module):
+    """A linear layer whose output rows are named segments, one parameter each (weight_z, bias_z, ...);
+    forward is one product with their concatenation."""
+
+    def __init__(self, in_features: int, segments: dict[str, int], bias: bool):
+        super().__init__()
+        self.segments = tuple(segments)
+        for name, rows in segments.items():
+            self.register_parameter(f"weight_{name}", nn.Parameter(torch.empty(rows, in_features)))
+            self.register_parameter(f"bias_{name}", nn.Parameter(torch.empty(rows)) if bias else None)
+        self.reset_parameters()
+
+    def weights(self) -> list[torch.Tensor]:
+        return [getattr(self, f"weight_{name}") for name in self.segments]
+
+    def biases(self) -> list[torch.Tensor] | None:
+        biases = [getattr(self, f"bias_{name}") for name in self.segments]
+        return None if biases[0] is None else biases
+
+    @torch.no_grad()
+    def _fill(self, init_weight, init_bias) -> None:
+        """Draw the weights (and biases) as one fused tensor each, so the values are a fused nn.Linear's."""
+        weights, biases = self.weights(), self.biases()
+        rows = [w.shape[0] for w in weights]
+        fused = torch.empty(sum(rows), weights[0].shape[1], device=weights[0].device, dtype=weights[0].dtype)
+        init_weight(fused)
+        for weight, piece in zip(weights, fused.split(rows)):
+            weight.copy_(piece)
+        if biases is not None:
+            fused_bias = init_bias(torch.empty(sum(rows), device=biases[0].device, dtype=biases[0].dtype))
+            for bias, piece in zip(biases, fused_bias.split(rows)):
+                bias.copy_(piece)
+
+    def reset_parameters(self) -> None:
+        """nn.Linear's default init (a module built on its own); HybridLM.init_weights uses init_normal."""
+        if self.weights()[0].is_meta:
+            return
+        bound = self.weights()[0].shape[1] ** -0.5
+        self._fill(lambda w: nn.init.kaiming_uniform_(w, a=5 ** 0.5), lambda b: nn.init.uniform_(b, -bound, bound))
+
+    def init_normal(self, std: float) -> None:
+        """Normal weights (mean 0, std), zero biases."""
+        self._fill(lambda w: nn.init.normal_(w, mean=0.0, std=std), nn.init.zeros_)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        biases = self.biases()
+        return F.linear(x, torch.cat(self.weights()), torch.cat(biases) if biases is not None else None)
 
 
 class Mamba2Mixer(nn.Module):
+    parallel_plan = {
+        **{f"in_proj.{kind}_{s}": _SEGMENT_RULE[s] for s in IN_PROJ_SEGMENTS for kind in ("weight", "bias")},
+        **{f"conv_{kind}_{s}": _SEGMENT_RULE[s] for s in CONV_SEGMENTS for kind in ("weight", "bias")},
+        "dt_bias": COLWISE, "A_log": COLWISE, "D": COLWISE, "norm_weight": COLWISE,
+        "out_proj.weight": ROWWISE, "out_proj.bias": OUTPUT_BIAS,
+    }
+
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.num_heads = config.mamba_n_heads
         self.head_dim = config.mamba_d_head
-        self.d_ssm = config.d_ssm
-        self.n_groups = config.mamba_n_groups
         self.d_state = config.mamba_d_state
         self.d_conv = config.mamba_d_conv
         self.chunk_size = config.mamba_chunk_size
         self.time_step_limit = config.time_step_limit
-        self.ssm_multipliers = config.ssm_multipliers
+        self.ssm_multipliers = dict(zip(IN_PROJ_SEGMENTS, config.ssm_multipliers))
         self.use_rms_norm = config.mamba_rms_norm
         self.norm_before_gate = config.mamba_norm_before_gate
         self.norm_eps = config.norm_eps
-        conv_dim = config.mamba_conv_dim
+        self.norm_group_width = config.d_ssm // config.mamba_n_groups  # channels per gated-norm group
+        group_state = config.mamba_n_groups * config.mamba_d_state
+        widths = {"z": config.d_ssm, "x": config.d_ssm, "B": group_state, "C": group_state,
+                  "dt": config.mamba_n_heads}
 
-        self.in_proj = nn.Linear(config.d_model, config.mamba_in_proj_dim, bias=config.mamba_proj_bias)
-        # Depthwise conv weight kept as [channels, 1, d_conv] (nn.Conv1d's layout, Falcon-H1's key shape).
-        self.conv_weight = nn.Parameter(torch.empty(conv_dim, 1, self.d_conv))
-        self.conv_bias = nn.Parameter(torch.empty(conv_dim)) if config.mamba_conv_bias else None
-        self.dt_bias = nn.Parameter(torch.empty(self.num_heads))
-        self.A_log = nn.Parameter(torch.empty(self.num_heads))
-        self.D = nn.Parameter(torch.empty(self.num_heads))
-        self.norm_weight = nn.Parameter(torch.empty(self.d_ssm)) if self.use_rms_norm else None
-        self.out_proj = nn.Linear(self.d_ssm, config.d_model, bias=config.projectors_bias)
+        self.in_proj = SegmentedLinear(config.d_model, widths, bias=config.mamba_proj_bias)
+        # Depthwise conv weights kept as [channels, 1, d_conv] (nn.Conv1d's layout, Falcon-H1's key shape).
+        for segment in CONV_SEGMENTS:
+            self.register_parameter(f"conv_weight_{segment}", nn.Parameter(torch.empty(widths[segment], 1, self.d_conv)))
+            self.register_parameter(f"conv_bias_{segment}", nn.Parameter(torch.empty(widths[segment]))
+                                    if config.mamba_conv_bias else None)
+        self.dt_bias = nn.Parameter(torch.empty(config.mamba_n_heads))
+        self.A_log = nn.Parameter(torch.empty(config.mamba_n_heads))
+        self.D = nn.Parameter(torch.empty(config.mamba_n_heads))
+        self.norm_weight = nn.Parameter(torch.empty(config.d_ssm)) if self.use_rms_norm else None
+        self.out_proj = nn.Linear(config.d_ssm, config.d_model, bias=config.projectors_bias)
 
     def reset_parameters(self) -> None:
         """The released Falcon-H1 init for the SSM parameters; the linears are initialised by the model."""
         with torch.no_grad():
-            self.A_log.copy_(torch.log(torch.arange(1, self.num_heads + 1, dtype=torch.float32)))
+            heads = self.A_log.shape[0]
+            self.A_log.copy_(torch.log(torch.arange(1, heads + 1, dtype=torch.float32)))
             self.D.fill_(1.0)
             self.dt_bias.fill_(1.0)
             bound = self.d_conv ** -0.5  # nn.Conv1d's default for a depthwise kernel (fan_in = d_conv)
-            self.conv_weight.uniform_(-bound, bound)
-            if self.conv_bias is not None:
-                self.conv_bias.uniform_(-bound, bound)
+            for name in ("weight", "bias"):  # drawn as one tensor, as a fused conv's would be
+                parts = [getattr(self, f"conv_{name}_{s}") for s in CONV_SEGMENTS]
+                if parts[0] is None:
+                    continue
+                fused = torch.cat(parts).uniform_(-bound, bound)
+                for part, piece in zip(parts, fused.split([p.shape[0] for p in parts])):
+                    part.copy_(piece)
             if self.norm_weight is not None:
                 self.norm_weight.fill_(1.0)
 
-    def segment_widths(self) -> list[int]:
-        group_state = self.n_groups * self.d_state
-        return [self.d_ssm, self.d_ssm, group_state, group_state, self.num_heads]
+    def conv_weight(self) -> torch.Tensor:
+        """[channels, d_conv] over the segments x, B, C."""
+        return torch.cat([getattr(self, f"conv_weight_{s}") for s in CONV_SEGMENTS]).squeeze(1)
 
-    def mup_vector(self, device, dtype) -> torch.Tensor:
+    def conv_bias(self) -> torch.Tensor | None:
+        parts = [getattr(self, f"conv_bias_{s}") for s in CONV_SEGMENTS]
+        return None if parts[0] is None else torch.cat(parts)
+
+    def mup_vector(self, widths: list[int], device, dtype) -> torch.Tensor:
         """ssm_multipliers spread over the five in_proj segments; built on the fly, never stored."""
-        return torch.cat([torch.full((width,), float(m), device=device, dtype=dtype)
-                          for width, m in zip(self.segment_widths(), self.ssm_multipliers)])
+        return torch.cat([torch.full((width,), float(self.ssm_multipliers[s]), device=device, dtype=dtype)
+                          for width, s in zip(widths, IN_PROJ_SEGMENTS)])
 
-    def forward(self, u: torch.Tensor, seq_idx: torch.Tensor | None = None,
-                cache: MambaCache | None = None) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, inputs: LayerInputs, cache: MambaCache | None = None) -> torch.Tensor:
         batch, length, _ = u.shape
+        widths = [w.shape[0] for w in self.in_proj.weights()]  # this rank's share of each segment
+        d_ssm, group_state, heads = widths[1], widths[2], widths[4]
+        groups = group_state // self.d_state
         projected = self.in_proj(u)
         # Under autocast u is fp32 and in_proj's output bf16: multiply by the exact fp32 multipliers, then
         # round once back to bf16, so that the conv and the scan run on bf16 (fp32 here doubled their time
         # and overflowed shared memory at 7B shapes). Without autocast the dtypes agree and this is HF's product.
-        zxbcdt = (projected * self.mup_vector(u.device, u.dtype)).to(projected.dtype)
-        z, xBC, dt = torch.split(zxbcdt, [self.d_ssm, self.d_ssm + 2 * self.n_groups * self.d_state,
-                                          self.num_heads], dim=-1)
+        zxbcdt = (projected * self.mup_vector(widths, u.device, u.dtype)).to(projected.dtype)
+        z, xBC, dt = torch.split(zxbcdt, [d_ssm, d_ssm + 2 * group_state, heads], dim=-1)
 
-        xBC, conv_state = self.conv(xBC, seq_idx, cache.conv_state if cache is not None else None)
-        xBC = F.silu(xBC)
-        x, B, C = torch.split(xBC, [self.d_ssm, self.n_groups * self.d_state, self.n_groups * self.d_state], dim=-1)
-
-        y, ssm_state = self.scan(
-            x.view(batch, length, self.num_heads, self.head_dim), dt,
-            B.view(batch, length, self.n_groups, self.d_state), C.view(batch, length, self.n_groups, self.d_state),
-            seq_idx, cache.ssm_state if cache is not None else None)
-        if cache is not None:
+        weight, bias = self.conv_weight(), self.conv_bias()
+        if cache is None:
+            xBC = inputs.context.conv(xBC, weight, bias, inputs.seq_idx)
+        else:
+            xBC, conv_state = causal_conv1d(xBC, weight, bias, seq_idx=inputs.seq_idx, initial_state=cache.conv_state,
+                                            return_final_state=True)
             cache.conv_state.copy_(conv_state)
-            cache.ssm_state.copy_(ssm_state)
-        y = y.reshape(batch, length, self.d_ssm)
-        return self.out_proj(self.gate(y, z))
+        xBC = F.silu(xBC)
+        x, B, C = torch.split(xBC, [d_ssm, group_state, group_state], dim=-1)
+        x = x.view(batch, length, heads, self.head_dim)
+        B, C = B.view(batch, length, groups, self.d_state), C.view(batch, length, groups, self.d_state)
 
-    # conv, scan and gate are methods so that hybridcore.parallel can run them across ranks (context
-    # parallel: conv and scan; tensor parallel with a norm group split over ranks: gate). conv and scan
-    # return a final state only when an initial one (a cache) goes in.
-    def gate(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        if self.use_rms_norm:
-            return gated_rms_norm(y, z, self.norm_weight, self.n_groups, self.norm_eps, self.norm_before_gate)
-        return y * F.silu(z)
-
-    def conv(self, xBC: torch.Tensor, seq_idx: torch.Tensor | None, initial_state: torch.Tensor | None):
-        return causal_conv1d(xBC, self.conv_weight.squeeze(1), self.conv_bias, seq_idx=seq_idx,
-                             initial_state=initial_state, return_final_state=initial_state is not None)
-
-    def scan(self, x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-             seq_idx: torch.Tensor | None, initial_state: torch.Tensor | None):
         A = -torch.exp(self.A_log.float())
         options = dict(D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.time_step_limit)
-        if initial_state is not None and x.shape[1] == 1:
+        if cache is None:
+            y = inputs.context.scan(x, dt, A, B, C, inputs.seq_idx, chunk_size=self.chunk_size, **options)
+        elif length == 1:
             # Decoding: one recurrent step h = exp(dt*A) h + dt * x B^T on the cached state, in place,
             # rather than padding a single token up to a whole chunk.
-            return ssd_step(x, dt, A, B, C, initial_state, **options), initial_state
-        return ssd(x, dt, A, B, C, chunk_size=self.chunk_size, initial_state=initial_state, seq_idx=seq_idx,
-                   return_final_state=initial_state is not None, **options)
+            y = ssd_step(x, dt, A, B, C, cache.ssm_state, **options)
+        else:
+            y, ssm_state = ssd(x, dt, A, B, C, chunk_size=self.chunk_size, initial_state=cache.ssm_state,
+                               seq_idx=inputs.seq_idx, return_final_state=True, **options)
+            cache.ssm_state.copy_(ssm_state)
+        return self.out_proj(self.gate(y.reshape(batch, length, d_ssm), z, inputs))
+
+    def gate(self, y: torch.Tensor, z: torch.Tensor, inputs: LayerInputs) -> torch.Tensor:
+        if not self.use_rms_norm:
+            return y * F.silu(z)
+        if y.shape[-1] < self.norm_group_width:  # one norm group spans this rank's channels and others'
+            return gated_rms_norm_spanning(y, z, self.norm_weight, self.norm_group_width, self.norm_eps,
+                                           self.norm_before_gate, inputs.region.all_sum)
+        return gated_rms_norm(y, z, self.norm_weight, y.shape[-1] // self.norm_group_width, self.norm_eps,
+                              self.norm_before_gate)

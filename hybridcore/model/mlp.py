@@ -7,9 +7,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from .plan import COLWISE, ROWWISE, linear_plan
 
 
 class SwiGLU(nn.Module):
+    parallel_plan = {**linear_plan("gate_proj", COLWISE), **linear_plan("up_proj", COLWISE),
+                     **linear_plan("down_proj", ROWWISE)}
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.gate_multiplier, self.down_multiplier = config.mlp_multipliers

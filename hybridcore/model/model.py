@@ -2,6 +2,9 @@
 
 Built on any device, the meta device included (nothing is initialised in __init__); `init_weights()`
 fills every parameter, so a 34B model can be described, sharded and only then materialised.
+`use_parallelism` hands the model the strategies of a parallel layout (model/parallelism.py); the
+defaults are one device's. Positions and document ids come with the batch (`positions` must be given
+when this rank holds part of a longer sequence, as under context parallelism).
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ from ..config import ModelConfig
 from .attention import document_start_slots
 from .cache import AttentionCache, LayerCache, MambaCache
 from .layers import LayerInputs, build_layer
+from .mamba2 import SegmentedLinear
 from .norm import RMSNorm
+from .parallelism import LOCAL_REGION, WHOLE_SEQUENCE
+from .plan import COLWISE
 from .rope import rope_cos_sin
 
 
@@ -26,15 +32,25 @@ def positions_from_seq_idx(seq_idx: torch.Tensor) -> torch.Tensor:
 
 
 class HybridLM(nn.Module):
+    # The vocabulary splits over tensor-parallel ranks: the region looks up and scores its own rows.
+    parallel_plan = {"embed.weight": COLWISE, "lm_head.weight": COLWISE}
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
+        self.region, self.context = LOCAL_REGION, WHOLE_SEQUENCE
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         # A ModuleDict keyed by global index: pipeline stages delete layers and keep their names.
         self.layers = nn.ModuleDict({str(i): build_layer(kind, config) for i, kind in enumerate(config.layer_kinds)})
         self.final_norm = RMSNorm(config.d_model, config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.tie_weights()
+
+    def use_parallelism(self, region=None, context=None) -> None:
+        """The strategies through which the layers reach other ranks (tensor parallelism's region, the
+        sequence's context); None keeps the current one."""
+        self.region = region or self.region
+        self.context = context or self.context
 
     def tie_weights(self) -> None:
         """Share the embedding with the LM head when configured (again after `to_empty`, which unties)."""
@@ -54,35 +70,54 @@ class HybridLM(nn.Module):
 
     # ---- forward ---------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, seq_idx: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None, caches: list[LayerCache] | None = None) -> torch.Tensor:
-        """input_ids [B, L] -> logits [B, L, V].
+                positions: torch.Tensor | None = None, caches: list[LayerCache] | None = None,
+                labels: torch.Tensor | None = None, loss_chunk: int = 8192, return_hidden: bool = False) -> torch.Tensor:
+        """input_ids [B, L] -> logits [B, L, V]; with labels [B, L] (-100 ignored), the mean next-token
+        loss instead, the LM head and the loss fused in chunks of `loss_chunk` tokens (see `loss`);
+        with return_hidden, the final-normed hidden states (a pipeline's last stage: its loss follows).
 
         seq_idx [B, L]: document index per token for packed sequences (attention stays inside a
         document, the Mamba state and conv window reset where it changes, positions restart).
         """
-        return self.logits(self.hidden_states(input_ids, seq_idx, positions, caches))
+        hidden = self.hidden_states(input_ids, seq_idx, positions, caches)
+        if return_hidden:
+            return hidden
+        if labels is not None:
+            return self.loss(hidden, labels, loss_chunk)
+        return self.logits(hidden)
 
     def hidden_states(self, input_ids, seq_idx=None, positions=None, caches=None) -> torch.Tensor:
-        """Final-normed hidden states [B, L, d]; `logits()` turns them into logits."""
-        h = self.embed(input_ids) * self.config.embedding_multiplier if self.embed is not None else input_ids
-        inputs = self.layer_inputs(h, seq_idx, positions)
+        """Final-normed hidden states [B, L, d] (this rank's share of the sequence under sequence
+        parallelism); `logits()` or `loss()` take them from there."""
+        if self.embed is not None:
+            h = self.region.embedding(input_ids, self.embed.weight) * self.config.embedding_multiplier
+        else:  # a later pipeline stage: the previous stage's hidden states
+            h = input_ids
+        inputs = self.layer_inputs(input_ids, seq_idx, positions)
         for i, layer in enumerate(self.layers.values()):
             h = layer(h, inputs, caches[i] if caches is not None else None)
         return self.final_norm(h) if self.final_norm is not None else h
 
-    def layer_inputs(self, h: torch.Tensor, seq_idx=None, positions=None) -> LayerInputs:
+    def layer_inputs(self, input_ids: torch.Tensor, seq_idx=None, positions=None) -> LayerInputs:
         if positions is None:
             if seq_idx is not None:
                 positions = positions_from_seq_idx(seq_idx)
             else:
-                positions = torch.arange(h.shape[1], device=h.device).expand(h.shape[0], -1)
+                positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
-        return LayerInputs(cos=cos, sin=sin, seq_idx=seq_idx)
+        return LayerInputs(cos=cos, sin=sin, seq_idx=seq_idx, region=self.region, context=self.context)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         if self.lm_head is None:
             return h
-        return self.lm_head(h) * self.config.lm_head_multiplier
+        logits = self.lm_head(self.region.enter(h)) * self.config.lm_head_multiplier
+        return self.region.gather_vocab(logits)
+
+    def loss(self, h: torch.Tensor, labels: torch.Tensor, chunk_size: int) -> torch.Tensor:
+        """Mean next-token cross entropy of hidden states h [B, L, d] against labels [B, L] (-100 ignored),
+        the LM head and the loss fused in chunks of `chunk_size` tokens (logits never whole)."""
+        return self.region.cross_entropy(self.region.enter(h), self.lm_head.weight, labels,
+                                         self.config.lm_head_multiplier, chunk_size)
 
     # ---- inference state ---------------------------------------------------------------------------
     def allocate_caches(self, batch: int, max_len: int, device=None, dtype=None) -> list[LayerCache]:
@@ -128,6 +163,8 @@ def init_module(module: nn.Module, std: float) -> None:
         nn.init.normal_(module.weight, mean=0.0, std=std)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+    elif isinstance(module, SegmentedLinear):
+        module.init_normal(std)
     elif isinstance(module, nn.Embedding):
         nn.init.normal_(module.weight, mean=0.0, std=std)
     elif hasattr(module, "reset_parameters") and not isinstance(module, HybridLM):

@@ -13,6 +13,7 @@ import torch
 
 from .conv import causal_conv1d_ref
 from .cross_entropy import chunked_cross_entropy
+from .norm import gated_rms_norm_ref, gated_rms_norm_spanning
 from .ssd import ssd_chunked, ssd_recurrent, ssd_step_ref
 
 # "auto": kernels on CUDA; "off": reference everywhere; "on": kernels on any device (the CPU runs them
@@ -91,12 +92,12 @@ def causal_conv1d(x, weight, bias=None, seq_idx=None, initial_state=None, return
 
 
 def gated_rms_norm(y, gate, weight, n_groups, eps, norm_before_gate):
-    """Grouped gated RMSNorm (see model.norm); fused where the kernels are active."""
+    """Grouped gated RMSNorm (see norm.py); fused where the kernels are active."""
     if kernels_active(y) and y.dtype in _KERNEL_DTYPES:
         return _fused()[1].gated_rms_norm(y, gate, weight, n_groups, eps, norm_before_gate)
-    from ..model.norm import gated_rms_norm as reference
-    return reference(y, gate, weight, n_groups, eps, norm_before_gate)
+    return gated_rms_norm_ref(y, gate, weight, n_groups, eps, norm_before_gate)
 
 
-__all__ = ["ssd", "ssd_step", "causal_conv1d", "gated_rms_norm", "chunked_cross_entropy", "kernels_active",
+__all__ = ["ssd", "ssd_step", "causal_conv1d", "gated_rms_norm", "gated_rms_norm_ref", "gated_rms_norm_spanning",
+           "chunked_cross_entropy", "kernels_active",
            "use_kernels", "ssd_chunked", "ssd_recurrent", "ssd_step_ref", "causal_conv1d_ref"]

@@ -9,9 +9,17 @@ softmax and gradient are one torch.compile'd function); under autocast the produ
 dtype and the softmax in fp32. An odd vocabulary (Falcon-H1-7B's 130,049) is padded with zero rows to a
 multiple of VOCAB_ALIGN, masked out of the softmax: with an unaligned dimension cuBLAS falls back to slow
 kernels (in 8 of 7B's blocks on an H200, 156 of a step's 322 ms of kernels went to them).
+
+Vocabulary-parallel (tensor parallelism): each rank holds the head rows `vocab_start ..` of the vocabulary
+and passes `all_reduce(tensor, op)` ("max" or "sum" over the ranks that share the vocabulary). Per chunk,
+three small row statistics cross the ranks (the maximum, the sum of exponentials, the target's logit);
+the logits never leave their rank. The gradient for `hidden` is then this rank's partial sum, which the
+caller's autograd reduces over the ranks.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +53,27 @@ def _chunk_loss_and_grad(products, labels, multiplier: float, grad_scale, grad_d
     return loss, grad.to(grad_dtype)
 
 
+def _chunk_loss_and_grad_shared(products, labels, multiplier: float, grad_scale, grad_dtype, vocab: int,
+                                vocab_start: int, all_reduce):
+    """`_chunk_loss_and_grad` for one rank's slice of the vocabulary (columns vocab_start ..): the row
+    maximum, the sum of exponentials and the target's logit are reduced over the ranks."""
+    acc = torch.float64 if products.dtype == torch.float64 else torch.float32
+    columns = torch.arange(products.shape[1], device=products.device)[None, :]
+    logits = torch.where(columns < vocab, products.to(acc) * multiplier, float("-inf"))
+    row_max = all_reduce(logits.max(dim=-1).values, "max")
+    lse = row_max + torch.log(all_reduce(torch.exp(logits - row_max[:, None]).sum(-1), "sum"))
+    valid = labels != IGNORE_INDEX
+    local_target = labels - vocab_start
+    here = valid & (local_target >= 0) & (local_target < vocab)
+    target = torch.where(here, local_target, 0)
+    picked = all_reduce(torch.where(here, logits.gather(1, target[:, None]).squeeze(1), 0.0), "sum")
+    loss = torch.where(valid, lse - picked, 0.0).sum()
+    is_target = (columns == target[:, None]) & here[:, None]
+    row_scale = torch.where(valid, grad_scale * multiplier, 0.0)
+    grad = (torch.exp(logits - lse[:, None]) - is_target.to(acc)) * row_scale[:, None]
+    return loss, grad.to(grad_dtype)
+
+
 _compiled_loss_and_grad = None
 
 
@@ -73,7 +102,7 @@ def _padded(weight, dtype):
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, multiplier, chunk_size, compute_dtype):
+    def forward(ctx, hidden, weight, labels, multiplier, chunk_size, compute_dtype, vocab_start, all_reduce):
         h_all = hidden.reshape(-1, hidden.shape[-1]).to(compute_dtype)
         labels = labels.reshape(-1)
         count = (labels != IGNORE_INDEX).sum().clamp_min(1)
@@ -85,17 +114,23 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         dh = torch.empty_like(h_all) if ctx.needs_input_grad[0] else None
         dw = (torch.zeros(w.shape, device=weight.device, dtype=loss.dtype) if ctx.needs_input_grad[1]
               else None)
-        loss_and_grad = _loss_and_grad_fn(hidden.device)
+        if all_reduce is None:
+            loss_and_grad = _loss_and_grad_fn(hidden.device)
+        else:
+            def loss_and_grad(*args):
+                return _chunk_loss_and_grad_shared(*args, vocab_start, all_reduce)
         grad_scale = 1.0 / count.to(loss.dtype)
         for start in range(0, h_all.shape[0], chunk_size):
             h = h_all[start:start + chunk_size]
             y = labels[start:start + chunk_size]
-            if not need_grad:
+            if not need_grad and all_reduce is None:
                 loss += F.cross_entropy(_chunk_logits(h, w, multiplier)[:, :vocab], y, ignore_index=IGNORE_INDEX,
                                         reduction="sum")
                 continue
             chunk_loss, grad = loss_and_grad(h @ w.t(), y, multiplier, grad_scale, compute_dtype, vocab)
             loss += chunk_loss
+            if not need_grad:  # evaluation of a shared head: the statistics still cross the ranks
+                continue
             if dh is not None:
                 dh[start:start + chunk_size] = grad @ w
             if dw is not None:
@@ -111,14 +146,17 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         shape, dtype = ctx.hidden_meta
         grad_hidden = (dh * grad_loss).to(dtype).reshape(shape) if dh is not None else None
         grad_weight = (dw * grad_loss).to(ctx.weight_dtype) if dw is not None else None
-        return grad_hidden, grad_weight, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None, None
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                          multiplier: float = 1.0, chunk_size: int = 4096) -> torch.Tensor:
+                          multiplier: float = 1.0, chunk_size: int = 4096, vocab_start: int = 0,
+                          all_reduce: Callable[[torch.Tensor, str], torch.Tensor] | None = None) -> torch.Tensor:
     """Mean cross-entropy of `hidden @ weight.T * multiplier` against `labels` (-100 ignored).
 
     hidden [..., d], weight [V, d] (the LM head), labels [...] (already shifted for next-token loss).
+    With `all_reduce`, `weight` holds the vocabulary rows from `vocab_start` of a head split over ranks
+    (see the module docstring).
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
@@ -126,4 +164,5 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
     if torch.is_autocast_enabled(hidden.device.type):
         compute_dtype = torch.get_autocast_dtype(hidden.device.type)
     with torch.autocast(hidden.device.type, enabled=False):
-        return _ChunkedCrossEntropy.apply(hidden, weight, labels, float(multiplier), int(chunk_size), compute_dtype)
+        return _ChunkedCrossEntropy.apply(hidden, weight, labels, float(multiplier), int(chunk_size), compute_dtype,
+                                          int(vocab_start), all_reduce)

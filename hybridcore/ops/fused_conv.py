@@ -1,5 +1,5 @@
 """The Triton causal conv1d and gated RMSNorm as torch.library custom ops (autograd and fake shapes
-registered), drop-ins for `conv.causal_conv1d_ref` and `model.norm.gated_rms_norm`."""
+registered), drop-ins for `conv.causal_conv1d_ref` and `norm.gated_rms_norm_ref`."""
 
 from __future__ import annotations
 
@@ -113,5 +113,5 @@ gnorm_fwd.register_autograd(_gnorm_backward, setup_context=_gnorm_setup)
 
 
 def gated_rms_norm(y, gate, weight, n_groups, eps, norm_before_gate):
-    """Drop-in for `model.norm.gated_rms_norm`."""
+    """Drop-in for `norm.gated_rms_norm_ref`."""
     return gnorm_fwd(y, gate, weight, int(n_groups), float(eps), bool(norm_before_gate))[0]

@@ -1,4 +1,4 @@
-"""Triton gated RMSNorm over groups, forward and backward. Twin: `model.norm.gated_rms_norm`.
+"""Triton gated RMSNorm over groups, forward and backward. Twin: `norm.gated_rms_norm_ref`.
 
 Rows of d channels split into G groups; each group is normalised on its own (statistics in fp32):
     norm_before_gate=False: out = rmsnorm(y * silu(z)) * w        True: out = rmsnorm(y) * w * silu(z)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..config import ModelConfig
 from .config import ParallelConfig
-from .pipeline import check_microbatches, check_pipeline
+from .pipeline import check_microbatches, check_pipeline, default_microbatches
 from .tensor_parallel import check_tensor_parallel
 
 
@@ -28,11 +28,12 @@ def check_layout(config: ParallelConfig, model_config: ModelConfig, *, rows: int
                          f"({config.dp_replicate}) x ParallelConfig.dp_shard ({config.dp_shard}) data-parallel ranks")
     local_rows = rows // config.dp
     if config.pp > 1:
-        if local_rows % config.num_microbatches:
+        microbatches = default_microbatches(config, local_rows, length)
+        if local_rows % microbatches:
             raise ValueError(f"each data-parallel rank's {local_rows} rows do not split into "
-                             f"ParallelConfig.pp_microbatches = {config.num_microbatches} pipeline microbatches")
-        check_microbatches(config, config.num_microbatches)
-        accumulated = config.num_microbatches * grad_accum
+                             f"ParallelConfig.pp_microbatches = {microbatches} pipeline microbatches")
+        check_microbatches(config, microbatches)
+        accumulated = microbatches * grad_accum
         try:
             check_microbatches(config, accumulated)
         except ValueError as error:

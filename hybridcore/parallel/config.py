@@ -23,7 +23,7 @@ class ParallelConfig:
     dp_replicate: int = 1  # replicated data parallel on top of dp_shard (HSDP when both > 1)
     sequence_parallel: bool = True  # with tp > 1: norms and the residual stream split along the sequence
     pp_schedule: str = "1f1b"
-    pp_microbatches: int | None = None  # default: 2 x pp (more microbatches = smaller pipeline bubble)
+    pp_microbatches: int | None = None  # per step and data-parallel rank; None: pipeline.default_microbatches
     pp_stages_per_rank: int = 1  # > 1 with the interleaved schedule
 
     def __post_init__(self) -> None:
@@ -78,7 +78,3 @@ class ParallelConfig:
                              f"{self.pp} x {self.dp_replicate} x {dp_shard} x {self.cp} x {self.tp} = "
                              f"{resolved.world_size}, but the world size is {world_size}")
         return resolved
-
-    @property
-    def num_microbatches(self) -> int:
-        return self.pp_microbatches if self.pp_microbatches is not None else 2 * self.pp * self.pp_stages_per_rank

@@ -1,8 +1,11 @@
 """Context parallelism: the sequence split over the cp ranks, exact for attention and Mamba-2.
 
+`ContextParallel` is the model's context strategy (model/parallelism.py) under this layout.
+
 Load balance. The sequence is cut into 2 x cp equal chunks and rank r holds chunks r and 2cp-1-r
 ("zigzag"), so every rank has the same share of causal attention work. Model inputs (ids, targets,
-seq_idx, positions) are sharded with `shard_sequence`; positions are those of the full sequence.
+seq_idx, positions) are sharded with `shard_sequence`; positions are those of the full sequence
+(`global_positions`, computed before sharding and passed with the batch).
 
 Attention. Keys and values are all-gathered over cp (their gradients reduce-scattered back); each
 rank attends with its own queries under a mask built from global token slots and document ids, so
@@ -36,17 +39,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
 
-from ..model.attention import (Attention, attend_by_document, document_causal_mask, document_mask_is_large,
+from ..model.attention import (attend_by_document, document_causal_mask, document_mask_is_large,
                                lower_right_causal_attention)
-from ..model.mamba2 import Mamba2Mixer
-from ..model.model import HybridLM, positions_from_seq_idx
+from ..model.model import positions_from_seq_idx
 from ..ops import causal_conv1d, ssd
 from ..ops.ssd import prepare_dt
-from .segments import mix_in
+from . import collectives
 
 
 def chunk_ids(rank: int, cp: int) -> tuple[int, int]:
@@ -79,11 +79,9 @@ def token_slots(rank: int, cp: int, local_length: int, device) -> torch.Tensor:
 
 def gather_chunks(local: torch.Tensor, mesh: DeviceMesh, dim: int) -> torch.Tensor:
     """All-gather this rank's two chunks (concatenated along `dim`) into the full tensor in sequence
-    order. Differentiable: each rank's gradient is a partial sum, reduce-scattered back to the owners."""
+    order. Differentiable: the backward reduce-scatters each rank's gradient back to the owners."""
     cp = mesh.size()
-    full = DTensor.from_local(local.contiguous(), mesh, [Shard(dim)], run_check=False)
-    full = full.redistribute(mesh, [Replicate()]).to_local(grad_placements=[Partial()])
-    pieces = full.chunk(2 * cp, dim=dim)  # rank order: rank 0's two chunks, rank 1's, ...
+    pieces = collectives.gather_along(local, dim, mesh.get_group()).chunk(2 * cp, dim=dim)  # rank order
     position = {}
     for rank in range(cp):
         for k, chunk in enumerate(chunk_ids(rank, cp)):
@@ -91,65 +89,55 @@ def gather_chunks(local: torch.Tensor, mesh: DeviceMesh, dim: int) -> torch.Tens
     return torch.cat([pieces[position[c]] for c in range(2 * cp)], dim=dim)
 
 
-def _mesh_of(module: nn.Module) -> DeviceMesh:
-    return module.__dict__["_cp_mesh"]
+class ContextParallel:
+    """The context strategy of model/parallelism.py when this rank holds chunks r and 2cp-1-r of the
+    sequence (module docstring). `mesh`: the 1-D cp mesh."""
 
+    def __init__(self, mesh: DeviceMesh):
+        self.mesh = mesh
+        self.size, self.rank = mesh.size(), mesh.get_local_rank()
 
-class ContextParallelAttention:
-    """Mixin for Attention: keys/values from every cp rank, mask on global slots and documents."""
-
-    def attend(self, q, k, v, seq_idx, cache):
-        if cache is not None:
-            raise ValueError("caches (generation) are not supported with ParallelConfig.cp > 1")
-        mesh = _mesh_of(self)
+    def attend(self, q, k, v, seq_idx, flex: bool):
         length = q.shape[2]
-        keys, values = gather_chunks(k, mesh, dim=2), gather_chunks(v, mesh, dim=2)
-        gqa = self.num_kv_heads != self.num_heads
+        keys, values = gather_chunks(k, self.mesh, dim=2), gather_chunks(v, self.mesh, dim=2)
+        gqa = q.shape[1] != k.shape[1]
+        chunks = chunk_ids(self.rank, self.size)
         if seq_idx is None:
             # One call per local chunk over the keys up to its end, causal aligned to the lower right:
             # the fused kernels apply that without a mask tensor, which would grow as L^2 / cp.
             outputs = []
-            for queries, chunk in zip(q.chunk(2, dim=2), chunk_ids(mesh.get_local_rank(), mesh.size())):
+            for queries, chunk in zip(q.chunk(2, dim=2), chunks):
                 end = (chunk + 1) * queries.shape[2]
                 outputs.append(lower_right_causal_attention(queries, keys[:, :, :end], values[:, :, :end], gqa))
             return torch.cat(outputs, dim=2)
-        key_docs = gather_chunks(seq_idx, mesh, dim=1)
+        key_docs = gather_chunks(seq_idx, self.mesh, dim=1)
         if document_mask_is_large(q.shape[0], length, keys.shape[2]):  # long: document by document
             size = length // 2
-            return torch.cat([
-                attend_by_document(queries, keys, values, docs, key_docs, chunk * size, gqa)
-                for queries, docs, chunk in zip(q.chunk(2, dim=2), seq_idx.chunk(2, dim=1),
-                                                chunk_ids(mesh.get_local_rank(), mesh.size()))], dim=2)
+            return torch.cat([attend_by_document(queries, keys, values, docs, key_docs, chunk * size, gqa)
+                              for queries, docs, chunk in zip(q.chunk(2, dim=2), seq_idx.chunk(2, dim=1), chunks)],
+                             dim=2)
         # Packed documents: a mask on global slots and document ids ([B, 1, L / cp, L] booleans).
-        query_slots = token_slots(mesh.get_local_rank(), mesh.size(), length, q.device)
+        query_slots = token_slots(self.rank, self.size, length, q.device)
         key_slots = torch.arange(keys.shape[2], device=q.device)
         mask = document_causal_mask(seq_idx, key_docs, query_slots, key_slots)
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=gqa)
 
-
-class ContextParallelMamba2:
-    """Mixin for Mamba2Mixer: conv windows and SSM states passed across chunk borders (module doc)."""
-
-    def conv(self, xBC, seq_idx, initial_state):
-        if initial_state is not None:
-            raise ValueError("caches (generation) are not supported with ParallelConfig.cp > 1")
-        mesh = _mesh_of(self)
-        history = self.d_conv - 1
+    def conv(self, xBC, weight, bias, seq_idx):
+        history = weight.shape[1] - 1
         if xBC.shape[1] // 2 < history:
             raise ValueError(f"context-parallel chunks of {xBC.shape[1] // 2} tokens are shorter than "
                              f"mamba_d_conv - 1 = {history}")
-        weight, bias = self.conv_weight.squeeze(1), self.conv_bias
         chunks = xBC.chunk(2, dim=1)
         docs = seq_idx.chunk(2, dim=1) if seq_idx is not None else (None, None)
         if history == 0:
-            return torch.cat([causal_conv1d(c, weight, bias, seq_idx=d)[0] for c, d in zip(chunks, docs)], 1), None
-        tails = gather_chunks(torch.cat([c[:, -history:] for c in chunks], dim=1), mesh, dim=1)
-        tails = tails.unflatten(1, (2 * mesh.size(), history))  # [B, chunk, history, channels]
+            return torch.cat([causal_conv1d(c, weight, bias, seq_idx=d)[0] for c, d in zip(chunks, docs)], 1)
+        tails = gather_chunks(torch.cat([c[:, -history:] for c in chunks], dim=1), self.mesh, dim=1)
+        tails = tails.unflatten(1, (2 * self.size, history))  # [B, chunk, history, channels]
         if seq_idx is not None:
-            tail_docs = gather_chunks(torch.cat([d[:, -history:] for d in docs], dim=1), mesh, dim=1)
-            tail_docs = tail_docs.unflatten(1, (2 * mesh.size(), history))
+            tail_docs = gather_chunks(torch.cat([d[:, -history:] for d in docs], dim=1), self.mesh, dim=1)
+            tail_docs = tail_docs.unflatten(1, (2 * self.size, history))
         outputs = []
-        for chunk, doc, index in zip(chunks, docs, chunk_ids(mesh.get_local_rank(), mesh.size())):
+        for chunk, doc, index in zip(chunks, docs, chunk_ids(self.rank, self.size)):
             state = None
             if index > 0:
                 before = tails[:, index - 1]
@@ -157,29 +145,23 @@ class ContextParallelMamba2:
                     before = before * (tail_docs[:, index - 1] == doc[:, :1]).unsqueeze(-1).to(before.dtype)
                 state = before.transpose(1, 2)
             outputs.append(causal_conv1d(chunk, weight, bias, seq_idx=doc, initial_state=state)[0])
-        return torch.cat(outputs, dim=1), None
+        return torch.cat(outputs, dim=1)
 
-    def scan(self, x, dt, B, C, seq_idx, initial_state):
-        if initial_state is not None:
-            raise ValueError("caches (generation) are not supported with ParallelConfig.cp > 1")
-        mesh = _mesh_of(self)
-        A = -torch.exp(self.A_log.float())
-        options = dict(chunk_size=self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
-                       dt_limit=self.time_step_limit)
+    def scan(self, x, dt, A, B, C, seq_idx, *, chunk_size, D, dt_bias, dt_softplus, dt_limit):
+        options = dict(chunk_size=chunk_size, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit)
         docs = seq_idx.chunk(2, dim=1) if seq_idx is not None else (None, None)
         pieces = list(zip(x.chunk(2, 1), dt.chunk(2, 1), B.chunk(2, 1), C.chunk(2, 1), docs))
 
         finals, decays = [], []  # per local chunk, from a zero state
         for x_c, dt_c, B_c, _, doc in pieces:
-            final, decay = chunk_final_state(x_c, prepare_dt(dt_c, self.dt_bias, True, self.time_step_limit), A,
-                                             B_c, doc)
+            final, decay = chunk_final_state(x_c, prepare_dt(dt_c, dt_bias, dt_softplus, dt_limit), A, B_c, doc)
             finals.append(final)
             decays.append(decay)
-        finals = gather_chunks(torch.stack(finals, dim=1), mesh, dim=1)  # [B, chunk, H, P, N]
-        decays = gather_chunks(torch.stack(decays, dim=1), mesh, dim=1)  # [B, chunk, H]
+        finals = gather_chunks(torch.stack(finals, dim=1), self.mesh, dim=1)  # [B, chunk, H, P, N]
+        decays = gather_chunks(torch.stack(decays, dim=1), self.mesh, dim=1)  # [B, chunk, H]
         if seq_idx is not None:  # [B, chunk, (first document, last document)]
             ends = gather_chunks(torch.stack([torch.stack([d[:, 0], d[:, -1]], dim=-1) for d in docs], dim=1),
-                                 mesh, dim=1)
+                                 self.mesh, dim=1)
 
         entering = [torch.zeros_like(finals[:, 0])]
         for c in range(finals.shape[1] - 1):
@@ -189,9 +171,9 @@ class ContextParallelMamba2:
             entering.append(state)
 
         outputs = []
-        for (x_c, dt_c, B_c, C_c, doc), index in zip(pieces, chunk_ids(mesh.get_local_rank(), mesh.size())):
+        for (x_c, dt_c, B_c, C_c, doc), index in zip(pieces, chunk_ids(self.rank, self.size)):
             outputs.append(ssd(x_c, dt_c, A, B_c, C_c, seq_idx=doc, initial_state=entering[index], **options)[0])
-        return torch.cat(outputs, dim=1), None
+        return torch.cat(outputs, dim=1)
 
 
 def chunk_final_state(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
@@ -218,39 +200,8 @@ def chunk_final_state(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: tor
     return state.reshape(batch, heads, head_dim, -1), decay
 
 
-def apply_context_parallel(model: HybridLM, mesh: DeviceMesh, tp: int, sequence_parallel: bool) -> None:
-    """Swap in the cross-rank attention and Mamba-2 steps; fill in global positions when not given."""
-    for module in model.modules():
-        if isinstance(module, Attention):
-            mix_in(module, ContextParallelAttention)
-            module.__dict__["_cp_mesh"] = mesh
-        elif isinstance(module, Mamba2Mixer):
-            mix_in(module, ContextParallelMamba2)
-            module.__dict__["_cp_mesh"] = mesh
-    # prepend: runs before the sequence-parallel hook, which would number the tokens locally
-    model.register_forward_pre_hook(_global_positions(mesh, tp if sequence_parallel else 1), with_kwargs=True,
-                                    prepend=True)
-
-
-def _global_positions(mesh: DeviceMesh, sequence_shards: int):
-    """The model would number a rank's tokens from 0: give it their global positions instead."""
-    from .parallelize import bind_forward
-
-    def hook(module: HybridLM, args, kwargs):
-        bound = bind_forward(module, args, kwargs)
-        if bound.arguments.get("caches") is not None:
-            raise ValueError("caches (generation) are not supported with ParallelConfig.cp > 1")
-        if bound.arguments.get("positions") is None:
-            input_ids, seq_idx = bound.arguments["input_ids"], bound.arguments.get("seq_idx")
-            batch, length = input_ids.shape[:2]
-            if module.embed is None:  # a later pipeline stage: hidden states, maybe sequence-sharded
-                length *= sequence_shards
-            if seq_idx is not None:
-                positions = shard_sequence(positions_from_seq_idx(gather_chunks(seq_idx, mesh, dim=1)), mesh)
-            else:
-                positions = token_slots(mesh.get_local_rank(), mesh.size(), length, input_ids.device)
-                positions = positions.expand(batch, -1)
-            bound.arguments["positions"] = positions
-        return bound.args[1:], bound.kwargs
-
-    return hook
+def global_positions(seq_idx: torch.Tensor | None, batch: int, length: int, device) -> torch.Tensor:
+    """Positions [B, L] of the whole sequence (restarting at each document), before it is sharded."""
+    if seq_idx is not None:
+        return positions_from_seq_idx(seq_idx)
+    return torch.arange(length, device=device).expand(batch, -1)

@@ -1,7 +1,7 @@
 """The device mesh: one named dimension per kind of parallelism, size-1 dimensions included.
 
 Besides the five named dimensions, `build_mesh` creates the flattened ones the rest of the package asks
-for by name:
+for by name, and `view_mesh` the (tp, dp_replicate, dp_shard x cp) mesh of layouts.global_view:
     dp           dp_replicate x dp_shard       which slice of the global batch a rank reads
     dp_shard_cp  dp_shard x cp                 what FSDP shards over (context-parallel ranks hold
                                                the same weights, so they share the shards)
@@ -24,7 +24,13 @@ def build_mesh(parallel_config: ParallelConfig, device_type: str) -> DeviceMesh:
     config = parallel_config.resolve(dist.get_world_size())
     mesh = init_device_mesh(device_type, config.mesh_shape(), mesh_dim_names=MESH_DIMS)
     # Newer torch asks callers to keep the flattened meshes rather than slice them from the root.
-    _FLATTENED[id(mesh)] = (mesh, {name: mesh[dims]._flatten(name) for name, dims in FLATTENED_DIMS.items()})
+    flattened = {name: mesh[dims]._flatten(name) for name, dims in FLATTENED_DIMS.items()}
+    # Tensor parallelism outermost: FSDP's shard of a tensor-parallel slice is then an ordinary nested
+    # shard of the whole parameter. Built by every rank (process groups are made collectively).
+    ranks = mesh.mesh.permute(0, 4, 1, 2, 3).flatten(3)  # pp, tp, dp_replicate, dp_shard x cp
+    views = DeviceMesh(device_type, ranks, mesh_dim_names=("pp", "tp", "dp_replicate", "dp_shard_cp"))
+    flattened["view"] = views["tp", "dp_replicate", "dp_shard_cp"]
+    _FLATTENED[id(mesh)] = (mesh, flattened)
     return mesh
 
 
@@ -35,12 +41,17 @@ _FLATTENED: dict[int, tuple[DeviceMesh, dict[str, DeviceMesh]]] = {}
 
 def mesh_dim(mesh: DeviceMesh, name: str) -> DeviceMesh:
     """The 1-D mesh of a named dimension, flattened ones (dp, dp_shard_cp, dp_cp) included."""
-    if name in FLATTENED_DIMS:
+    if name in FLATTENED_DIMS or name == "view":
         entry = _FLATTENED.get(id(mesh))
         if entry is None or entry[0] is not mesh:
             raise ValueError(f"mesh dimension {name!r} exists only on meshes made by build_mesh")
         return entry[1][name]
     return mesh[name]
+
+
+def view_mesh(mesh: DeviceMesh | None) -> DeviceMesh | None:
+    """This pipeline stage's (tp, dp_replicate, dp_shard_cp) mesh of the same ranks (layouts.global_view)."""
+    return None if mesh is None else mesh_dim(mesh, "view")
 
 
 def data_parallel_rank(mesh: DeviceMesh | None) -> tuple[int, int]:

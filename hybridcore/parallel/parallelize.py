@@ -1,89 +1,153 @@
-"""`parallelize`: the one ordered entry point, torchtitan's order.
+"""`parallelize`: the one ordered entry point, in torchtitan's order, for every layout and one process.
 
-    1. tensor (+ sequence) parallel      heads and channels split over the tp mesh
-       context parallel                  attention and Mamba-2 steps that work across the cp ranks
-    2. activation checkpointing          per layer, after TP so the recompute includes its collectives
-    3. torch.compile (optional)          per layer, after AC so the compiled region is the wrapped layer
+    0. pipeline stages (pp > 1)         this rank's stages cut from the model; each stage below
+    1. tensor (+ sequence) parallel      the model's plans applied: each parameter replaced by its slice
+       context parallel                  the context strategy across the cp ranks
+    2. activation checkpointing          per layer (the layout's first N), after TP so the recompute
+                                         includes its collectives
+    3. torch.compile                     per layer, after AC so the compiled region is the wrapped layer
     4. FSDP2                             per layer, then the root; HSDP when dp_replicate > 1
 
-Every step happens in place on an initialised model, so the values are whatever the full model held:
-the same seed gives the same weights under any layout.
+Every dimension of degree 1 is a no-op, and one process (mesh None) runs steps 2 and 3 only: the same
+function, the same model code and the same training step on 1 or many ranks. The values are whatever
+the initialised model held, so the same seed gives the same weights under any layout.
 """
 
 from __future__ import annotations
 
-import inspect
+from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.device_mesh import DeviceMesh
 
 from ..model.attention import use_sdpa_for_documents
-from ..model.mamba2 import Mamba2Mixer
 from ..model.model import HybridLM
+from . import fsdp
 from .config import MESH_DIMS, ParallelConfig
-from .context_parallel import apply_context_parallel
-from .fsdp import apply_fsdp, mixed_precision_policy
-from .segments import split_mamba_segments
-from .tensor_parallel import apply_tensor_parallel
+from .context_parallel import ContextParallel
+from .layouts import ParameterLayout, clean_name
+from .mesh import view_mesh
+from .pipeline import Pipeline, check_pipeline, stage_module
+from .tensor_parallel import apply_tensor_parallel, reduce_partial_gradients
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 
-def parallelize(model: HybridLM, parallel_config: ParallelConfig, mesh: DeviceMesh, *,
-                activation_checkpointing: bool = False, checkpoint_layers: int | None = None, compile: bool = False,
-                mixed_precision=None) -> HybridLM:
-    """Apply TP (+SP), activation checkpointing, compile and FSDP2 to `model` in place; returns it.
+@dataclass
+class ParallelModel:
+    """This rank's share of a model: the HybridLM (or its pipeline stages), how each parameter is
+    split, and the mesh. What the training step, checkpoints and the gradient norm work on."""
+    parts: list[HybridLM]
+    mesh: DeviceMesh | None = None
+    config: ParallelConfig = field(default_factory=ParallelConfig)
+    layouts: dict[str, ParameterLayout] = field(default_factory=dict)
+    pipeline: Pipeline | None = None
+    fsdp: bool = False
 
-    `model` must be initialised (e.g. `build_model(config, device=..., seed=...)`) and on the mesh's
-    device type. `mixed_precision`: None (bf16 compute with fp32 reduction on CUDA, fp32 on CPU),
-    "bf16"/"fp32", a torch.dtype, or a torch.distributed.fsdp.MixedPrecisionPolicy.
-    `checkpoint_layers`: with activation checkpointing, only the layout's first N layers (None: all).
-    With pp > 1 use `build_pipeline` (pipeline.py), which applies the same steps to each stage.
+    @property
+    def model(self) -> HybridLM:
+        if self.pipeline is not None:
+            raise ValueError("a pipelined model has several parts: use .parts")
+        return self.parts[0]
+
+    @property
+    def view_mesh(self) -> DeviceMesh | None:
+        return view_mesh(self.mesh)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def parameters(self):
+        for part in self.parts:
+            yield from part.parameters()
+
+    def named_parameters(self):
+        for part in self.parts:
+            for name, param in part.named_parameters():
+                yield clean_name(name), param
+
+    def train(self, mode: bool = True) -> "ParallelModel":
+        for part in self.parts:
+            part.train(mode)
+        return self
+
+    def eval(self) -> "ParallelModel":
+        return self.train(False)
+
+    def finish_gradients(self) -> None:
+        """After backward: sum the gradients that are per-rank partial sums over the tp ranks."""
+        if self.mesh is not None and self.mesh["tp"].size() > 1:
+            for part in self.parts:
+                reduce_partial_gradients(part, self.layouts, self.mesh["tp"].get_group())
+
+
+def as_parallel_model(model) -> ParallelModel:
+    """A ParallelModel as given, or a plain HybridLM as the one-process ParallelModel it is."""
+    if isinstance(model, ParallelModel):
+        return model
+    if isinstance(model, HybridLM):
+        return ParallelModel([model])
+    raise TypeError(f"expected a HybridLM or a ParallelModel, got {type(model).__name__}")
+
+
+def parallelize(model: HybridLM, mesh: DeviceMesh | None = None, config: ParallelConfig | None = None, *,
+                activation_checkpointing: bool = False, checkpoint_layers: int | None = None,
+                compile: bool = False, compile_mode: str = "default", seq_len: int = 4096,
+                loss_chunk: int = 8192) -> ParallelModel:
+    """Apply the layout `config` over `mesh` (None: one process) to the initialised `model`, in place.
+
+    checkpoint_layers: with activation checkpointing, only the layout's first N layers (None: all).
+    seq_len: the training sequence length (balances pipeline stages by FLOPs when the layout has no '|').
+    loss_chunk: tokens per chunk of the fused LM head and loss under a pipeline.
     """
-    config = parallel_config.resolve(mesh.size())
-    check_mesh(config, mesh)
-    if config.pp > 1:
-        raise ValueError("ParallelConfig.pp > 1: use hybridcore.parallel.build_pipeline, which splits the "
-                         "model into stages and parallelizes each")
-    apply_parallelisms(model, config, mesh, activation_checkpointing=activation_checkpointing,
-                       checkpoint_layers=checkpoint_layers, compile=compile, mixed_precision=mixed_precision)
-    return model
+    config = (config or ParallelConfig(dp_shard=1)).resolve(mesh.size() if mesh is not None else 1)
+    if mesh is not None:
+        check_mesh(config, mesh)
+        devices = {p.device.type for p in model.parameters()} - {"meta"}  # a stage's others may be meta
+        if devices != {mesh.device_type}:
+            raise ValueError(f"model parameters are on {sorted(devices)} but the mesh is on "
+                             f"{mesh.device_type!r}; move the model first")
+    elif config.world_size > 1:
+        raise ValueError(f"ParallelConfig asks for {config.world_size} ranks: give the mesh (build_mesh)")
+    if compile_mode not in COMPILE_MODES:
+        raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {compile_mode!r}")
+    options = dict(activation_checkpointing=activation_checkpointing, checkpoint_layers=checkpoint_layers,
+                   compile=compile, compile_mode=compile_mode)
+    dtype = next(p for p in model.parameters() if not p.is_meta).dtype
+    if config.pp == 1:
+        layouts = _parallelize_part(model, mesh, config, **options)
+        return ParallelModel([model], mesh, config, layouts, fsdp=fsdp.applies(mesh))
+    stages = check_pipeline(model.config, config, seq_len)
+    pp_rank = mesh["pp"].get_local_rank()
+    indices = list(range(pp_rank, len(stages), config.pp))
+    parts, layouts = [], {}
+    for index in indices:
+        part = stage_module(model, stages, index)
+        layouts.update(_parallelize_part(part, mesh, config, pipelined=True, **options))
+        parts.append(part)
+    pipeline = Pipeline(parts, indices, len(stages), config, mesh, loss_chunk, dtype)
+    return ParallelModel(parts, mesh, config, layouts, pipeline, fsdp=fsdp.applies(mesh))
 
 
-def apply_parallelisms(model: HybridLM, config: ParallelConfig, mesh: DeviceMesh, *, activation_checkpointing: bool,
-                       compile: bool, mixed_precision, checkpoint_layers: int | None = None,
-                       pipelined: bool = False) -> None:
+def _parallelize_part(model: HybridLM, mesh: DeviceMesh | None, config: ParallelConfig, *,
+                      activation_checkpointing: bool, checkpoint_layers: int | None, compile: bool,
+                      compile_mode: str, pipelined: bool = False) -> dict[str, ParameterLayout]:
     """The ordered steps on one model or one pipeline stage (a HybridLM holding some of the layers)."""
-    param = next(model.parameters())
-    if param.device.type != mesh.device_type:
-        raise ValueError(f"model parameters are on {param.device.type!r} but the mesh is on "
-                         f"{mesh.device_type!r}; move the model first")
-
-    tp = mesh["tp"].size()
-    if tp > 1:
-        apply_tensor_parallel(model, mesh["tp"], config.sequence_parallel)
-        if config.sequence_parallel:
-            model.register_forward_pre_hook(_sequence_parallel_inputs(tp), with_kwargs=True)
-    # Split the fused Mamba tensors in every layout, so every layout's checkpoint has the same keys.
-    for module in model.modules():
-        if isinstance(module, Mamba2Mixer):
-            split_mamba_segments(module)
+    layouts = apply_tensor_parallel(model, mesh["tp"] if mesh is not None else None, config.sequence_parallel)
     if config.cp > 1:
-        apply_context_parallel(model, mesh["cp"], tp, config.sequence_parallel)
-
+        model.use_parallelism(context=ContextParallel(mesh["cp"]))
     if activation_checkpointing:
         for name in model.leading_layer_names(checkpoint_layers):
             use_sdpa_for_documents(model.layers[name])
             model.layers[name] = checkpoint_wrapper(model.layers[name], preserve_rng_state=False)
     if compile:
         for layer in model.layers.values():
-            layer.compile()
-
-    policy = mixed_precision_policy(mixed_precision, mesh.device_type)
-    data_parallel = mesh["dp_replicate"].size() * mesh["dp_shard"].size() * mesh["cp"].size()
-    if data_parallel > 1 or policy.param_dtype is not None:
-        # Under a pipeline every microbatch would gather the weights again: keep them gathered.
-        apply_fsdp(model, mesh, policy, reshard_after_forward=not pipelined)
+            layer.compile(mode=None if compile_mode == "default" else compile_mode)
+    if fsdp.applies(mesh):
+        fsdp.apply_fsdp(model, mesh, pipelined)
+    return layouts
 
 
 def check_mesh(config: ParallelConfig, mesh: DeviceMesh) -> None:
@@ -97,31 +161,4 @@ def check_mesh(config: ParallelConfig, mesh: DeviceMesh) -> None:
                              f"dimension has size {sizes[name]}")
 
 
-_FORWARD_SIGNATURE = inspect.signature(HybridLM.forward)
-
-
-def bind_forward(model: HybridLM, args, kwargs) -> inspect.BoundArguments:
-    """HybridLM.forward's arguments by name, for forward pre-hooks that fill some in."""
-    return _FORWARD_SIGNATURE.bind(model, *args, **kwargs)
-
-
-def _sequence_parallel_inputs(tp: int):
-    """With the residual stream split along the sequence, the model can no longer read the sequence
-    length off its hidden states: pass positions explicitly, and refuse lengths that do not split."""
-
-    def hook(module: nn.Module, args, kwargs):
-        bound = bind_forward(module, args, kwargs)
-        input_ids = bound.arguments["input_ids"]
-        batch, length = input_ids.shape[:2]
-        if module.embed is None:  # a later pipeline stage: its input is this rank's sequence shard
-            length *= tp
-        elif length % tp:
-            raise ValueError(f"sequence length {length} must be divisible by ParallelConfig.tp ({tp}) "
-                             f"with sequence_parallel=True")
-        if bound.arguments.get("caches") is not None:
-            raise ValueError("caches (generation) are not supported with sequence_parallel=True")
-        if bound.arguments.get("positions") is None and bound.arguments.get("seq_idx") is None:
-            bound.arguments["positions"] = torch.arange(length, device=input_ids.device).expand(batch, -1)
-        return bound.args[1:], bound.kwargs
-
-    return hook
+__all__ = ["parallelize", "ParallelModel", "as_parallel_model", "check_mesh", "COMPILE_MODES"]

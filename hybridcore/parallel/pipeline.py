@@ -1,14 +1,22 @@
 """Pipeline parallelism on torch.distributed.pipelining.
 
 The model is cut into pp x pp_stages_per_rank stages: at the layout's '|' marks when it has them, else
-by FLOPs (flops.pipeline_stages -> layout.split_by_cost). Each stage is a HybridLM that keeps only its
+by FLOPs, the embedding counted with the first layer and the LM head with its loss with the last
+(flops.pipeline_stages -> layout.split_by_cost). Each stage is a HybridLM that keeps only its
 layers (the ModuleDict keeps global indices, so parameter names and checkpoint keys do not change);
 the embedding lives on the first stage and the final norm + LM head on the last. Rank r of the pp
 mesh holds stages r, r + pp, r + 2 pp, ... (the loop order interleaved 1F1B expects). Each stage is
 then parallelized like a whole model (TP, activation checkpointing, compile, FSDP2).
 
-Every microbatch carries its own `seq_idx` to every stage (the schedules pass keyword arguments to all
-stages), so document masking and resets work as in one process.
+Every microbatch carries its own `seq_idx` and `positions` to every stage (the schedules pass keyword
+arguments to all stages), so document masking, resets and RoPE work as in one process. The last stage
+returns its final-normed hidden states and the schedule's loss is the model's fused head and loss
+(HybridLM.loss), so the logits are never whole there either.
+
+Microbatches: ParallelConfig.pp_microbatches, or by default the fewest (at least pp) that keep each
+microbatch at MICROBATCH_TOKENS tokens or more while splitting the rows (`default_microbatches`):
+the bubble shrinks with more microbatches, but below that size a stage's compute no longer covers
+its host time per microbatch.
 """
 
 from __future__ import annotations
@@ -25,8 +33,20 @@ from ..config import ModelConfig
 from ..flops import pipeline_stages
 from ..model.model import HybridLM
 from .config import ParallelConfig
-from .fsdp import mixed_precision_policy
-from .parallelize import apply_parallelisms, check_mesh
+
+MICROBATCH_TOKENS = 8192
+
+
+def default_microbatches(config: ParallelConfig, local_rows: int, seq_len: int) -> int:
+    """Microbatches per step for `local_rows` rows of `seq_len` tokens on each data-parallel rank."""
+    if config.pp_microbatches is not None:
+        return config.pp_microbatches
+    step = config.pp if config.pp_schedule == "interleaved_1f1b" else 1
+    counts = [m for m in range(config.pp, local_rows + 1, step) if local_rows % m == 0]
+    if not counts:
+        return config.pp
+    large_enough = [m for m in counts if local_rows // m * seq_len >= MICROBATCH_TOKENS]
+    return max(large_enough) if large_enough else min(counts)
 
 
 def stage_layers(model: HybridLM | ModelConfig, num_stages: int, seq_len: int) -> list[list[int]]:
@@ -103,15 +123,18 @@ class Pipeline:
     """
 
     def __init__(self, model_parts: list[HybridLM], stage_indices: list[int], num_stages: int,
-                 config: ParallelConfig, mesh: DeviceMesh, loss_fn: Callable, compute_dtype: torch.dtype):
+                 config: ParallelConfig, mesh: DeviceMesh, loss_chunk: int, compute_dtype: torch.dtype):
         self.model_parts = model_parts
         self.stage_indices = stage_indices
         self.num_stages = num_stages
         self.config = config
         self.mesh = mesh
-        self.loss_fn = loss_fn
+        self.loss_chunk = loss_chunk  # tokens per chunk of the fused head and loss
         self.compute_dtype = compute_dtype
         self._schedules = {}  # (local batch shape, microbatches) -> schedule
+
+    def _loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.model_parts[-1].loss(hidden, targets, self.loss_chunk)
 
     @property
     def has_first_stage(self) -> bool:
@@ -140,79 +163,55 @@ class Pipeline:
         # `length` is this rank's (context-parallel) share; between stages the residual stream is also
         # split over tp under sequence parallelism.
         shard = self.mesh["tp"].size() if self.config.sequence_parallel else 1
-        d_model, vocab = self.model_parts[0].config.d_model, self.model_parts[0].config.vocab_size
-        # requires_grad: activations crossing a stage boundary carry gradients back.
+        d_model = self.model_parts[0].config.d_model
+        # requires_grad: activations crossing a stage boundary carry gradients back. Under autocast the
+        # hidden states between layers stay in fp32 (the residual stream's dtype).
         hidden = torch.empty(rows, length // shard, d_model, device=device, dtype=self.compute_dtype,
                              requires_grad=True)
         stages = []
         for part, index in zip(self.model_parts, self.stage_indices):
-            first, last = index == 0, index == self.num_stages - 1
+            first = index == 0
             inputs = torch.empty(rows, length, dtype=torch.long, device=device) if first else hidden
-            outputs = torch.empty(rows, length, vocab, device=device, dtype=self.compute_dtype,
-                                  requires_grad=True) if last else hidden
             stages.append(PipelineStage(part, index, self.num_stages, device, input_args=inputs,
-                                        output_args=outputs, group=self.mesh["pp"].get_group()))
+                                        output_args=hidden, group=self.mesh["pp"].get_group()))
         kind = self.config.pp_schedule
         if kind == "interleaved_1f1b":
-            return ScheduleInterleaved1F1B(stages, microbatches, loss_fn=self.loss_fn, scale_grads=True)
+            return ScheduleInterleaved1F1B(stages, microbatches, loss_fn=self._loss, scale_grads=True)
         schedule = {"1f1b": Schedule1F1B, "gpipe": ScheduleGPipe}[kind]
-        return schedule(stages[0], microbatches, loss_fn=self.loss_fn, scale_grads=True)
+        return schedule(stages[0], microbatches, loss_fn=self._loss, scale_grads=True)
 
-    def _schedule(self, input_ids: torch.Tensor, microbatches: int | None):
-        key = (tuple(input_ids.shape), microbatches or self.config.num_microbatches)
+    def _schedule(self, input_ids: torch.Tensor, microbatches: int):
+        key = (tuple(input_ids.shape), microbatches)
         if key not in self._schedules:
             self._schedules[key] = self._build_schedule(*key[0], key[1])
         return self._schedules[key]
 
-    def _run(self, run, input_ids, targets, seq_idx) -> list[torch.Tensor] | None:
-        kwargs = {"seq_idx": seq_idx} if seq_idx is not None else {}
+    def _run(self, run, input_ids, targets, seq_idx, positions) -> list[torch.Tensor] | None:
+        kwargs = {"positions": positions, "return_hidden": True}
+        if seq_idx is not None:
+            kwargs["seq_idx"] = seq_idx
         losses = [] if self.has_last_stage else None
         args = (input_ids,) if self.has_first_stage else ()
         target = targets if self.has_last_stage else None
         run(*args, target=target, losses=losses, **kwargs)
         return None if losses is None else [loss.detach().float() for loss in losses]
 
-    def step(self, input_ids: torch.Tensor, targets: torch.Tensor, seq_idx: torch.Tensor | None = None,
-             microbatches: int | None = None):
-        """Forward and backward of one local batch; microbatches: default ParallelConfig.num_microbatches
-        (gradient accumulation is more microbatches per step: the schedule scales gradients per step)."""
-        losses = self._run(self._schedule(input_ids, microbatches).step, input_ids, targets, seq_idx)
+    def step(self, input_ids: torch.Tensor, targets: torch.Tensor, seq_idx: torch.Tensor | None,
+             positions: torch.Tensor, microbatches: int):
+        """Forward and backward of one local batch in `microbatches` (gradient accumulation is more
+        microbatches per step: the schedule scales gradients per step); the mean loss on ranks holding
+        the last stage, None elsewhere."""
+        losses = self._run(self._schedule(input_ids, microbatches).step, input_ids, targets, seq_idx, positions)
         return None if losses is None else torch.stack(losses).mean()
 
     @torch.no_grad()
-    def evaluate(self, input_ids: torch.Tensor, targets: torch.Tensor, seq_idx: torch.Tensor | None = None,
-                 microbatches: int | None = None) -> list[torch.Tensor] | None:
+    def evaluate(self, input_ids: torch.Tensor, targets: torch.Tensor, seq_idx: torch.Tensor | None,
+                 positions: torch.Tensor, microbatches: int) -> list[torch.Tensor] | None:
         """Forward passes only: each microbatch's loss on ranks holding the last stage, None elsewhere."""
-        return self._run(self._schedule(input_ids, microbatches).eval, input_ids, targets, seq_idx)
+        return self._run(self._schedule(input_ids, microbatches).eval, input_ids, targets, seq_idx, positions)
 
     def loss_across_stages(self, loss: torch.Tensor | None) -> torch.Tensor:
         """The last stage's loss on every rank of the pp group."""
         value = loss.clone() if loss is not None else torch.zeros((), device=self._device())
         dist.all_reduce(value, group=self.mesh["pp"].get_group())
         return value
-
-
-def build_pipeline(model: HybridLM, parallel_config: ParallelConfig, mesh: DeviceMesh, loss_fn: Callable, *,
-                   seq_len: int, activation_checkpointing: bool = False, checkpoint_layers: int | None = None,
-                   compile: bool = False, mixed_precision=None) -> Pipeline:
-    """Cut `model` (initialised, full) into stages, keep this rank's, parallelize each; see the module doc.
-
-    loss_fn(logits, targets) -> mean loss of one microbatch. seq_len: the training sequence length
-    (balances stages by FLOPs when the layout has no '|').
-    """
-    config = parallel_config.resolve(mesh.size())
-    check_mesh(config, mesh)
-    stages = check_pipeline(model.config, config, seq_len)
-    num_stages = len(stages)
-    pp_rank = mesh["pp"].get_local_rank()
-    indices = list(range(pp_rank, num_stages, config.pp))
-    parts = []
-    for index in indices:
-        part = stage_module(model, stages, index)
-        apply_parallelisms(part, config, mesh, activation_checkpointing=activation_checkpointing,
-                           checkpoint_layers=checkpoint_layers, compile=compile, mixed_precision=mixed_precision,
-                           pipelined=True)
-        parts.append(part)
-    policy = mixed_precision_policy(mixed_precision, mesh.device_type)
-    compute_dtype = policy.param_dtype or next(model.parameters()).dtype
-    return Pipeline(parts, indices, num_stages, config, mesh, loss_fn, compute_dtype)

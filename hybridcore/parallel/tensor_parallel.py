@@ -1,22 +1,25 @@
-"""Tensor parallelism (Megatron-style) and sequence parallelism for every layer kind, on DTensor.
+"""Tensor parallelism (Megatron-style) with sequence parallelism, applied from the model's plans.
 
-Per layer, on the tp mesh:
-    attention   q, k, v colwise (query and key/value heads split across ranks), o rowwise
-    MLP         gate, up colwise; down rowwise
-    Mamba-2     each in_proj segment z, x, B, C, dt colwise by heads/groups (segments.py), conv channels,
-                A_log, D, dt_bias and the gated-norm weight sharded by head (groups stay whole on a
-                rank, so the gated RMSNorm is local), out_proj rowwise. With one group (Falcon-H1 up
-                to 7B) B and C are replicated on every rank and the norm's statistics are summed over
-                the tp ranks; other group counts must divide by tp
-    embedding   rowwise over the vocabulary; LM head colwise over the vocabulary, logits gathered
+`apply_tensor_parallel` reads every module's `parallel_plan` (model/plan.py) and replaces each
+parameter by this rank's slice of it, a plain tensor: attention's query and key/value heads, the MLP's
+hidden channels, every Mamba-2 in_proj / conv segment by heads (B and C by groups, or whole on every
+rank when the groups do not divide among the ranks), the vocabulary rows of the embedding and the LM
+head. Inside a block the model computes on these plain tensors, reading its local head counts from
+their shapes; the only communication is in the `TensorParallelRegion` it is given:
 
-The residual stream between layers is a plain tensor: the full sequence on every tp rank, or with
-sequence parallelism this rank's 1/tp of the sequence. Each layer's pre-norm hands its branches one
-Replicate DTensor `u` (with sequence parallelism the norm runs on the shard and its output is
-all-gathered once, even when two branches read it); the branches' row-parallel outputs come back
-reduced (all-reduce, or reduce-scatter onto the sequence shard). In a parallel-hybrid block the two
-branches reduce separately: the model adds them to the residual one after the other, and summing their
-partial outputs first would change fp32 rounding against the single-process model.
+    enter     the pre-norm's output to the branches: an all-gather of the sequence shards (sequence
+              parallelism), or the identity whose backward all-reduces the input's gradient
+    exit      the branches' partial outputs, summed over the ranks (both branches of a P layer at once):
+              a reduce-scatter onto this rank's sequence shard, or an all-reduce
+    all_sum   a small all-reduce for the gated norm's statistics when one group spans the ranks
+    embedding this rank's vocabulary rows looked up, the rest zero, then summed like `exit`
+    loss      the LM head's products stay on their rank: three row statistics per chunk cross the ranks
+              (ops.chunked_cross_entropy), the logits are never gathered
+
+Parameters whole on every rank whose gradient is a per-rank partial sum (the norms under sequence
+parallelism, B and C when the groups are shared) are recorded in their layouts and summed over the
+ranks after backward (`reduce_partial_gradients`). A row-parallel output bias is held by the first rank
+of the group only, so it is added once.
 """
 
 from __future__ import annotations
@@ -24,17 +27,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
-from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleOutput, RowwiseParallel,
-                                               SequenceParallel, parallelize_module)
 
 from ..config import ModelConfig
-from ..model.attention import Attention
-from ..model.mamba2 import Mamba2Mixer
-from ..model.mlp import SwiGLU
 from ..model.model import HybridLM
-from .segments import make_local, mix_in, split_mamba_segments
+from ..model.plan import COLWISE, GROUPS, OUTPUT_BIAS, REPLICATE, ROWWISE
+from ..ops import chunked_cross_entropy
+from . import collectives
+from .layouts import ParameterLayout, chunk_bounds
 
 
 def check_tensor_parallel(config: ModelConfig, tp: int) -> None:
@@ -51,138 +50,119 @@ def check_tensor_parallel(config: ModelConfig, tp: int) -> None:
         needs += [("d_ff", config.d_ff)]
     for field, value in needs:
         if field == "mamba_n_groups" and value == 1:
-            continue  # one group: B and C replicated, see parallelize_mamba
+            continue  # one group: B and C whole on every rank
         if value % tp:
             hint = " or be 1" if field == "mamba_n_groups" else ""
             raise ValueError(f"ModelConfig.{field} ({value}) must be divisible by ParallelConfig.tp ({tp}){hint}")
 
 
-def _shard_parameters(module: nn.Module, mesh: DeviceMesh, names: list[str]) -> None:
-    """Turn the named direct parameters of `module` into Shard(0) DTensors on `mesh`."""
-    for name in names:
-        param = module._parameters.get(name)
-        if param is None:
-            continue
-        sharded = distribute_tensor(param.detach(), mesh, [Shard(0)])
-        module.register_parameter(name, nn.Parameter(sharded, requires_grad=param.requires_grad))
+class TensorParallelRegion:
+    """The region of model/parallelism.py over a 1-D tensor-parallel mesh."""
+
+    def __init__(self, mesh, sequence_parallel: bool, vocab_size: int):
+        self.group = mesh.get_group()
+        self.size, self.rank = mesh.size(), mesh.get_local_rank()
+        self.sequence_parallel = sequence_parallel
+        self.vocab_chunks = [chunk_bounds(vocab_size, self.size, rank) for rank in range(self.size)]
+        self.vocab_start = self.vocab_chunks[self.rank][0]
+
+    def embedding(self, input_ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        local = input_ids - self.vocab_start
+        here = (local >= 0) & (local < weight.shape[0])
+        rows = F.embedding(local.clamp(0, weight.shape[0] - 1), weight).masked_fill(~here[..., None], 0.0)
+        return self.exit(rows)
+
+    def enter(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sequence_parallel:
+            return collectives.gather_along(x, 1, self.group)
+        return collectives.copy_to_ranks(x, self.group)
+
+    def exit(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sequence_parallel:
+            return collectives.reduce_scatter_along(x, 1, self.group)
+        return collectives.sum_over_ranks(x, self.group)
+
+    def all_sum(self, x: torch.Tensor) -> torch.Tensor:
+        return collectives.all_sum(x, self.group)
+
+    def _reduce_statistic(self, tensor: torch.Tensor, op: str) -> torch.Tensor:
+        return collectives.all_reduce(tensor, op, self.group)
+
+    def cross_entropy(self, hidden, weight, labels, multiplier: float, chunk_size: int) -> torch.Tensor:
+        return chunked_cross_entropy(hidden, weight, labels, multiplier, chunk_size, vocab_start=self.vocab_start,
+                                     all_reduce=self._reduce_statistic)
+
+    def gather_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        """The whole vocabulary's logits (evaluation and tests; training never gathers them). Uneven
+        splits are padded for the gather, then cut."""
+        widest = max(end - start for start, end in self.vocab_chunks)
+        padded = F.pad(logits, (0, widest - logits.shape[-1]))
+        gathered = collectives.gather_along(padded, logits.dim() - 1, self.group)
+        pieces = gathered.split(widest, dim=-1)
+        return torch.cat([piece[..., :b - a] for piece, (a, b) in zip(pieces, self.vocab_chunks)], dim=-1)
 
 
-def _replicate_parameters(module: nn.Module, mesh: DeviceMesh, names: list[str]) -> None:
-    for name in names:
-        param = module._parameters.get(name)
-        if param is not None:
-            replicated = distribute_tensor(param.detach(), mesh, [Replicate()])
-            module.register_parameter(name, nn.Parameter(replicated, requires_grad=param.requires_grad))
+# ---- applying the plans ------------------------------------------------------------------------------
+def apply_tensor_parallel(model: HybridLM, mesh, sequence_parallel: bool) -> dict[str, ParameterLayout]:
+    """Replace every parameter of `model` by this rank's slice (see the module docstring) and give the
+    model the region; returns each parameter's layout by name. `mesh`: the 1-D tp mesh (size 1 is a
+    no-op that still records the layouts)."""
+    tp, rank = mesh.size() if mesh is not None else 1, mesh.get_local_rank() if mesh is not None else 0
+    check_tensor_parallel(model.config, tp)
+    shared_groups = model.config.mamba_n_groups % tp != 0
+    layouts = {}
+    for module_name, module in model.named_modules():
+        for name, rule in getattr(type(module), "parallel_plan", {}).items():
+            owner_name, _, leaf = name.rpartition(".")
+            owner = getattr(module, owner_name, None) if owner_name else module  # a stage may lack the head
+            param = owner._parameters.get(leaf) if owner is not None else None
+            if param is None:
+                continue
+            full_name = f"{module_name}.{name}" if module_name else name
+            if full_name in layouts:  # a tied head: the embedding's parameter, placed already
+                continue
+            if rule == GROUPS:  # B and C: by groups, or whole on every rank with the groups shared
+                rule, partial = (REPLICATE, True) if shared_groups else (COLWISE, False)
+            else:  # a norm weight on the residual stream's sequence shard sees part of the tokens
+                partial = rule == REPLICATE and sequence_parallel
+            layout = ParameterLayout(tuple(param.shape), tp_dim={COLWISE: 0, ROWWISE: 1}.get(rule),
+                                     partial_gradient=partial and tp > 1, first_rank_only=rule == OUTPUT_BIAS)
+            layouts[full_name] = layout
+            if tp == 1:
+                continue
+            if layout.first_rank_only and rank != 0:
+                owner.register_parameter(leaf, None)
+                continue
+            if layout.tp_dim is not None:
+                start, end = chunk_bounds(param.shape[layout.tp_dim], tp, rank)
+                local = param.detach().narrow(layout.tp_dim, start, end - start).clone()
+                owner.register_parameter(leaf, nn.Parameter(local, requires_grad=param.requires_grad))
+    unplanned = [name for name, _ in model.named_parameters() if name not in layouts]
+    if unplanned:
+        raise ValueError(f"parameter(s) {', '.join(unplanned[:4])} have no parallel plan: the module that owns "
+                         f"them must list them in its parallel_plan (model/plan.py)")
+    model.tie_weights()
+    if tp > 1:
+        model.use_parallelism(region=TensorParallelRegion(mesh, sequence_parallel, model.config.vocab_size))
+    return layouts
 
 
-def _to_local_partial_grad(module, args):
-    """Mamba mixer input: the Replicate DTensor `u` becomes a plain tensor. Its gradient from this
-    rank's heads is only a partial sum, which the norm's DTensor backward reduces with the others."""
-    u, *rest = args
-    if isinstance(u, DTensor):
-        u = u.to_local(grad_placements=[Partial()])
-    return (u, *rest)
+def reduce_partial_gradients(model: nn.Module, layouts: dict[str, ParameterLayout], group) -> None:
+    """Sum over the tensor-parallel ranks the gradients that are per-rank partial sums, in one all-reduce."""
+    grads = [param.grad for name, param in named_parameters(model)
+             if param.grad is not None and layouts[name].partial_gradient]
+    if not grads:
+        return
+    local = [grad.to_local() if hasattr(grad, "to_local") else grad for grad in grads]
+    flat = torch.cat([g.reshape(-1) for g in local])
+    torch.distributed.all_reduce(flat, group=group)
+    for grad, piece in zip(local, flat.split([g.numel() for g in local])):
+        grad.copy_(piece.view_as(grad))
 
 
-def sum_over_ranks(tensor: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:
-    """Sum of `tensor` over the ranks of a 1-D mesh, differentiable (an all-gather and a local sum:
-    the backward reduce-scatters, so every rank's input receives the gradient of every rank's use)."""
-    stacked = DTensor.from_local(tensor.unsqueeze(0), mesh, [Shard(0)], run_check=False)
-    return stacked.redistribute(mesh, [Replicate()]).to_local(grad_placements=[Partial()]).sum(0)
+def named_parameters(model: nn.Module):
+    """(name, parameter) as state dicts spell the names: activation-checkpoint and compile wrappers removed."""
+    from .layouts import clean_name
 
-
-class SharedGroupGate:
-    """Mixin for a Mamba mixer whose one B/C group spans the tp ranks: the gated RMSNorm's mean of
-    squares is taken over the whole d_ssm, summed across ranks (the model's gate otherwise)."""
-
-    def gate(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        if not self.use_rms_norm:
-            return super().gate(y, z)
-        mesh = self.__dict__["_tp_mesh"]
-        dtype = y.dtype
-        y = y.float()
-        if not self.norm_before_gate:
-            y = y * F.silu(z.float())
-        mean_square = sum_over_ranks(y.pow(2).sum(-1, keepdim=True), mesh) / (y.shape[-1] * mesh.size())
-        y = y * torch.rsqrt(mean_square + self.norm_eps) * self.norm_weight.float()
-        if self.norm_before_gate:
-            y = y * F.silu(z.float())
-        return y.to(dtype)
-
-
-def parallelize_mamba(mixer: Mamba2Mixer, mesh: DeviceMesh, sequence_parallel: bool) -> None:
-    tp = mesh.size()
-    shared_group = mixer.n_groups % tp != 0  # then n_groups == 1 (check_tensor_parallel)
-    split_mamba_segments(mixer)
-    group_names = {"weight_B", "weight_C", "bias_B", "bias_C", "conv_weight_B", "conv_weight_C", "conv_bias_B",
-                   "conv_bias_C"} if shared_group else set()
-    for module, names in ((mixer.in_proj, list(mixer.in_proj._parameters)),
-                          (mixer, ["conv_weight_x", "conv_weight_B", "conv_weight_C", "conv_bias_x", "conv_bias_B",
-                                   "conv_bias_C", "dt_bias", "A_log", "D", "norm_weight"])):
-        _shard_parameters(module, mesh, [n for n in names if n not in group_names])
-        _replicate_parameters(module, mesh, [n for n in names if n in group_names])
-    make_local(mixer)
-    parallelize_module(mixer.out_proj, mesh, RowwiseParallel(output_layouts=Shard(1) if sequence_parallel
-                                                             else Replicate()))
-    # The module computes with its local head counts from here on.
-    mixer.num_heads //= tp
-    mixer.d_ssm //= tp
-    if shared_group:
-        mix_in(mixer, SharedGroupGate)
-        mixer.__dict__["_tp_mesh"] = mesh
-    else:
-        mixer.n_groups //= tp
-    mixer.register_forward_pre_hook(_to_local_partial_grad)
-
-
-def parallelize_attention(attention: Attention, mesh: DeviceMesh, sequence_parallel: bool) -> None:
-    tp = mesh.size()
-    parallelize_module(attention, mesh, {
-        "q_proj": ColwiseParallel(), "k_proj": ColwiseParallel(), "v_proj": ColwiseParallel(),
-        "o_proj": RowwiseParallel(output_layouts=Shard(1) if sequence_parallel else Replicate()),
-    })
-    attention.num_heads //= tp
-    attention.num_kv_heads //= tp
-
-
-def parallelize_mlp(mlp: SwiGLU, mesh: DeviceMesh, sequence_parallel: bool) -> None:
-    parallelize_module(mlp, mesh, {
-        "gate_proj": ColwiseParallel(), "up_proj": ColwiseParallel(),
-        "down_proj": RowwiseParallel(output_layouts=Shard(1) if sequence_parallel else Replicate()),
-    })
-
-
-def parallelize_pre_norm(norm: nn.Module, mesh: DeviceMesh, sequence_parallel: bool) -> None:
-    """The layer's pre-norm hands its branches one Replicate DTensor."""
-    if sequence_parallel:
-        parallelize_module(norm, mesh, SequenceParallel())  # weight Replicate, runs on the sequence shard
-        gather = PrepareModuleOutput(output_layouts=Shard(1), desired_output_layouts=Replicate(),
-                                     use_local_output=False)
-    else:
-        gather = PrepareModuleOutput(output_layouts=Replicate(), desired_output_layouts=Replicate(),
-                                     use_local_output=False)
-    parallelize_module(norm, mesh, gather)
-
-
-def apply_tensor_parallel(model: HybridLM, mesh: DeviceMesh, sequence_parallel: bool) -> None:
-    """Shard `model` in place over the 1-D tp mesh (see the module docstring)."""
-    check_tensor_parallel(model.config, mesh.size())
-    tied = model.config.tie_embeddings and model.embed is not None and model.lm_head is not None
-    residual = Shard(1) if sequence_parallel else Replicate()
-    if model.embed is not None:
-        parallelize_module(model.embed, mesh, RowwiseParallel(input_layouts=Replicate(), output_layouts=residual))
-    for layer in model.layers.values():
-        parallelize_pre_norm(layer.norm, mesh, sequence_parallel)
-        if hasattr(layer, "mamba"):
-            parallelize_mamba(layer.mamba, mesh, sequence_parallel)
-        if hasattr(layer, "attention"):
-            parallelize_attention(layer.attention, mesh, sequence_parallel)
-        if hasattr(layer, "mlp"):
-            parallelize_mlp(layer.mlp, mesh, sequence_parallel)
-    if model.final_norm is not None and sequence_parallel:
-        parallelize_module(model.final_norm, mesh, SequenceParallel())
-    if model.lm_head is not None:
-        parallelize_module(model.lm_head, mesh, ColwiseParallel(input_layouts=residual,
-                                                                output_layouts=Replicate()))
-    if tied:  # both are Shard(0) over the vocabulary: share the one DTensor again
-        model.lm_head.weight = model.embed.weight
+    for name, param in model.named_parameters():
+        yield clean_name(name), param

@@ -3,9 +3,9 @@
     from hybridcore.train import TrainConfig, train
     train(TrainConfig(out="runs/debug", preset="debug", steps=50))
 
-Modules: config (TrainConfig), trainer (train), schedule, optim, loss, checkpoint (load_model, ...),
-metrics, data, model_setup (the parallelize slot), parallel_layout (the layout flags, checked up front),
-parallel_run (the step under torchrun, on hybridcore.parallel), cli / evaluate / plot (subcommands).
+Modules: config (TrainConfig), trainer (train), step (the one training step and evaluation, for every
+layout), schedule, optim, loss, checkpoint (load_model, ...), metrics, data, model_setup (config and init),
+parallel_layout (the layout flags, checked up front), cli / evaluate / plot (subcommands).
 Names load on first use, so `hybridcore plot` does not pay for torch.distributed's imports.
 """
 
@@ -16,7 +16,7 @@ import importlib
 _EXPORTS = {
     "TrainConfig": "config", "train": "trainer", "check_run": "trainer", "TrainResult": "trainer",
     "TrainingDiverged": "trainer", "Schedule": "schedule", "build_optimizer": "optim", "param_groups": "optim",
-    "split_by_decay": "optim", "token_losses": "loss", "loss_sum": "loss", "evaluate_loss": "loss",
+    "split_by_decay": "optim", "token_losses": "loss", "train_step": "step", "evaluate": "step", "Batch": "step",
     "load_model": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
     "latest_checkpoint": "checkpoint", "read_metrics": "metrics",
 }

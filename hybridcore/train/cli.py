@@ -63,8 +63,8 @@ def add_arguments(parser) -> None:
 
     execution = parser.add_argument_group("execution")
     _flag(execution, "--device", choices=DEVICES, help="default: cuda when available")
-    _flag(execution, "--dtype", choices=DTYPES, help="compute dtype over fp32 master weights: autocast in one "
-          "process, FSDP2 mixed precision under a parallel layout (default: bf16 on cuda, fp32 on cpu)")
+    _flag(execution, "--dtype", choices=DTYPES, help="compute dtype: autocast over fp32 master weights, in every "
+          "layout (default: bf16 on cuda, fp32 on cpu)")
     execution.add_argument("--activation-checkpointing", action="store_true", default=None,
                            help="recompute each layer's activations in backward")
     _flag(execution, "--checkpoint-layers", type=int, metavar="N",

@@ -85,7 +85,7 @@ def load_any_model(path: str | Path, device="cpu"):
 
 def run(args) -> int:
     from ..data import TokenDataset, read_meta, validation_batches
-    from .loss import evaluate_loss
+    from .step import Batch, evaluate
 
     for name in ("batches", "batch_size"):
         if getattr(args, name) < 1:
@@ -110,8 +110,9 @@ def run(args) -> int:
     batches = validation_batches(dataset, args.batch_size, seq_len, max_batches=args.batches,
                                  doc_boundaries=args.doc_masking)
     model = load_any_model(args.model, device=device)
-    loss, tokens = evaluate_loss(model, batches, device, torch.bfloat16 if dtype == "bf16" else None,
-                                 fused_head=True)  # the loss path of a one-process training run
+    # the training run's own evaluation: fused head and loss, under autocast
+    loss, tokens = evaluate(model, [Batch.from_loader(batch) for batch in batches],
+                            autocast_dtype=torch.bfloat16 if dtype == "bf16" else None)
     perplexity = math.exp(loss) if loss < 700 else math.inf
     result = {"model": str(args.model), "data": str(args.data), "split": args.split, "loss": loss,
               "perplexity": perplexity, "tokens": tokens, "batches": len(batches), "batch_size": args.batch_size,

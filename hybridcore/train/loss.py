@@ -1,12 +1,10 @@
-"""Next-token cross entropy, with the logits computed in chunks when they would be large.
+"""Per-token cross entropy through the logits, and the rule for how many tokens one loss chunk holds.
 
-A 261K vocabulary at 8K tokens makes fp32 logits of 8 GiB, plus their gradient. The chunked path
-runs the model up to the final norm once, then for each slice of tokens computes logits and the loss
-under activation checkpointing, so only one slice's logits exist at a time, in forward and backward.
-One process (`fused_head=True`) takes hybridcore.ops.chunked_cross_entropy instead: the head's products
-and the loss gradient in one pass per chunk, nothing recomputed, and an odd vocabulary padded for cuBLAS.
-The parallel layouts keep the module path: one `model(...)` call (or the checkpointed chunks), which
-is what their wrappers (FSDP's gathers, tensor-parallel heads) hook into.
+Training and evaluation take the fused head and loss (HybridLM.loss: hybridcore.ops.chunked_cross_entropy,
+the head's products and the loss gradient in one pass per chunk, vocabulary-parallel under tensor
+parallelism). `token_losses` is the plain module path over materialised logits, chunked under activation
+checkpointing when they would be large (a 261K vocabulary at 8K tokens makes 8 GiB of fp32 logits): the
+reference the fused path is tested against, and per-token losses where a caller wants them.
 """
 
 from __future__ import annotations
@@ -60,63 +58,4 @@ def token_losses(model, input_ids: torch.Tensor, labels: torch.Tensor, seq_idx: 
     return torch.cat(pieces).view(batch, length)
 
 
-def _plain_linear_head(model) -> bool:
-    """A bias-free nn.Linear head whose weight is a whole local tensor (not a DTensor shard)."""
-    from torch.distributed.tensor import DTensor
-
-    head = getattr(model, "lm_head", None)
-    return isinstance(head, torch.nn.Linear) and head.bias is None and not isinstance(head.weight, DTensor)
-
-
-def loss_sum(model, input_ids: torch.Tensor, labels: torch.Tensor, seq_idx: torch.Tensor | None = None,
-             chunk_tokens: int = 0, fused_head: bool = False) -> tuple[torch.Tensor, int]:
-    """(sum of the per-token losses, number of counted tokens).
-
-    fused_head: compute the head and the loss with ops.chunked_cross_entropy (one process only; a
-    model whose head is not a plain local nn.Linear takes the module path)."""
-    count = int((labels != IGNORE_INDEX).sum())
-    if fused_head and _plain_linear_head(model):
-        from ..ops import chunked_cross_entropy
-
-        hidden = model.hidden_states(input_ids, seq_idx)
-        chunk = resolve_chunk(labels.numel(), model.config.vocab_size, chunk_tokens)
-        mean = chunked_cross_entropy(hidden, model.lm_head.weight, labels, model.config.lm_head_multiplier,
-                                     chunk_size=chunk)
-        return mean * count, count  # the mean is over the counted tokens (0 when there are none)
-    losses = token_losses(model, input_ids, labels, seq_idx, chunk_tokens)
-    return losses.sum(), count
-
-
-@torch.no_grad()
-def evaluate_loss(model, batches, device, autocast_dtype: torch.dtype | None = None,
-                  chunk_tokens: int = 0, fused_head: bool = False) -> tuple[float, int]:
-    """(mean loss per token, tokens) over `batches`, summed over every data-parallel rank."""
-    from .distributed import all_reduce_sum
-
-    was_training = model.training
-    model.eval()
-    totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, token count
-    try:
-        for batch in batches:
-            if batch["input_ids"].shape[0] == 0:  # a rank's share of the last partial batch can be empty
-                continue
-            seq_idx = batch["seq_idx"].to(device) if batch.get("seq_idx") is not None else None
-            with autocast(device, autocast_dtype):
-                total, count = loss_sum(model, batch["input_ids"].to(device), batch["labels"].to(device),
-                                        seq_idx, chunk_tokens, fused_head)
-            totals[0] += total.double()
-            totals[1] += count
-    finally:
-        model.train(was_training)
-    totals = all_reduce_sum(totals)
-    count = int(totals[1].item())
-    return (totals[0].item() / count if count else float("nan")), count
-
-
-def autocast(device, dtype: torch.dtype | None):
-    """bf16 autocast over fp32 weights when dtype is given, a no-op context otherwise."""
-    device_type = torch.device(device).type
-    return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
-
-
-__all__ = ["token_losses", "loss_sum", "evaluate_loss", "autocast", "resolve_chunk", "IGNORE_INDEX"]
+__all__ = ["token_losses", "resolve_chunk", "IGNORE_INDEX", "AUTO_CHUNK_ELEMENTS"]

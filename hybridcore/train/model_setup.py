@@ -1,22 +1,18 @@
-"""From TrainConfig to a model ready for the optimizer: config resolution, init, the parallelize slot.
+"""From TrainConfig to the model that `hybridcore.parallel.parallelize` takes: config resolution and init.
 
 Order (torchtitan's): build and initialise the full model from the seed (or load --init-hf weights),
-then parallelize, and only then build the optimizer, so it sees the final parameters. One process uses
-`parallelize` below (activation checkpointing, compile); under torchrun parallel_run.ParallelModel calls
-hybridcore.parallel.parallelize / build_pipeline instead, which apply TP, AC, compile and FSDP2 in their order.
+then parallelize (in every layout, one process included), and only then build the optimizer, so it sees
+the final parameters.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig, apply_overrides
 from ..model import HybridLM, build_model, build_model_part
-from ..model.attention import use_sdpa_for_documents
 from ..presets import get_preset
 
 
@@ -72,38 +68,3 @@ def _load_init(path: str) -> HybridLM:
     from ..bridge import load_hf  # imported lazily: the bridge is only needed for --init-hf
 
     return load_hf(path, dtype=torch.float32, device="cpu")
-
-
-def _checkpointed_forward(original, *args, **kwargs):
-    if not torch.is_grad_enabled():
-        return original(*args, **kwargs)
-    return checkpoint(original, *args, use_reentrant=False, **kwargs)
-
-
-def apply_activation_checkpointing(model: HybridLM, layers: int | None = None) -> None:
-    """Recompute the activations of the first `layers` layers of the layout (all when None) in backward.
-    Done by replacing each layer's bound forward on the instance, so module names and state-dict keys stay
-    exactly as they were."""
-    for name in model.leading_layer_names(layers):
-        layer = model.layers[name]
-        if not isinstance(layer.forward, functools.partial):
-            layer.forward = functools.partial(_checkpointed_forward, layer.forward)
-        use_sdpa_for_documents(layer)
-
-
-def parallelize(model: HybridLM, train_config) -> HybridLM:
-    """The one-process slot between building the model and building the optimizer: activation
-    checkpointing, then per-layer compile, when asked (module names and keys unchanged either way).
-    Several processes go through parallel_run.ParallelModel instead."""
-    if train_config.activation_checkpointing:
-        apply_activation_checkpointing(model, train_config.checkpoint_layers)
-    if train_config.compile:
-        compile_layers(model, train_config.compile_mode)
-    return model
-
-
-def compile_layers(model: HybridLM, mode: str = "default") -> None:
-    """torch.compile each layer in place (no _orig_mod prefix in the state dict), in one of
-    train.config.COMPILE_MODES; `hybridcore bench` compiles through here too, so it times what train runs."""
-    for layer in model.layers.values():
-        layer.compile(mode=None if mode == "default" else mode)

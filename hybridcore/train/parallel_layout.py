@@ -66,9 +66,6 @@ def resolve_layout(config: TrainConfig, model_config, world_size: int):
     if config.compile_mode != "default":  # CUDA graphs cannot hold the collectives; the layouts compile plainly
         raise ValueError(f"--compile-mode {config.compile_mode} is for one process ({world_size} here): the "
                          f"parallel layouts compile each layer in the default mode")
-    if config.loss_chunk:
-        raise ValueError(f"--loss-chunk {config.loss_chunk}: chunked logits are not supported under a parallel "
-                         f"layout ({layout_flags(config)}); the sharded model computes its logits in one forward")
     with naming_flags(config, f" with --batch-size {config.batch_size} --seq-len {config.seq_len}"):
         check_layout(resolved, model_config, rows=config.batch_size, length=config.seq_len,
                      grad_accum=config.grad_accum)

@@ -1,8 +1,10 @@
 """The training loop: `train(config)` runs a whole run, fresh or resumed, in one process or under torchrun.
 
 One optimizer step = grad_accum micro-batches of batch_size rows (the global batch: under torchrun
-every rank reads it and takes its share, see parallel_run.py). The loss is the mean over every token of
-the step, so the numbers do not depend on the parallel layout. Everything a step depends on (weights,
+every rank reads it and takes its share). One process and every layout run the same path: build the
+model, `parallelize` it (one process is the degenerate mesh), AdamW per part, then the one
+`train_step` (step.py) and `evaluate`. The loss is the mean over every token of the step, so the
+numbers do not depend on the parallel layout. Everything a step depends on (weights,
 AdamW moments, the step for the schedule, the loader's position) is checkpointed in a layout-free form,
 so a resumed run repeats the uninterrupted run's losses, exactly in one process and to rounding under
 another layout.
@@ -30,15 +32,16 @@ from .checkpoint import (clean_partial, latest_checkpoint, list_checkpoints, loa
                          prune_checkpoints, save_checkpoint)
 from .config import TrainConfig
 from .data import check_data_fits_model, ensure_data, train_loader, val_batches
-from .loss import autocast, evaluate_loss, loss_sum
+from .loss import resolve_chunk
 from .metrics import MetricsLogger, check_tensorboard_available, memory_gib, read_metrics, truncate_metrics
-from .model_setup import build_train_model, parallelize, resolve_model_config
-from .optim import build_optimizer, set_hyperparameters
+from .model_setup import build_train_model, resolve_model_config
+from .optim import set_hyperparameters
 from .parallel_layout import launched_world_size, resolve_layout
+from ..parallel import ParallelConfig, build_mesh, parallelize
 from ..parallel.pipeline import local_stage_filter
-from .parallel_run import ParallelModel
 from .run_config import write_run_config
 from .schedule import schedule_from_config
+from .step import Batch, build_optimizers, evaluate, train_step
 
 
 class TrainingDiverged(RuntimeError):
@@ -142,23 +145,25 @@ class _Run:
         keep = None  # under a pipeline, materialise only this rank's stages (unless --init-hf must load)
         if layout is not None and layout.pp > 1 and (config.init_hf is None or checkpoint is not None):
             keep = local_stage_filter(model_config, layout, rank * layout.pp // world_size, config.seq_len)
-        self.model = build_train_model(model_config, config, device, load_init=checkpoint is None, keep=keep)
-        self.parallel = None  # one process: the plain model; else hybridcore.parallel's (parallel_run.py)
-        if layout is None:
-            self.model = parallelize(self.model, config)
-            self.model.train()
-            self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay,
-                                             (config.beta1, config.beta2), config.eps)
-            self.optimizers = [self.optimizer]
-            if self._accumulates_under_graphs():
-                keep_gradients_allocated(self.model)
-        else:
-            self.parallel = ParallelModel(self.model, layout, config, device)
-            self.model, self.optimizers = self.parallel.model, self.parallel.optimizers
-            self.optimizer = self.parallel.checkpoint_optimizer()
+        model = build_train_model(model_config, config, device, load_init=checkpoint is None, keep=keep)
+        # One process is the degenerate layout: the same parallelize, step and evaluation as any other.
+        mesh = build_mesh(layout, device.type) if layout is not None else None
+        self.loss_chunk = config.loss_chunk or resolve_chunk(config.batch_size * config.seq_len, model_config.vocab_size)
+        self.model = parallelize(model, mesh, layout or ParallelConfig(dp_shard=1),
+                                 activation_checkpointing=config.activation_checkpointing,
+                                 checkpoint_layers=config.checkpoint_layers, compile=config.compile,
+                                 compile_mode=config.compile_mode, seq_len=config.seq_len, loss_chunk=self.loss_chunk)
+        self.model.train()
+        self.optimizers = build_optimizers(self.model, config.lr, config.weight_decay, (config.beta1, config.beta2),
+                                           config.eps)
+        # what checkpoints hold: one optimizer, or one per pipeline stage
+        self.optimizer = self.optimizers if len(self.optimizers) > 1 else self.optimizers[0]
+        if self._accumulates_under_graphs():
+            for part in self.model.parts:
+                keep_gradients_allocated(part)
         data_dir = ensure_data(config, progress=config.progress and self.is_main)
         self.data_dir = data_dir
-        # Every rank reads the whole global batch; under a layout split_batch takes this rank's share.
+        # Every rank reads the whole global batch; the step takes this rank's share.
         self.loader = train_loader(data_dir, config, 0, 1)
         self.val_batches = val_batches(data_dir, config, 0, 1)
 
@@ -208,17 +213,12 @@ class _Run:
         for optimizer in self.optimizers:
             set_hyperparameters(optimizer, lr, weight_decay)
         started = time.perf_counter()
-        batches = self._micro_batches()
+        batches = [Batch.from_loader(batch) for batch in self._micro_batches()]
         max_norm = config.clip if config.clip > 0 else math.inf
-        if self.parallel is None:
-            loss_value, grad_norm = self._forward_backward(batches, max_norm)
-        else:
-            loss_value, grad_norm = self.parallel.forward_backward(batches, max_norm)
-        finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
-        for optimizer in self.optimizers:
-            if finite:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=not self._accumulates_under_graphs())
+        result = train_step(self.model, self.optimizers, batches, max_norm=max_norm, autocast_dtype=self.autocast_dtype,
+                            loss_chunk=self.loss_chunk, cuda_graphs=config.uses_cuda_graphs())
+        loss_value, grad_norm = result.values
+        finite = result.finite
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - started
@@ -233,32 +233,12 @@ class _Run:
             record["skipped"] = True
         return record
 
-    def _forward_backward(self, batches: list[dict], max_norm: float) -> tuple[float, float]:
-        """One process: (mean loss over the step's tokens, gradient norm before clipping)."""
-        local_tokens = sum(int(b["labels"].numel()) for b in batches)
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        for batch in batches:
-            if self.config.uses_cuda_graphs():  # a new iteration: earlier graph outputs may be overwritten
-                torch.compiler.cudagraph_mark_step_begin()
-            seq_idx = batch["seq_idx"].to(self.device) if batch.get("seq_idx") is not None else None
-            with autocast(self.device, self.autocast_dtype):
-                loss, _ = loss_sum(self.model, batch["input_ids"].to(self.device), batch["labels"].to(self.device),
-                                   seq_idx, self.config.loss_chunk, fused_head=True)
-                loss = loss / local_tokens  # mean over the step's tokens; each micro-batch adds its share
-            loss.backward()
-            total += loss.detach().double()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item()
-        return total.item(), grad_norm
-
     # ---- evaluation, checkpoints -----------------------------------------------------------------------
     def evaluate(self, step: int, log: bool = True) -> float | None:
         if not self.val_batches:
             return None
-        if self.parallel is not None:
-            val_loss, tokens = self.parallel.evaluate(self.val_batches)
-        else:
-            val_loss, tokens = evaluate_loss(self.model, self.val_batches, self.device, self.autocast_dtype,
-                                             self.config.loss_chunk, fused_head=True)
+        val_loss, tokens = evaluate(self.model, [Batch.from_loader(batch) for batch in self.val_batches],
+                                    autocast_dtype=self.autocast_dtype, loss_chunk=self.loss_chunk)
         if log:
             self.metrics.log({"step": step, "val_loss": val_loss, "val_ppl": _perplexity(val_loss),
                               "val_tokens": tokens})
@@ -342,7 +322,8 @@ class _Run:
         from ..data import load_tokenizer_from_data_dir
         from .sample import sample_text
 
-        model = self.model if self.parallel is None else load_model(latest_checkpoint(self.run_dir), self.device)
+        one_process = self.model.mesh is None
+        model = self.model.model if one_process else load_model(latest_checkpoint(self.run_dir), self.device)
         tokenizer = load_tokenizer_from_data_dir(self.data_dir)
         text = sample_text(model, tokenizer, self.config.sample_prompt, self.config.sample_tokens, self.device)
         self._say(f"greedy sample ({self.config.sample_tokens} tokens at most):\n{text}")

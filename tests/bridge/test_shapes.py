@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hybridcore.bridge.config_map import hf_config_from_model
-from hybridcore.bridge.keys import hf_to_ours, ours_to_hf
+from hybridcore.bridge.keys import hf_to_ours, ours_to_hf, targets
 from hybridcore.model import HybridLM
 from hybridcore.presets import get_preset
 
@@ -22,7 +22,10 @@ def test_preset_keys_and_shapes_equal_transformers(name):
     their_shapes = {key: tuple(t.shape) for key, t in theirs.state_dict().items()}
     our_params = dict(ours.named_parameters())
     mapping = ours_to_hf(config)
-    assert sorted(mapping) == sorted(our_params)
-    assert {mapping[n]: tuple(p.shape) for n, p in our_params.items()} == their_shapes
-    assert hf_to_ours(config) == {hf: n for n, hf in mapping.items()}
+    assert sorted(n for ours in mapping for n in targets(ours)) == sorted(our_params)
+    # a fused HF tensor is its segments concatenated along dim 0
+    joined = {hf: (sum(our_params[n].shape[0] for n in targets(ours)), *our_params[targets(ours)[0]].shape[1:])
+              for ours, hf in mapping.items()}
+    assert joined == their_shapes
+    assert hf_to_ours(config) == {hf: ours for ours, hf in mapping.items()}
     assert ours.num_parameters() == sum(p.numel() for p in theirs.parameters())

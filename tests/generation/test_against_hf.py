@@ -10,7 +10,7 @@ import torch
 
 import hybridcore
 from hybridcore.bridge.config_map import model_config_from_hf
-from hybridcore.bridge.keys import hf_to_ours
+from hybridcore.bridge.keys import ours_state_from_hf
 from hybridcore.model import HybridLM
 
 from .helpers import distinct_new_tokens
@@ -51,8 +51,7 @@ def hf_and_ours(changes: dict, seed: int):
     ours_config = model_config_from_hf(config.to_dict())
     ours = HybridLM(ours_config).double().eval()
     state = hf.state_dict()
-    result = ours.load_state_dict({ours_key: state[hf_key] for hf_key, ours_key in hf_to_ours(ours_config).items()},
-                                  strict=False)
+    result = ours.load_state_dict(ours_state_from_hf(ours_config, state), strict=False)
     tied_head = ["lm_head.weight"] if ours_config.tie_embeddings else []  # shares embed.weight
     assert result.missing_keys == tied_head and not result.unexpected_keys
     return hf, ours

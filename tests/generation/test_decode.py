@@ -11,6 +11,7 @@ import hybridcore.model.attention as attention_module
 import hybridcore.model.mamba2 as mamba2_module
 from hybridcore.generation import DecodeStep, prefill
 from hybridcore.model.cache import MambaCache
+from hybridcore.model.layers import LayerInputs
 from hybridcore.model.mamba2 import Mamba2Mixer
 
 from .helpers import distinct_new_tokens, greedy_without_cache, random_model, tiny_config
@@ -69,10 +70,11 @@ def test_recurrent_step_equals_chunked_scan(rms_norm, groups):
                                    config.mamba_d_head, config.mamba_d_state, "cpu", torch.float64)
 
     whole_cache, step_cache = new_cache(), new_cache()
+    inputs = LayerInputs(torch.zeros(0), torch.zeros(0))  # the mixer reads no positions
     with torch.no_grad():
-        whole = mixer(u, cache=whole_cache)
-        parts = [mixer(u[:, :11], cache=step_cache)]
-        parts += [mixer(u[:, t:t + 1], cache=step_cache) for t in range(11, 19)]
+        whole = mixer(u, inputs, whole_cache)
+        parts = [mixer(u[:, :11], inputs, step_cache)]
+        parts += [mixer(u[:, t:t + 1], inputs, step_cache) for t in range(11, 19)]
     # The cache keeps the SSM state in fp32 between calls (and the gated norm runs in fp32), so the
     # agreement is fp32-close, not float64-exact; a wrong step would be off by O(1).
     torch.testing.assert_close(torch.cat(parts, dim=1), whole, rtol=1e-5, atol=2e-6)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from hybridcore.model import attention, flex_document
 from hybridcore.model.attention import Attention, document_causal_mask
+from hybridcore.model.layers import LayerInputs
 from hybridcore.model.rope import rope_cos_sin
 
 from .conftest import tiny_config
@@ -60,22 +61,22 @@ def _layer_and_inputs(device, dtype):
     x = torch.randn(2, LENGTH, 64, device=device, dtype=dtype, generator=torch.Generator(device).manual_seed(1))
     positions = torch.arange(LENGTH, device=device).expand(2, LENGTH)
     cos, sin = rope_cos_sin(positions, config.head_dim, config.rope_theta)
-    return layer, x, cos, sin, document_ids(device)
+    return layer, x, LayerInputs(cos, sin, document_ids(device))
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_attention_layer_routes_packed_rows_through_flex(monkeypatch):
-    """When flex applies, Attention.attend takes it (forward only: no CPU backward) and agrees."""
-    layer, x, cos, sin, seq_idx = _layer_and_inputs("cpu", torch.float32)
+    """When flex applies, the layer's attention takes it (forward only: no CPU backward) and agrees."""
+    layer, x, inputs = _layer_and_inputs("cpu", torch.float32)
     with torch.no_grad():
-        expected = layer(x, cos, sin, seq_idx)
+        expected = layer(x, inputs)
         calls = []
         real = flex_document.flex_document_attention
         monkeypatch.setattr(attention, "flex_document_attention_applies", lambda q: True)
         monkeypatch.setattr(attention, "flex_document_attention", lambda *a: calls.append(1) or real(*a))
-        routed = layer(x, cos, sin, seq_idx)
+        routed = layer(x, inputs)
         layer.flex_for_documents = False  # as under activation checkpointing
-        layer(x, cos, sin, seq_idx)
+        layer(x, inputs)
     assert calls == [1]
     torch.testing.assert_close(routed, expected)
 
@@ -83,14 +84,14 @@ def test_attention_layer_routes_packed_rows_through_flex(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention's backward and fused kernel need CUDA")
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 2e-5), (torch.bfloat16, 2e-2)])
 def test_compiled_layer_uses_flex_and_matches_the_mask_path(dtype, tolerance, monkeypatch):
-    layer, x, cos, sin, seq_idx = _layer_and_inputs("cuda", dtype)
+    layer, x, inputs = _layer_and_inputs("cuda", dtype)
     calls, real = [], flex_document.flex_document_attention
     monkeypatch.setattr(attention, "flex_document_attention", lambda *a: calls.append(1) or real(*a))
     compiled = torch.compile(layer)
     outputs, grads = [], []
     for run in (layer, compiled):
         xi = x.clone().requires_grad_()
-        out = run(xi, cos, sin, seq_idx)
+        out = run(xi, inputs)
         out.float().square().sum().backward()
         outputs.append(out.float())
         grads.append([xi.grad.float()] + [p.grad.float().clone() for p in layer.parameters()])
@@ -104,11 +105,11 @@ def test_compiled_layer_uses_flex_and_matches_the_mask_path(dtype, tolerance, mo
 
 def test_activation_checkpointing_keeps_documents_on_sdpa():
     from hybridcore.model import build_model
-    from hybridcore.train.model_setup import apply_activation_checkpointing
+    from hybridcore.parallel import parallelize
 
     model = build_model(tiny_config(layout="P*-"))
     layers = [m for m in model.modules() if isinstance(m, Attention)]
     assert len(layers) == 2 and all(layer.flex_for_documents for layer in layers)
-    apply_activation_checkpointing(model)
+    parallelize(model, activation_checkpointing=True)
     assert not any(layer.flex_for_documents for layer in layers)
 

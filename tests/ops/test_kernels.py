@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("triton")
 
 from hybridcore import ops  # noqa: E402
-from hybridcore.model.norm import gated_rms_norm as gated_rms_norm_ref  # noqa: E402
+from hybridcore.ops.norm import gated_rms_norm_ref  # noqa: E402
 from hybridcore.ops import fused_conv, fused_ssd  # noqa: E402
 
 

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from hybridcore.parallel import load_sharded, save_sharded
-from hybridcore.parallel.harness import build_parallel_model, train_steps
 
+from .harness import build_parallel_model, train_steps
 from .common import (DEVICE, LAYOUT_OPTIMIZER, STEPS, TOLERANCE, checkpoint_config, document_index, global_batch, long_memory,
                      named_config, relative_error, run_workers)
 from .workers import run_all
@@ -65,7 +65,7 @@ def reference_run(layout: str, documents: bool) -> tuple[list[float], dict]:
     model, optimizer = build_parallel_model(named_config(layout), seed=0, prepare=long_memory, device=DEVICE,
                                             **LAYOUT_OPTIMIZER)
     losses = train_steps(model, optimizer, global_batch(), steps=STEPS, seq_idx=document_index() if documents else None)
-    return losses, {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    return losses, {name: tensor.detach().clone() for name, tensor in model.model.state_dict().items()}
 
 
 def reference_losses(layout: str, documents: bool) -> list[float]:
@@ -99,7 +99,7 @@ def checkpoint_reference():
     model, optimizer = build_parallel_model(checkpoint_config(), seed=0, device=DEVICE)
     batches = [global_batch(seed=step) for step in range(SAVE_STEPS + CONTINUE_STEPS)]
     before = train_steps(model, optimizer, batches[:SAVE_STEPS])
-    weights = {name: p.detach().clone() for name, p in model.state_dict().items()}
+    weights = {name: p.detach().clone() for name, p in model.model.state_dict().items()}
     after = train_steps(model, optimizer, batches[SAVE_STEPS:])
     return {"before": before, "after": after, "weights": weights}
 
@@ -167,8 +167,7 @@ def test_losses_actually_move():
     ("tp_num_kv_heads", "ModelConfig.num_kv_heads"), ("tp_num_heads", "ModelConfig.num_heads"),
     ("tp_mamba_n_groups", "ModelConfig.mamba_n_groups"), ("tp_mamba_n_heads", "ModelConfig.mamba_n_heads"),
     ("tp_d_ff", "ModelConfig.d_ff"), ("sequence_length", "ParallelConfig.tp"),
-    ("cp_sequence_length", "ParallelConfig.cp"), ("pp_parallelize", "build_pipeline"),
-    ("pp_too_many_stages", "pipeline stages"), ("pp_stage_marks", "3 stages"),
+    ("cp_sequence_length", "ParallelConfig.cp"), ("pp_too_many_stages", "pipeline stages"), ("pp_stage_marks", "3 stages"),
     ("pp_tied", "ModelConfig.tie_embeddings"), ("pp_microbatches", "ParallelConfig.pp_microbatches")])
 def test_error_paths(two_rank_results, case, field):
     if DEVICE != "cpu":

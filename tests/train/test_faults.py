@@ -2,6 +2,7 @@
 
 import pytest
 
+import hybridcore.train.step as step_module
 import hybridcore.train.trainer as trainer_module
 from hybridcore.cli import main
 from hybridcore.train import TrainingDiverged, read_metrics, train
@@ -10,16 +11,16 @@ from .conftest import tiny_train_config, train_cli_args
 
 
 def nan_on_calls(monkeypatch, bad_calls):
-    """Make the loss NaN on the given (1-based) loss_sum calls; with grad_accum=1 a call is a step."""
-    real = trainer_module.loss_sum
+    """Make the loss NaN on the given (1-based) training forwards; with grad_accum=1 a forward is a step."""
+    real = step_module._loss_of
     calls = {"n": 0}
 
-    def loss_sum(*args, **kwargs):
+    def loss_of(*args, **kwargs):
         calls["n"] += 1
-        total, count = real(*args, **kwargs)
-        return (total * float("nan") if bad_calls(calls["n"]) else total), count
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if bad_calls(calls["n"]) else loss
 
-    monkeypatch.setattr(trainer_module, "loss_sum", loss_sum)
+    monkeypatch.setattr(step_module, "_loss_of", loss_of)
 
 
 def test_non_finite_steps_are_skipped(tmp_path, data_dir, monkeypatch, capsys):

@@ -1,15 +1,15 @@
 """The loss: it falls, packing with seq_idx equals one document at a time, chunking changes nothing."""
 
-import functools
-
 import pytest
 import torch
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 
-import hybridcore.ops
+import hybridcore.model.parallelism
+from hybridcore.config import apply_overrides
 from hybridcore.model import build_model
+from hybridcore.parallel import parallelize
 from hybridcore.train import token_losses, train
-from hybridcore.train.loss import IGNORE_INDEX, loss_sum, resolve_chunk
-from hybridcore.train.model_setup import apply_activation_checkpointing, apply_overrides
+from hybridcore.train.loss import IGNORE_INDEX, resolve_chunk
 from hybridcore.presets import get_preset
 
 from .conftest import TINY, tiny_train_config
@@ -80,9 +80,9 @@ def test_activation_checkpointing_keeps_values_gradients_and_keys(layers):
     plain = loss_and_grads(tiny_model(), ids)
     model = tiny_model()
     keys = list(model.state_dict())
-    apply_activation_checkpointing(model, layers)
+    parallelize(model, activation_checkpointing=True, checkpoint_layers=layers)
     assert list(model.state_dict()) == keys
-    wrapped = [isinstance(layer.forward, functools.partial) for layer in model.layers.values()]
+    wrapped = [isinstance(layer, CheckpointWrapper) for layer in model.layers.values()]
     assert wrapped == ([True] * len(wrapped) if layers is None else [True] + [False] * (len(wrapped) - 1))
     checkpointed = loss_and_grads(model, ids)
     torch.testing.assert_close(plain[0], checkpointed[0])
@@ -92,7 +92,7 @@ def test_activation_checkpointing_keeps_values_gradients_and_keys(layers):
 
 def test_checkpoint_layers_beyond_the_model_is_an_error():
     with pytest.raises(ValueError, match="between 1 and the model's"):
-        apply_activation_checkpointing(tiny_model(), 99)
+        parallelize(tiny_model(), activation_checkpointing=True, checkpoint_layers=99)
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, data_dir):
@@ -105,36 +105,37 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, data_dir):
 
 
 def test_fused_head_gives_the_module_paths_loss_and_gradients():
-    """One process trains through ops.chunked_cross_entropy (the debug preset's 258-token vocabulary is
-    padded to 384 there): the loss sum, the count and every gradient equal the nn.Linear path's."""
+    """Training goes through the model's fused head and loss (ops.chunked_cross_entropy; the debug preset's
+    258-token vocabulary is padded to 384 there): the loss and every gradient equal the logits path's."""
     ids = torch.randint(0, 258, (2, 25), generator=torch.Generator().manual_seed(3))
     labels = ids[:, 1:].clone()
     labels[0, :4] = IGNORE_INDEX  # ignored tokens count for neither side
     seq_idx = torch.zeros(2, 24, dtype=torch.int32)
     seq_idx[1, 10:] = 1
     results = []
-    for fused, chunk in ((False, 0), (True, 0), (True, 7)):
+    for fused, chunk in ((False, 0), (True, 48), (True, 7)):
         model = tiny_model()
-        total, count = loss_sum(model, ids[:, :-1], labels, seq_idx, chunk_tokens=chunk, fused_head=fused)
-        total.backward()
-        results.append((total.detach(), count, {n: p.grad for n, p in model.named_parameters()}))
+        if fused:
+            mean = model(ids[:, :-1], seq_idx, labels=labels, loss_chunk=chunk)
+        else:
+            mean = token_losses(model, ids[:, :-1], labels, seq_idx).sum() / (labels != IGNORE_INDEX).sum()
+        mean.backward()
+        results.append((mean.detach(), {n: p.grad for n, p in model.named_parameters()}))
     reference = results[0]
-    assert reference[1] == 44
-    for total, count, grads in results[1:]:
-        assert count == reference[1]
-        torch.testing.assert_close(total, reference[0], atol=1e-4, rtol=1e-6)
+    for mean, grads in results[1:]:
+        torch.testing.assert_close(mean, reference[0], atol=1e-5, rtol=1e-6)
         for name, grad in grads.items():
-            torch.testing.assert_close(grad, reference[2][name], atol=1e-6, rtol=1e-4, msg=name)
+            torch.testing.assert_close(grad, reference[1][name], atol=1e-6, rtol=1e-4, msg=name)
 
 
 def test_one_process_training_goes_through_the_fused_head(tmp_path, data_dir, monkeypatch):
     calls = []
-    original = hybridcore.ops.chunked_cross_entropy
+    original = hybridcore.model.parallelism.chunked_cross_entropy
 
     def counting(*args, **kwargs):
         calls.append(torch.is_grad_enabled())
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(hybridcore.ops, "chunked_cross_entropy", counting)
+    monkeypatch.setattr(hybridcore.model.parallelism, "chunked_cross_entropy", counting)
     train(tiny_train_config(tmp_path / "run", data_dir, steps=2, save_every=0, eval_every=2, eval_batches=1))
     assert calls.count(True) == 2 and calls.count(False) == 1  # two training steps, one evaluation batch

@@ -53,13 +53,13 @@ def test_weight_decay_only_on_matrices():
     decay_names = {n for n, _ in decay}
     no_decay_names = {n for n, _ in no_decay}
     assert all(p.ndim >= 2 for _, p in decay)
-    for suffix in ("A_log", "D", "dt_bias", "norm.weight", "norm_weight", "conv_bias", "q_proj.bias", "down_proj.bias"):
+    for suffix in ("A_log", "D", "dt_bias", "norm.weight", "norm_weight", "conv_bias_x", "q_proj.bias", "down_proj.bias"):
         found = [n for n in no_decay_names if n.endswith(suffix)]
         assert found, suffix
         assert not any(n.endswith(suffix) for n in decay_names), suffix
     assert "final_norm.weight" in no_decay_names
     for name in ("embed.weight", "lm_head.weight", "layers.0.attention.q_proj.weight",
-                 "layers.0.mamba.in_proj.weight", "layers.1.mlp.up_proj.weight"):
+                 "layers.0.mamba.in_proj.weight_z", "layers.1.mlp.up_proj.weight"):
         assert name in decay_names, name
     assert len(decay) + len(no_decay) == len(list(model.parameters()))
 

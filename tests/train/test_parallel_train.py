@@ -131,7 +131,6 @@ def layout_error(data_dir, world_size: int, **changes) -> str:
     (2, dict(pp=2, microbatches=1), ["--microbatches", "at least --pp = 2"]),
     (2, dict(cp=2, seq_len=62), ["--cp 2", "--seq-len 62"]),
     (2, dict(pp=2, overrides=[*MIXED, "tie_embeddings=true"]), ["--pp 2", "tie_embeddings"]),
-    (2, dict(loss_chunk=16), ["--loss-chunk"]),
     (2, dict(compile=True, compile_mode="reduce-overhead"), ["--compile-mode reduce-overhead", "one process"]),
 ])
 def test_layouts_that_cannot_work_name_the_flag(data_dir, world_size, changes, expected):
