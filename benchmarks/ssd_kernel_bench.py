@@ -12,7 +12,6 @@ import math
 import os
 
 import torch
-import triton
 from triton.testing import do_bench
 
 from hybridcore.bench import kernel_times, versions

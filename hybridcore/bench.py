@@ -7,7 +7,8 @@ One process measures, on the same config, shapes, precision and token batch:
 A step is forward + loss + backward + AdamW step. Precision "amp": fp32 master weights, bf16 autocast
 (default); "bf16": weights, grads and optimizer state in bf16; "fp32" (the CPU smoke run). Reported:
 tokens/s (median step), model TFLOP/s from `flops.flops_per_token`, MFU against a bf16 8192^3 matmul
-measured in this run, and peak memory. A peer that runs out of memory is recorded as null with status "oom". `--check` compares the
+measured in this run, and peak memory. A peer that runs out of memory is recorded as null with status "oom".
+`--check` compares the
 fused kernels with the reference at the real shapes (outputs and gradients). `--smoke` runs tiny on CPU.
 Results: one JSON object per run under --out.
 """
@@ -378,7 +379,8 @@ def run(args) -> int:
     print(f"hybridcore bench: {args.preset} {args.batch_size}x{args.seq_len} {args.precision} on {gpu}", flush=True)
 
     result = {
-        "gpu": gpu, "preset": args.preset, "overrides": args.overrides, "batch_size": args.batch_size, "seq_len": args.seq_len,
+        "gpu": gpu, "preset": args.preset, "overrides": args.overrides, "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
         "precision": {"amp": "bf16 autocast, fp32 master weights", "bf16": "pure bf16",
                       "fp32": "fp32"}[args.precision],
         "step": "forward + loss + backward + AdamW",

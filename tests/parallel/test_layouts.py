@@ -21,8 +21,8 @@ import torch
 from hybridcore.parallel import load_sharded, save_sharded
 from hybridcore.parallel.harness import build_parallel_model, train_steps
 
-from .common import (DEVICE, LAYOUT_OPTIMIZER, STEPS, TOLERANCE, checkpoint_config, document_index, global_batch, long_memory,
-                     named_config, relative_error, run_workers)
+from .common import (DEVICE, LAYOUT_OPTIMIZER, STEPS, TOLERANCE, checkpoint_config, document_index, global_batch,
+                     long_memory, named_config, relative_error, run_workers)
 from .workers import run_all
 
 pytestmark = pytest.mark.slow
