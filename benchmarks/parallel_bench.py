@@ -4,9 +4,10 @@
         --seq-len 4096 --global-batch 8 --steps 20
     torchrun --nproc_per_node 2 benchmarks/parallel_bench.py --smoke --tp 2     # CPU, gloo, tiny
 
-Reports tokens/s per GPU, model FLOPs utilisation against a bf16 matmul ceiling measured in the same
-run (hybridcore.flops counts the model FLOPs: 3 x forward, recomputation not counted), peak memory,
-and the first losses (random tokens, so about ln(vocab)); writes JSON to benchmarks/results/.
+Reports tokens/s per GPU, MFU (`hybridcore.flops.mfu`: per-GPU model FLOP/s over the datasheet dense bf16
+peak, --peak-tflops; model FLOPs are 3 x forward, recomputation not counted) with the bf16 matmul
+throughput measured in the run beside it as "% of measured", peak memory, and the first losses (random
+tokens, so about ln(vocab)); writes JSON to benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from hybridcore.config import apply_overrides
-from hybridcore.flops import flops_per_token
+from hybridcore.flops import flops_per_token, mfu
 from hybridcore.parallel import ParallelConfig, build_mesh
 from hybridcore.parallel.harness import build_parallel_model, global_mean, split_batch, train_step
 from hybridcore.presets import get_preset
@@ -53,7 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--mixed-precision", default=None, help="bf16 | fp32 (default: bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--matmul-size", type=int, default=8192, help="square bf16 matmul for the ceiling")
+    p.add_argument("--matmul-size", type=int, default=8192, help="square bf16 matmul for the measured throughput")
+    p.add_argument("--peak-tflops", type=float, default=989.0,
+                   help="the GPU's datasheet dense bf16 TFLOP/s, MFU's denominator (989: H100 and H200 SXM)")
     p.add_argument("--smoke", action="store_true", help="CPU + gloo, debug preset, tiny sizes")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/...)")
     args = p.parse_args(argv)
@@ -170,7 +173,9 @@ def main(argv=None) -> dict:
         "first_losses": losses[:5],
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    result["mfu_vs_matmul_ceiling"] = achieved / result["matmul_ceiling_tflops"]
+    result["peak_tflops"] = args.peak_tflops
+    result["mfu"] = mfu(tokens_per_gpu, flops.total, 1, args.peak_tflops * 1e12)  # per GPU, so one GPU's peak
+    result["pct_of_measured"] = achieved / result["matmul_ceiling_tflops"]
     if dist.get_rank() == 0:
         c = parallel_config
         layout = f"pp{c.pp}_dpr{c.dp_replicate}_dps{c.dp_shard}_cp{c.cp}_tp{c.tp}"
