@@ -4,8 +4,9 @@
     python benchmarks/make_table.py --write README.md   # replace the table between the markers there
 
 A figure counts only when its contender had its process to itself: the JSON of `hybridcore bench` and
-`benchmarks/ssd_kernel_bench.py` hold one contender each. A file written by the earlier bench that measured
-several contenders in one process counts for its first contender only (the one that ran before any other).
+`benchmarks/ssd_kernel_bench.py` hold one contender each. A file holding several contenders measured in one
+process (`bench-*.json`, `ssd_kernel-*.json`) counts for its first contender only, the one that ran before
+any other.
 When two files hold the same figure and contender, the newer one counts. MFU is `hybridcore.flops.mfu`:
 model FLOP/s over the datasheet dense bf16 peak recorded with the figure (989 TFLOP/s for H100/H200).
 """
@@ -42,8 +43,8 @@ def read_figures(results: Path) -> dict:
 
 
 def read_legacy(data: dict) -> list[dict]:
-    """The first contender of a file from the bench that measured several in one process: the one that ran
-    alone. Other JSON (generation, multi-GPU, summaries) holds no figure of this table."""
+    """The first contender of a file holding several measured in one process: the one that ran alone.
+    Other JSON (generation, multi-GPU, summaries) holds no figure of this table."""
     runs = data.get("runs")
     if runs and "preset" in data:
         name, run = next(iter(runs.items()))
