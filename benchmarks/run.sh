@@ -31,6 +31,7 @@ done
 mkdir -p "$OUT"
 
 if [ -n "${PEERS:-}" ]; then
+  PEERS=$(cd "$PEERS" && pwd) || exit 2
   # mamba_ssm's package imports a compiled Mamba-1 module that its Triton SSD does not use: an empty stand-in
   mkdir -p "$PEERS/stub" && touch "$PEERS/stub/selective_scan_cuda.py"
   for dir in "$PEERS"/*/; do PYTHONPATH=$PYTHONPATH:${dir%/}; done
