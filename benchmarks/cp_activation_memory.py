@@ -58,7 +58,8 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=1,
                         help="packed documents of equal length per sequence (1: none, no seq_idx)")
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[2048, 8192, 16384])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "cp_activation_memory.jsonl")
+    parser.add_argument("--out", type=Path,
+                        default=Path(__file__).resolve().parent / "results" / "cp_activation_memory.jsonl")
     args = parser.parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

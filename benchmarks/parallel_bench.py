@@ -4,11 +4,10 @@
         --seq-len 4096 --global-batch 8 --steps 20
     torchrun --nproc_per_node 2 benchmarks/parallel_bench.py --smoke --tp 2     # CPU, gloo, tiny
 
-The step is hybridcore.train.step.train_step on the model `parallelize` returns: what `hybridcore train`
-runs. Reports tokens/s per GPU, MFU against the datasheet dense bf16 peak (--peak-tflops, 989 for
-H100/H200; hybridcore.flops counts the model FLOPs: 3 x forward, recomputation not counted) and the
-bf16 matmul ceiling measured in the same run as "% of measured", peak memory, and the first losses
-(random tokens, so about ln(vocab)); writes JSON to benchmarks/results/.
+Reports tokens/s per GPU, MFU (`hybridcore.flops.mfu`: per-GPU model FLOP/s over the datasheet dense bf16
+peak, --peak-tflops; model FLOPs are 3 x forward, recomputation not counted) with the bf16 matmul
+throughput measured in the run beside it as "% of measured", peak memory, and the first losses (random
+tokens, so about ln(vocab)); writes JSON to benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from hybridcore.config import apply_overrides
-from hybridcore.flops import flops_per_token
+from hybridcore.flops import flops_per_token, mfu
 from hybridcore.model import build_model
 from hybridcore.parallel import ParallelConfig, build_mesh, parallelize
 from hybridcore.presets import get_preset
@@ -56,9 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--dtype", default=None, help="bf16 | fp32 (default: bf16 autocast on CUDA, fp32 on CPU)")
+    p.add_argument("--matmul-size", type=int, default=8192, help="square bf16 matmul for the measured throughput")
     p.add_argument("--peak-tflops", type=float, default=989.0,
-                   help="datasheet dense bf16 TFLOP/s per GPU for MFU (989: H100/H200 SXM)")
-    p.add_argument("--matmul-size", type=int, default=8192, help="square bf16 matmul for the ceiling")
+                   help="the GPU's datasheet dense bf16 TFLOP/s, MFU's denominator (989: H100 and H200 SXM)")
     p.add_argument("--smoke", action="store_true", help="CPU + gloo, debug preset, tiny sizes")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/...)")
     args = p.parse_args(argv)
@@ -174,9 +173,9 @@ def main(argv=None) -> dict:
         "first_losses": losses[:5],
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    result["mfu"] = achieved / args.peak_tflops
     result["peak_tflops"] = args.peak_tflops
-    result["percent_of_measured_matmul"] = 100 * achieved / result["matmul_ceiling_tflops"]
+    result["mfu"] = mfu(tokens_per_gpu, flops.total, 1, args.peak_tflops * 1e12)  # per GPU, so one GPU's peak
+    result["pct_of_measured"] = achieved / result["matmul_ceiling_tflops"]
     if dist.get_rank() == 0:
         c = parallel_config
         layout = f"pp{c.pp}_dpr{c.dp_replicate}_dps{c.dp_shard}_cp{c.cp}_tp{c.tp}"

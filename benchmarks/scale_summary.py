@@ -1,7 +1,9 @@
-"""Summarise the parallel_*.json files of one benchmarks/run_h200_scale.sh call against their one-GPU
-baselines: per-GPU throughput ratio, peak memory ratio and first-loss agreement for each layout, and
-for pipeline runs the bubble fraction implied by the throughput (1 - per-GPU tokens/s of the pipeline
-over that of one GPU; it also carries any communication cost, so it is an upper bound).
+"""Summarise the parallel_*.json files of benchmarks/parallel_bench.py against their one-GPU baselines:
+per-GPU throughput ratio, MFU, peak memory ratio and first-loss agreement for each layout, and for
+pipeline runs the bubble fraction implied by the throughput (1 - per-GPU tokens/s of the pipeline over
+that of one GPU; it also carries any communication cost, so it is an upper bound). MFU is
+`hybridcore.flops.mfu`: per-GPU model FLOP/s over the datasheet dense bf16 peak (989 TFLOP/s for H100/H200
+unless the run recorded another `peak_tflops`).
 
     python benchmarks/scale_summary.py benchmarks/results      # writes scale_summary.json there
 """
@@ -12,7 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-# layout file -> its one-GPU baseline file (names as run_h200_scale.sh writes them)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hybridcore.flops import mfu  # noqa: E402
+
+# layout file -> its one-GPU baseline file (parallel_NAME.json, the names benchmarks/README.md's commands give)
 BASELINES = {
     "1.5b-deep_tp2": "1.5b-deep_1gpu", "1.5b-deep_fsdp2": "1.5b-deep_1gpu", "1.5b-deep_pp2": "1.5b-deep_1gpu",
     "0.5b_32k_cp2": "0.5b_32k_cp1", "0.5b_128k_cp2": "0.5b_128k_cp1", "0.5b_128k_cp4": "0.5b_128k_cp1",
@@ -22,7 +27,9 @@ BASELINES = {
 def compare(run: dict, baseline: dict) -> dict:
     out = {"tokens_per_second_per_gpu": run["tokens_per_second_per_gpu"],
            "per_gpu_throughput_vs_one_gpu": run["tokens_per_second_per_gpu"] / baseline["tokens_per_second_per_gpu"],
-           "mfu": run.get("mfu_vs_matmul_ceiling"), "peak_memory_gib": run.get("peak_memory_gib_max_rank")}
+           "mfu": mfu(run["tokens_per_second_per_gpu"], run["model_flops_per_token"]["total"], 1,
+                      run.get("peak_tflops", 989.0) * 1e12),
+           "peak_memory_gib": run.get("peak_memory_gib_max_rank")}
     if run.get("peak_memory_gib_max_rank") and baseline.get("peak_memory_gib_max_rank"):
         out["peak_memory_vs_one_gpu"] = run["peak_memory_gib_max_rank"] / baseline["peak_memory_gib_max_rank"]
     pairs = list(zip(run.get("first_losses", []), baseline.get("first_losses", [])))

@@ -1,21 +1,27 @@
-"""`hybridcore bench`: training-step throughput of a preset on one GPU, side by side with transformers.
+"""`hybridcore bench`: the training-step throughput of one contender on one GPU, alone in this process.
 
-One process measures, on the same config, shapes, precision and token batch:
-  ours          HybridLM (fused Triton kernels on CUDA), eager, and with each layer torch.compile'd (--compile)
-  hf_kernels    transformers' FalconH1ForCausalLM with mamba_ssm + causal_conv1d (when they import)
-  hf_torch      the same model on transformers' pure-PyTorch path
-A step is forward + loss + backward + AdamW step. Precision "amp": fp32 master weights, bf16 autocast
-(default); "bf16": weights, grads and optimizer state in bf16; "fp32" (the CPU smoke run). Reported:
-tokens/s (median step), model TFLOP/s from `flops.flops_per_token`, MFU against a bf16 8192^3 matmul
-measured in this run, and peak memory. A peer that runs out of memory is recorded as null with status "oom". `--check` compares the
-fused kernels with the reference at the real shapes (outputs and gradients). `--smoke` runs tiny on CPU.
-Results: one JSON object per run under --out.
+A contender is one implementation of the same model, measured on the same config, token batch, shapes,
+precision, warm-up and timing (`--contender`):
+  ours        HybridLM (Triton kernels on CUDA), eager, or with each layer torch.compile'd (--compile,
+              --compile-mode reduce-overhead adds CUDA graphs)
+  hf_torch    transformers' FalconH1ForCausalLM on its pure-PyTorch path
+  hf_kernels  the same with mamba_ssm's Triton SSD and causal_conv1d's CUDA conv ("unavailable" when
+              either does not import)
+One invocation measures one contender, so none inherits another's compile caches, CUDA-graph pools or
+allocator state; benchmarks/run.sh launches them one after another. A step is forward + loss + backward
++ AdamW step. Precision "amp": fp32 master weights under bf16 autocast (default); "bf16": weights, grads
+and optimizer state in bf16; "fp32" (the CPU smoke run). After --warmup untimed steps, --repeats windows
+of --steps timed steps each; a window's figure is its median step; the result is the median of the
+windows, with their range. MFU is model FLOP/s (`hybridcore.flops`) over the datasheet dense bf16 peak
+(--peak-tflops, 989 for H100/H200); the bf16 matmul throughput measured after the contender is recorded
+beside it as "% of measured". A contender that runs out of memory is recorded with status "oom".
+`--check` compares the fused kernels with the reference at the real shapes. `--smoke` runs tiny on CPU.
+Result: one JSON file per figure and contender under --out, rewritten after every window.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import gc
 import importlib
 import os
@@ -26,147 +32,136 @@ import traceback
 
 import torch
 
+from .bench_record import environment, kernel_times, matmul_tflops, median_and_spread, synchronize, versions
+
 HF_MODULE = "transformers.models.falcon_h1.modeling_falcon_h1"
 PEER_PACKAGES = ("mamba_ssm", "causal_conv1d")
+CONTENDERS = {
+    "ours": "hybridcore",
+    "hf_torch": "transformers, PyTorch path",
+    "hf_kernels": "transformers + mamba_ssm + causal_conv1d",
+}
+PRECISIONS = {"amp": "bf16 autocast, fp32 master weights", "bf16": "pure bf16", "fp32": "fp32"}
+COMPILE_MODES = ["default", "reduce-overhead", "max-autotune-no-cudagraphs"]
+__all__ = ["add_arguments", "run", "build_ours", "build_hf", "kernel_times", "versions", "CONTENDERS"]
 
 
 def add_arguments(parser) -> None:
+    parser.add_argument("--contender", choices=list(CONTENDERS), default="ours",
+                        help="what to measure in this process: ours, transformers' PyTorch path (hf_torch) or "
+                             "transformers with the mamba_ssm and causal_conv1d kernels (hf_kernels)")
     parser.add_argument("--preset", default="falcon-h1-0.5b")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a preset field, e.g. --set layout=P-P-P-P- for a few 7B layers")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=4096)
-    parser.add_argument("--steps", type=int, default=8, help="timed steps (median reported)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (Triton autotunes here)")
-    parser.add_argument("--precision", choices=["amp", "bf16", "fp32"], default="amp")
-    parser.add_argument("--compile", action="store_true", help="also measure ours with each layer compiled")
-    parser.add_argument("--compile-modes", nargs="+", default=["default"],
-                        choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
-                        help="torch.compile modes to measure with --compile (reduce-overhead adds CUDA graphs)")
-    parser.add_argument("--compiled-only", action="store_true",
-                        help="with --compile, skip the eager run of ours (long rows: it needs the most memory)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile and autotune here)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per window (its median step counts)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed windows (the median is reported, and the range)")
+    parser.add_argument("--precision", choices=list(PRECISIONS), default="amp")
+    parser.add_argument("--peak-tflops", type=float, default=989.0,
+                        help="the GPU's datasheet dense bf16 TFLOP/s, MFU's denominator (989: H100 and H200 SXM)")
+    parser.add_argument("--compile", action="store_true", help="ours: each layer torch.compile'd")
+    parser.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
+                        help="ours, with --compile: torch.compile mode (reduce-overhead adds CUDA graphs)")
     parser.add_argument("--activation-checkpointing", action="store_true",
                         help="recompute each layer in backward, ours and the peers alike (long sequences)")
     parser.add_argument("--checkpoint-layers", type=int, default=None, metavar="N",
-                        help="with --activation-checkpointing, recompute only our first N layers (ours only: "
-                             "transformers checkpoints every layer)")
+                        help="ours, with --activation-checkpointing: recompute only the first N layers")
     parser.add_argument("--loss", choices=["chunked", "plain"], default="chunked",
-                        help="our loss: chunked linear+cross-entropy, or full logits")
+                        help="ours: chunked linear + cross-entropy, or full logits")
     parser.add_argument("--no-kernels", action="store_true", help="ours on the PyTorch reference ops")
     parser.add_argument("--sdpa-backend", choices=sorted(SDPA_BACKENDS), default="auto",
-                        help="restrict our attention to one scaled_dot_product_attention backend (the peers "
-                             "keep PyTorch's choice); one that cannot run the shape makes ours an error")
+                        help="ours: restrict attention to one scaled_dot_product_attention backend; one that "
+                             "cannot run the shape makes the run an error")
     parser.add_argument("--documents", type=int, default=0, metavar="N",
-                        help="pack each row with documents of about N tokens (ours only: per-document attention "
-                             "and SSM resets, as `hybridcore train` does; FlexAttention in compiled layers on "
-                             "CUDA unless HYBRIDCORE_FLEX_ATTENTION=0); 0: one document per row")
-    parser.add_argument("--peers", nargs="?", const="all", choices=["all", "kernels"], default=None,
-                        help="also measure transformers' Falcon-H1: both paths, or (kernels) only with the "
-                             "mamba_ssm kernels, where its PyTorch path would take minutes a step")
-    parser.add_argument("--peer-fallback-batch", type=int, default=1,
-                        help="batch size to retry a peer at when it runs out of memory (0: no retry)")
-    parser.add_argument("--wait-for-file", default=None,
-                        help="before the kernel peer, wait (up to 7 min) for this file, e.g. a build's marker")
-    parser.add_argument("--profile", action="store_true", help="print and save each contender's time per kernel")
-    parser.add_argument("--check", action="store_true", help="compare fused and reference at real shapes")
+                        help="ours: pack each row with documents of about N tokens (per-document attention and "
+                             "SSM resets, as `hybridcore train` does; FlexAttention in compiled layers on CUDA "
+                             "unless HYBRIDCORE_FLEX_ATTENTION=0); 0: one document per row")
+    parser.add_argument("--profile", action="store_true", help="also record the time per kernel (CUDA)")
+    parser.add_argument("--check", action="store_true",
+                        help="ours: after timing, compare fused kernels and reference at these shapes")
     parser.add_argument("--smoke", action="store_true", help="tiny CPU run (debug preset) for tests")
     parser.add_argument("--out", default="benchmarks/results", help="folder for the JSON result")
-    parser.add_argument("--tag", default="", help="added to the result's file name")
+    parser.add_argument("--tag", default="", help="added to the figure's name (and so to the file's)")
+
+
+# flags that change how ours runs; the peers run as transformers ships them: (flag, attribute, its default)
+OURS_ONLY = [("--compile", "compile", False), ("--compile-mode", "compile_mode", "default"),
+             ("--checkpoint-layers", "checkpoint_layers", None), ("--loss", "loss", "chunked"),
+             ("--no-kernels", "no_kernels", False), ("--sdpa-backend", "sdpa_backend", "auto"),
+             ("--documents", "documents", 0), ("--check", "check", False)]
+
+
+def check_arguments(args) -> None:
+    for name in ("batch_size", "seq_len", "steps", "repeats"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
+    if not args.peak_tflops > 0:
+        raise ValueError(f"--peak-tflops must be positive (the GPU's datasheet dense bf16 TFLOP/s), "
+                         f"got {args.peak_tflops}")
+    if args.documents < 0:
+        raise ValueError(f"--documents must be >= 0 (0: one document per row), got {args.documents}")
+    if args.compile_mode != "default" and not args.compile:
+        raise ValueError(f"--compile-mode {args.compile_mode} needs --compile")
+    if args.checkpoint_layers is not None and not args.activation_checkpointing:
+        raise ValueError("--checkpoint-layers needs --activation-checkpointing")
+    if args.contender != "ours":
+        for flag, attribute, default in OURS_ONLY:
+            if getattr(args, attribute) != default:
+                raise ValueError(f"{flag} applies to --contender ours only (transformers is measured as it "
+                                 f"ships, checkpointing every layer and taking no document ids); drop it for "
+                                 f"--contender {args.contender}")
 
 
 # ---- measuring ----------------------------------------------------------------------------------------
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _clean(device):
     gc.collect()
     if device.type == "cuda":
-        # CUDA-graph trees keep their memory pool after the model is gone: without this reset, a peer
-        # measured after our reduce-overhead run has less memory (and a fragmented allocator)
-        from torch._inductor.cudagraph_trees import reset_cudagraph_trees
-
-        torch._dynamo.reset()
-        reset_cudagraph_trees()
-        gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
 
 
-def matmul_ceiling_tflops(device, n=8192, repeats=10) -> float:
-    """bf16 n^3 matmul TFLOP/s (median of several), the MFU denominator; random data, not zeros."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    times = []
-    for i in range(repeats + 3):
-        _sync(device)
-        start = time.perf_counter()
-        a @ b
-        _sync(device)
-        if i >= 3:
-            times.append(time.perf_counter() - start)
-    del a, b
-    return 2 * n ** 3 / statistics.median(times) / 1e12
-
-
-def time_steps(step, warmup: int, steps: int, device) -> list[float]:
-    for _ in range(warmup):
-        step()
-    _sync(device)
+def time_steps(step, steps: int, device) -> list[float]:
+    """Wall time of each of `steps` calls of `step`, each ended by a synchronize."""
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         step()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return times
 
 
-def kernel_times(step, repeats: int = 20, before_each=None, top: int = 12) -> dict:
-    """Mean GPU time per call of `step` spent in each kernel, in ms, largest first (torch.profiler);
-    prints the `top` largest."""
-    from torch.profiler import ProfilerActivity, profile
-    step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(repeats):
-            if before_each is not None:
-                before_each()
-            step()
-        torch.cuda.synchronize()
-    times = {}
-    for event in prof.key_averages():
-        total = getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
-        if total > 0:
-            times[event.key[:80]] = total / repeats / 1e3  # microseconds -> ms per step
-    times = dict(sorted(times.items(), key=lambda kv: -kv[1]))
-    print(f"    {sum(times.values()):7.3f} ms  in all kernels")
-    for key, ms in list(times.items())[:top]:
-        print(f"    {ms:7.3f} ms  {key}")
-    return times
-
-
-def measure(name: str, build, tokens: int, args, device) -> dict:
-    """Build a step (model + optimizer), run it, return tokens/s, step time and peak memory."""
+def measure(build, tokens: int, args, device, after_window) -> dict:
+    """Build the contender's step, warm it up, time --repeats windows (calling `after_window(result)` after
+    each, so a run cut short keeps what it measured), and record peak memory."""
     _clean(device)
-    result = {"name": name, "status": "ok", "tok_s": None, "step_ms": None, "peak_gib": None}
+    result = {"status": "incomplete", "windows_step_ms": []}
     try:
         step, info = build()
         result.update(info)
-        times = time_steps(step, args.warmup, args.steps, device)
-        median = statistics.median(times)
-        result.update(tok_s=tokens / median, step_ms=1e3 * median, step_ms_all=[round(1e3 * t, 2) for t in times])
-        if device.type == "cuda":
-            result["peak_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
-            if getattr(args, "profile", False):
-                try:
-                    result["kernel_ms"] = kernel_times(step, repeats=3, top=25)
-                except Exception as error:  # the timing above stands without the profile
-                    result["kernel_ms"] = f"profiler failed: {type(error).__name__}: {error}"
+        for _ in range(args.warmup):
+            step()
+        synchronize(device)
+        for _ in range(args.repeats):
+            times = time_steps(step, args.steps, device)
+            result["windows_step_ms"].append([round(1e3 * t, 3) for t in times])
+            summarize_windows(result, tokens)
+            if device.type == "cuda":
+                result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+            after_window(result)
+        result["status"] = "ok"
+        if args.profile and device.type == "cuda":
+            try:
+                result["kernel_ms"] = kernel_times(step, repeats=3, top=25)
+            except Exception as error:  # the timing above stands without the profile
+                result["kernel_ms"] = f"profiler failed: {type(error).__name__}: {error}"
     except torch.OutOfMemoryError:
         result["status"] = "oom"
-    except Exception as error:  # a peer that cannot run here: say why, keep going
+    except Exception as error:  # a contender that cannot run here: say why
         message = str(error)  # a Triton compile error gives the source first and the reason last
         if len(message) > 800:
             message = f"{message[:300]} [...] {message[-500:]}"
@@ -174,16 +169,22 @@ def measure(name: str, build, tokens: int, args, device) -> dict:
         traceback.print_exc()
     step = info = None
     _clean(device)
-    print(f"  {name:22s} {result['status']:6s} tok/s={_fmt(result['tok_s'])} step_ms={_fmt(result['step_ms'])} "
-          f"peak_gib={_fmt(result['peak_gib'])}", flush=True)
     return result
 
 
-def _fmt(value):
-    return "-" if value is None else f"{value:,.1f}"
+def summarize_windows(result: dict, tokens: int) -> None:
+    """tokens/s of each window from its median step; the figure is the median window, with the range."""
+    per_window = [tokens / (statistics.median(window) / 1e3) for window in result["windows_step_ms"]]
+    summary = median_and_spread(per_window)
+    result.update(tokens_per_s=summary["median"], tokens_per_s_spread=summary["spread"],
+                  tokens_per_s_windows=per_window, step_ms=1e3 * tokens / summary["median"])
 
 
-# ---- the three contenders -----------------------------------------------------------------------------
+def _fmt(value, digits=0):
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+# ---- the contenders -----------------------------------------------------------------------------------
 def _autocast(device, precision):
     if precision == "amp":
         return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -237,8 +238,11 @@ def build_ours(config, ids, args, device, compiled=False, mode="default"):
                             checkpoint_layers=args.checkpoint_layers, compile=compiled, compile_mode=mode)
         model.train()
         optimizers = build_optimizers(model, lr=1e-4, weight_decay=0.1)
-        seq_idx = document_ids(ids.shape[0], ids.shape[1] - 1, args.documents).to(ids.device) if args.documents else None
-        batch = Batch.from_tokens(ids, torch.cat([seq_idx, seq_idx[:, -1:]], dim=1) if seq_idx is not None else None)
+        seq_idx = None
+        if args.documents:  # ids hold one more column than the rows train on: its document is the last one's
+            seq_idx = document_ids(ids.shape[0], ids.shape[1] - 1, args.documents).to(ids.device)
+            seq_idx = torch.cat([seq_idx, seq_idx[:, -1:]], dim=1)
+        batch = Batch.from_tokens(ids, seq_idx)
         kernel_mode = "off" if args.no_kernels else "auto"
         loss_chunk = 8192 if args.loss == "chunked" else ids.numel()  # "plain": one chunk, the logits whole
         autocast_dtype = torch.bfloat16 if args.precision == "amp" else None
@@ -254,6 +258,7 @@ def build_ours(config, ids, args, device, compiled=False, mode="default"):
         return step, {"kernels": kernels, "compiled": compiled, "compile_mode": mode if compiled else None,
                       "loss": args.loss, "sdpa_backend": args.sdpa_backend, "documents": args.documents}
     return build
+
 
 
 def hf_module(kernels: bool):
@@ -277,18 +282,19 @@ def hf_module(kernels: bool):
     return module
 
 
-def peer_kernels_available() -> dict:
+def peer_packages() -> dict:
+    """Whether each kernel package imports here: True, or the error's text."""
     found = {}
     for name, probe in (("mamba_ssm", "mamba_ssm.ops.triton.ssd_combined"), ("causal_conv1d", "causal_conv1d_cuda")):
         try:
             importlib.import_module(probe)
             found[name] = True
-        except Exception:
-            found[name] = False
+        except Exception as error:
+            found[name] = f"{type(error).__name__}: {error}"
     return found
 
 
-def build_hf(config, ids, args, device, kernels: bool, batch_size=None):
+def build_hf(config, ids, args, device, kernels: bool):
     def build():
         from transformers import FalconH1Config
 
@@ -297,10 +303,6 @@ def build_hf(config, ids, args, device, kernels: bool, batch_size=None):
         fields = {k: v for k, v in hf_config_from_model(config).items() if k not in ("architectures", "model_type")}
         hf_config = FalconH1Config(**fields, attn_implementation="sdpa")
         module = hf_module(kernels)
-        if kernels and not peer_kernels_available()["causal_conv1d"]:
-            # transformers' training path needs both packages; with mamba_ssm alone, use its SSD
-            # kernel inside the unfused path (conv in PyTorch)
-            module.mamba2_split_conv1d_scan_combined = lambda *a, **k: None
         dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
         with torch.device(device):
             model = module.FalconH1ForCausalLM(hf_config)
@@ -312,7 +314,7 @@ def build_hf(config, ids, args, device, kernels: bool, batch_size=None):
             else:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         optimizer = _optimizer(model.parameters(), device)
-        inputs = ids[:batch_size, :-1] if batch_size else ids[:, :-1]
+        inputs = ids[:, :-1]
 
         def step():
             with _autocast(device, args.precision):
@@ -321,148 +323,96 @@ def build_hf(config, ids, args, device, kernels: bool, batch_size=None):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             return loss
-        return step, {"batch_size": inputs.shape[0]}
+        return step, {}
     return build
 
 
 # ---- the run -------------------------------------------------------------------------------------------
-def versions() -> dict:
-    found = {"torch": torch.__version__, "python": sys.version.split()[0]}
-    for name in ("triton", "transformers", "mamba_ssm", "causal_conv1d"):
-        try:
-            found[name] = getattr(importlib.import_module(name), "__version__", "?")
-        except Exception:
-            found[name] = None
-    return found
+def figure_name(args) -> str:
+    tag = f"-{args.tag}" if args.tag else ""
+    return f"train_step-{args.preset}-{args.batch_size}x{args.seq_len}{tag}"
 
 
 def run(args) -> int:
     from .config import apply_overrides
-    from .flops import flops_per_token
-    from .train.files import write_json_atomic
+    from .flops import flops_per_token, mfu
     from .model.flex_document import ENABLED as flex_enabled
     from .presets import get_preset
+    from .train.files import write_json_atomic
 
     if args.smoke:
         args.preset, args.batch_size, args.seq_len = "debug", 2, 64
-        args.steps, args.warmup, args.precision = 1, 1, "fp32"  # bf16 is slow on CPUs
+        args.warmup, args.steps, args.repeats, args.precision = 1, 1, 2, "fp32"  # bf16 is slow on CPUs
+    check_arguments(args)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
-    for name, value in (("--batch-size", args.batch_size), ("--seq-len", args.seq_len), ("--steps", args.steps)):
-        if value <= 0:
-            raise ValueError(f"{name} must be positive, got {value}")
-    if args.documents < 0:
-        raise ValueError(f"--documents must be >= 0 (0: one document per row), got {args.documents}")
-    if args.compiled_only and not args.compile:
-        raise ValueError("--compiled-only needs --compile")
-    if args.checkpoint_layers is not None and not args.activation_checkpointing:
-        raise ValueError("--checkpoint-layers needs --activation-checkpointing")
-    if args.checkpoint_layers is not None and args.peers:
-        raise ValueError("--checkpoint-layers with --peers: transformers checkpoints every layer, so the ratio "
-                         "would compare less recomputation with more; measure the peers without it")
-    if args.documents and args.peers:
-        raise ValueError("--documents with --peers: transformers' Falcon-H1 takes no document ids here, so the "
-                         "ratio would compare packed rows with plain ones; measure the peers without --documents")
     config = apply_overrides(get_preset(args.preset), args.overrides)
     tokens = args.batch_size * args.seq_len
-    gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(f"hybridcore bench: {args.preset} {args.batch_size}x{args.seq_len} {args.precision} on {gpu}", flush=True)
-
-    result = {
-        "gpu": gpu, "preset": args.preset, "overrides": args.overrides, "batch_size": args.batch_size, "seq_len": args.seq_len,
-        "precision": {"amp": "bf16 autocast, fp32 master weights", "bf16": "pure bf16",
-                      "fp32": "fp32"}[args.precision],
-        "step": "forward + loss + backward + AdamW",
+    flops = flops_per_token(config, args.seq_len).total
+    record = {
+        "figure": figure_name(args), "kind": "train_step", "contender": args.contender,
+        "contender_name": CONTENDERS[args.contender],
+        "preset": args.preset, "overrides": args.overrides, "batch_size": args.batch_size, "seq_len": args.seq_len,
+        "precision": PRECISIONS[args.precision], "step": "forward + loss + backward + AdamW",
+        "warmup_steps": args.warmup, "steps_per_window": args.steps, "windows": args.repeats,
         "activation_checkpointing": args.activation_checkpointing,
         "checkpoint_layers": args.checkpoint_layers,  # None: every layer (with activation_checkpointing)
         "documents": args.documents,
         "flex_attention": flex_enabled,  # packed documents in compiled CUDA layers (HYBRIDCORE_FLEX_ATTENTION)
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "flops_per_token": flops, "num_gpus": 1, "peak_tflops": args.peak_tflops,
+        **environment(device), "process_id": os.getpid(),  # one contender per process: a new id each
         "command": "hybridcore bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
     }
-    if args.check:
+    print(f"hybridcore bench: {CONTENDERS[args.contender]}, {args.preset} {args.batch_size}x{args.seq_len} "
+          f"{args.precision} on {record['gpu']}", flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"{record['figure']}-{args.contender}.json")
+
+    def save(result):
+        record.update(result)
+        if result.get("tokens_per_s"):
+            record["model_tflops"] = result["tokens_per_s"] * flops / 1e12
+            record["mfu"] = mfu(result["tokens_per_s"], flops, 1, args.peak_tflops * 1e12)
+        write_json_atomic(path, record, indent=1, default=str)
+
+    save({"status": "incomplete"})  # a process killed before its first window leaves this
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len + 1), generator=generator).to(device)
+    if args.contender == "ours":
+        build = build_ours(config, ids, args, device, compiled=args.compile, mode=args.compile_mode)
+    else:
+        kernels = args.contender == "hf_kernels"
+        if kernels:
+            record["peer_packages"] = peer_packages()
+            missing = {name: why for name, why in record["peer_packages"].items() if why is not True}
+            if missing:
+                save({"status": "unavailable", "reason": "; ".join(f"{k} does not import ({v})"
+                                                                     for k, v in missing.items())})
+                print(f"  {args.contender}: unavailable: {record['reason']}\n  wrote {path}")
+                return 0
+        build = build_hf(config, ids, args, device, kernels)
+    result = measure(build, tokens, args, device, after_window=save)
+    if args.check and result["status"] == "ok":
         from .bench_check import check
 
         result["check"] = check(config, args.batch_size, args.seq_len, device)
+    ceiling = matmul_tflops(device, n=8192 if device.type == "cuda" else 256)  # after: the contender ran first
+    result["matmul_tflops_measured"] = ceiling
+    if result.get("tokens_per_s"):
+        result["pct_of_measured"] = result["tokens_per_s"] * flops / 1e12 / ceiling
+    record["versions"] = versions()  # after the run: what the contender imported is loaded now
+    save(result)
+    print_summary(record, path)
+    return 1 if record["status"].startswith("error") else 0
 
-    flops = flops_per_token(config, args.seq_len).total
-    ceiling = matmul_ceiling_tflops(device, n=8192 if device.type == "cuda" else 256)
-    result.update(flops_per_token=flops, matmul_tflops=ceiling)
-    print(f"  bf16 matmul ceiling {ceiling:.0f} TFLOP/s; model {flops / 1e9:.2f} GFLOP/token", flush=True)
 
-    os.makedirs(args.out, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    tag = f"-{args.tag}" if args.tag else ""
-    path = os.path.join(args.out, f"bench-{args.preset}-{args.batch_size}x{args.seq_len}{tag}-{stamp}.json")
-    runs = {}
-
-    def record(name, run_result):
-        """Keep one contender's result and rewrite the JSON: a run cut short keeps what it measured."""
-        runs[name] = run_result
-        summarize(result, runs, flops, ceiling)
-        write_json_atomic(path, result, indent=1, default=str)
-
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len + 1), generator=generator).to(device)
-    if not args.compiled_only:
-        record("ours", measure("ours", build_ours(config, ids, args, device), tokens, args, device))
-    for mode in args.compile_modes if args.compile else []:
-        name = "ours_compiled" if mode == "default" else f"ours_compiled_{mode}"
-        record(name, measure(name, build_ours(config, ids, args, device, compiled=True, mode=mode), tokens, args,
-                             device))
-    if args.peers:
-        for name, kernels in (("hf_torch", False), ("hf_kernels", True)):
-            if not kernels and args.peers == "kernels":
-                continue
-            if kernels:
-                _wait_for(args.wait_for_file)
-                result["peer_packages"] = peer_kernels_available()
-                if not result["peer_packages"]["mamba_ssm"]:
-                    record(name, {"name": name, "status": "unavailable", "tok_s": None, "peak_gib": None})
-                    continue
-            record(name, measure(name, build_hf(config, ids, args, device, kernels), tokens, args, device))
-            fallback = args.peer_fallback_batch
-            if runs[name]["status"] == "oom" and 0 < fallback < args.batch_size:
-                record(f"{name}_b{fallback}", measure(f"{name}_b{fallback}",
-                                                      build_hf(config, ids, args, device, kernels, fallback),
-                                                      fallback * args.seq_len, args, device))
-
-    result["complete"] = True
-    write_json_atomic(path, result, indent=1, default=str)
-    print(f"  ours ({result['ours_variant']}): {_fmt(result['tok_s'])} tok/s, MFU {_pct(result['mfu'])}, "
-          f"peak {_fmt(result['peak_gib'])} GiB; vs hf_kernels x{_fmt(result.get('speedup_vs_hf_kernels'))}, "
-          f"vs hf_torch x{_fmt(result.get('speedup_vs_hf_torch'))}")
+def print_summary(record: dict, path: str) -> None:
+    if record.get("tokens_per_s"):
+        low, high = record["tokens_per_s_spread"]
+        print(f"  {record['contender']}: {_fmt(record['tokens_per_s'])} tok/s (median of {record['windows']} "
+              f"windows, range {_fmt(low)}-{_fmt(high)}), MFU {100 * record['mfu']:.1f}% of "
+              f"{record['peak_tflops']:.0f} TFLOP/s ({100 * record['pct_of_measured']:.1f}% of the measured "
+              f"{record['matmul_tflops_measured']:.4g} TFLOP/s matmul), "
+              f"peak {_fmt(record.get('peak_memory_gib'), 1)} GiB")
+    else:
+        print(f"  {record['contender']}: {record['status']}")
     print(f"  wrote {path}")
-    return 0
-
-
-def summarize(result: dict, runs: dict, flops: float, ceiling: float) -> None:
-    """Fill `result` from the contenders measured so far: MFU, our best variant, ratios to the peers."""
-    for r in runs.values():
-        if r.get("tok_s"):
-            r["model_tflops"] = r["tok_s"] * flops / 1e12
-            r["mfu"] = r["model_tflops"] * 1e12 / (ceiling * 1e12)
-    ours = [r for name, r in runs.items() if name.startswith("ours")]  # no eager "ours" with --compiled-only
-    best = max((r for r in ours if r.get("tok_s")), key=lambda r: r["tok_s"], default=ours[0] if ours else {})
-    result.update(ours_variant=best.get("name"), tok_s=best.get("tok_s"), mfu=best.get("mfu"),
-                  model_tflops=best.get("model_tflops"), peak_gib=best.get("peak_gib"))
-    for peer in ("hf_kernels", "hf_torch"):
-        r = runs.get(peer, {})
-        result[f"{peer}_tok_s"] = r.get("tok_s")
-        result[f"{peer}_peak_gib"] = r.get("peak_gib")
-        result[f"{peer}_status"] = r.get("status", "not run")
-        result.pop(f"speedup_vs_{peer}", None)
-        if r.get("tok_s") and best.get("tok_s"):
-            result[f"speedup_vs_{peer}"] = best["tok_s"] / r["tok_s"]
-    result["runs"] = runs
-    result["complete"] = False  # until every contender asked for has run
-    result["versions"] = versions()  # after each run: a peer package built meanwhile is seen too
-
-
-def _wait_for(path, limit_s=420):
-    start = time.time()
-    while path and not os.path.exists(path) and time.time() - start < limit_s:
-        time.sleep(5)
-
-
-def _pct(value):
-    return "-" if value is None else f"{100 * value:.1f}%"

@@ -18,7 +18,7 @@ COMMANDS = {
     "import-hf": ("hybridcore.bridge.cli_import", "convert a Hugging Face Falcon-H1 directory to a checkpoint"),
     "export-hf": ("hybridcore.bridge.cli_export", "convert a checkpoint to a Hugging Face Falcon-H1 directory"),
     "generate": ("hybridcore.generate_cli", "sample text from a checkpoint or a Hugging Face directory"),
-    "bench": ("hybridcore.bench", "benchmark a training step on one GPU, optionally against transformers"),
+    "bench": ("hybridcore.bench", "time one contender's training step (ours or transformers') on one GPU"),
 }
 
 

@@ -15,49 +15,89 @@ from .layout import parse_layout
 
 @dataclass
 class ModelConfig:
+    """A model's shapes, its layer-grammar layout and its µP forward multipliers.
+
+    Each field's string below it is its reference entry (docs/configuration.md is generated from them);
+    a trailing [unit] gives the unit. `hybridcore ... --set NAME=VALUE` changes a field of a preset."""
+
     vocab_size: int = 258
+    """Rows of the embedding and the LM head; token ids lie in [0, vocab_size) [tokens]"""
     d_model: int = 256
-    layout: str = "P-" * 4  # one character per residual sub-layer, see layout.py
-    # attention
+    """Width of the residual stream [channels]"""
+    layout: str = "P-" * 4
+    """The layer grammar: one character per residual sub-layer (P parallel hybrid, M Mamba-2, * attention,
+    - MLP), '|' marks a pipeline-stage boundary (docs/layer-grammar.md)"""
     num_heads: int = 4
+    """Attention query heads [heads]"""
     num_kv_heads: int = 2
+    """Attention key and value heads, shared by num_heads / num_kv_heads query heads each (grouped-query
+    attention) [heads]"""
     head_dim: int = 64
+    """Channels per attention head; even, for the rotary embedding [channels]"""
     rope_theta: float = 1e11
+    """Base of the rotary position embedding's frequencies"""
     max_seq_len: int = 16384
+    """Longest sequence the model is meant for: generation refuses longer prompts [tokens]"""
     attention_bias: bool = False
-    # Mamba-2
+    """Biases in the attention's q, k, v and o projections"""
     mamba_n_heads: int = 8
+    """Mamba-2 heads, each with its own decay A and time step dt [heads]"""
     mamba_d_head: int = 32
+    """Channels per Mamba-2 head; mamba_n_heads x mamba_d_head is d_ssm, the mixer's inner width [channels]"""
     mamba_d_state: int = 32
+    """State size N of each Mamba-2 head (the B and C projections' width per group) [channels]"""
     mamba_n_groups: int = 1
+    """Groups of heads sharing one B and one C (and one gated-norm group) [groups]"""
     mamba_d_conv: int = 4
+    """Width of the causal depthwise convolution over x, B and C [tokens]"""
     mamba_chunk_size: int = 64
+    """Chunk length of the chunked SSD scan: quadratic attention-like work inside a chunk, a state passed
+    between chunks; changes speed, not the result beyond rounding [tokens]"""
     mamba_conv_bias: bool = True
+    """A bias in the causal convolution"""
     mamba_proj_bias: bool = False
+    """A bias in the Mamba-2 input projection (in_proj)"""
     mamba_rms_norm: bool = False
+    """A gated RMSNorm on the SSD output before out_proj (normalises y * silu(z) per group); off: the gate
+    y * silu(z) alone"""
     mamba_norm_before_gate: bool = False
+    """With mamba_rms_norm: normalise y first, then gate (rmsnorm(y) * w * silu(z)); off, as the released
+    models: rmsnorm(y * silu(z)) * w"""
     time_step_limit: tuple[float, float] = (0.0, math.inf)
-    # MLP
+    """(low, high) clamp of the time step dt after softplus; (0, inf) clamps nothing"""
     d_ff: int = 512
+    """Inner width of the SwiGLU MLP [channels]"""
     mlp_bias: bool = False
-    # output projections of the Mamba mixer (Falcon-H1 calls it projectors_bias)
+    """Biases in the MLP's gate, up and down projections"""
     projectors_bias: bool = False
+    """A bias in the Mamba-2 output projection (out_proj; Falcon-H1 calls it projectors_bias)"""
     norm_eps: float = 1e-5
+    """Epsilon of every RMSNorm"""
     tie_embeddings: bool = False
-    # µP forward multipliers (Falcon-H1), all 1.0 means "plain model"
+    """The LM head shares the embedding's weight"""
     embedding_multiplier: float = 1.0
+    """µP: the token embeddings are multiplied by this before the first layer"""
     lm_head_multiplier: float = 1.0
+    """µP: the logits are multiplied by this"""
     attention_in_multiplier: float = 1.0
+    """µP: the normed input of each attention sub-layer is multiplied by this"""
     attention_out_multiplier: float = 1.0
+    """µP: each attention sub-layer's output is multiplied by this before the residual sum"""
     key_multiplier: float = 1.0
+    """µP: the attention keys are multiplied by this (before the rotary embedding)"""
     ssm_in_multiplier: float = 1.0
+    """µP: the normed input of each Mamba-2 sub-layer is multiplied by this"""
     ssm_out_multiplier: float = 1.0
-    mlp_multipliers: tuple[float, float] = (1.0, 1.0)  # (gate, down)
-    ssm_multipliers: tuple[float, float, float, float, float] = (1.0, 1.0, 1.0, 1.0, 1.0)  # z,x,B,C,dt
-    # init
+    """µP: each Mamba-2 sub-layer's output is multiplied by this before the residual sum"""
+    mlp_multipliers: tuple[float, float] = (1.0, 1.0)
+    """µP: (gate, down) of the SwiGLU MLP: down(up(x) * silu(gate(x) * gate)) * down"""
+    ssm_multipliers: tuple[float, float, float, float, float] = (1.0, 1.0, 1.0, 1.0, 1.0)
+    """µP: one multiplier for each of the five segments of the Mamba-2 in_proj output, (z, x, B, C, dt)"""
     init_std: float = 0.02
-    # tokens the tokenizer reserves for end of document (used by generation and data checks)
+    """Standard deviation of the normal initialisation of linear and embedding weights (biases start at 0)"""
     eos_token_id: int | None = None
+    """The tokenizer's end-of-document token: generation stops on it and training checks the prepared data
+    uses the same one; None: no such token"""
 
     def __post_init__(self) -> None:
         # JSON round trips turn tuples into lists; keep one canonical form.

@@ -7,6 +7,9 @@ Forward FLOPs per token, split by where they go:
              intra-chunk C.B^T and its product with x (causal half of the chunk): Q x (N + P),
              chunk states and inter-chunk output: 2 x 2 x N x P
 Training is counted as 3 x forward (backward = 2 x forward), the usual convention.
+
+MFU (model FLOPs utilisation) is model FLOP/s over the GPUs' datasheet dense bf16 peak, as Megatron and
+torchtitan report it; recomputation under activation checkpointing is not counted as model FLOPs.
 """
 
 from __future__ import annotations
@@ -86,6 +89,18 @@ def flops_per_token(config: ModelConfig, seq_len: int, training: bool = True) ->
     ssd = mamba_layers * c.mamba_n_heads * per_head
     scale = 3.0 if training else 1.0
     return FlopsPerToken(matmul * scale, attention * scale, ssd * scale)
+
+
+# dense bf16 tensor-core peak of one H100 or H200 SXM (the datasheet's figure without sparsity), FLOP/s
+DATASHEET_PEAK_BF16_FLOPS = 989e12
+
+
+def mfu(tokens_per_s: float, flops_per_token: float, num_gpus: int = 1,
+        peak_flops_per_gpu: float = DATASHEET_PEAK_BF16_FLOPS) -> float:
+    """Model FLOPs utilisation: model FLOP/s over num_gpus x the per-GPU datasheet peak."""
+    if not peak_flops_per_gpu > 0 or num_gpus < 1:
+        raise ValueError(f"peak_flops_per_gpu must be > 0 and num_gpus >= 1, got {peak_flops_per_gpu}, {num_gpus}")
+    return tokens_per_s * flops_per_token / (num_gpus * peak_flops_per_gpu)
 
 
 BYTES_PER_DTYPE = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}

@@ -20,8 +20,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
     parser.add_argument("--cuda-graph", action="store_true",
-                        help="replay the decode step as a CUDA graph (GPU only; about 8x faster decoding on "
-                        "an H200, benchmarks/README.md)")
+                        help="replay the decode step as a CUDA graph (GPU only; eager decoding is bound by "
+                        "kernel launches)")
     parser.add_argument("--tokenizer", default=None,
                         help="override the tokenizer: 'byte', a tokenizer.json or a prepared data directory")
 

@@ -111,7 +111,8 @@ class Mamba2Mixer(nn.Module):
         self.in_proj = SegmentedLinear(config.d_model, widths, bias=config.mamba_proj_bias)
         # Depthwise conv weights kept as [channels, 1, d_conv] (nn.Conv1d's layout, Falcon-H1's key shape).
         for segment in CONV_SEGMENTS:
-            self.register_parameter(f"conv_weight_{segment}", nn.Parameter(torch.empty(widths[segment], 1, self.d_conv)))
+            self.register_parameter(f"conv_weight_{segment}",
+                                    nn.Parameter(torch.empty(widths[segment], 1, self.d_conv)))
             self.register_parameter(f"conv_bias_{segment}", nn.Parameter(torch.empty(widths[segment]))
                                     if config.mamba_conv_bias else None)
         self.dt_bias = nn.Parameter(torch.empty(config.mamba_n_heads))

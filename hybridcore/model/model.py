@@ -71,7 +71,8 @@ class HybridLM(nn.Module):
     # ---- forward ---------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, seq_idx: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None, caches: list[LayerCache] | None = None,
-                labels: torch.Tensor | None = None, loss_chunk: int = 8192, return_hidden: bool = False) -> torch.Tensor:
+                labels: torch.Tensor | None = None, loss_chunk: int = 8192,
+                return_hidden: bool = False) -> torch.Tensor:
         """input_ids [B, L] -> logits [B, L, V]; with labels [B, L] (-100 ignored), the mean next-token
         loss instead, the LM head and the loss fused in chunks of `loss_chunk` tokens (see `loss`);
         with return_hidden, the final-normed hidden states (a pipeline's last stage: its loss follows).

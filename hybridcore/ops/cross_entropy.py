@@ -7,9 +7,8 @@ forward computes it there too (softmax - one-hot is all the backward needs), so 
 and the backward is a scaling of the stored gradients. Pure PyTorch; any device (on CUDA the per-chunk
 softmax and gradient are one torch.compile'd function); under autocast the products run in the autocast
 dtype and the softmax in fp32. An odd vocabulary (Falcon-H1-7B's 130,049) is padded with zero rows to a
-multiple of VOCAB_ALIGN, masked out of the softmax: with an unaligned dimension cuBLAS falls back to slow
-kernels (in 8 of 7B's blocks on an H200, 156 of a step's 322 ms of kernels went to them).
-
+multiple of VOCAB_ALIGN, masked out of the softmax: with an unaligned dimension cuBLAS falls back to its
+slow align-1 kernels.
 Vocabulary-parallel (tensor parallelism): each rank holds the head rows `vocab_start ..` of the vocabulary
 and passes `all_reduce(tensor, op)` ("max" or "sum" over the ranks that share the vocabulary). Per chunk,
 three small row statistics cross the ranks (the maximum, the sum of exponentials, the target's logit);

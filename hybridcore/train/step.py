@@ -14,7 +14,6 @@ is the mean over every token of the step, so the numbers do not depend on the la
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 

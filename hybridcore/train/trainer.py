@@ -148,7 +148,8 @@ class _Run:
         model = build_train_model(model_config, config, device, load_init=checkpoint is None, keep=keep)
         # One process is the degenerate layout: the same parallelize, step and evaluation as any other.
         mesh = build_mesh(layout, device.type) if layout is not None else None
-        self.loss_chunk = config.loss_chunk or resolve_chunk(config.batch_size * config.seq_len, model_config.vocab_size)
+        self.loss_chunk = config.loss_chunk or resolve_chunk(config.batch_size * config.seq_len,
+                                                             model_config.vocab_size)
         self.model = parallelize(model, mesh, layout or ParallelConfig(dp_shard=1),
                                  activation_checkpointing=config.activation_checkpointing,
                                  checkpoint_layers=config.checkpoint_layers, compile=config.compile,

@@ -19,7 +19,7 @@ def scale_summary():
 
 def _write(folder, name, tok_s, peak, losses, pp=1):
     data = {"tokens_per_second_per_gpu": tok_s, "peak_memory_gib_max_rank": peak, "first_losses": losses,
-            "mfu_vs_matmul_ceiling": 0.3, "parallel": {"pp": pp}}
+            "model_flops_per_token": {"total": 1e9}, "parallel": {"pp": pp}}
     (folder / f"parallel_{name}.json").write_text(json.dumps(data))
 
 
@@ -34,6 +34,7 @@ def test_ratios_against_the_one_gpu_run(tmp_path, scale_summary):
     assert tp2["per_gpu_throughput_vs_one_gpu"] == pytest.approx(0.8)
     assert tp2["peak_memory_vs_one_gpu"] == pytest.approx(0.625)
     assert tp2["first_losses_max_relative_difference"] == pytest.approx(1e-4)
+    assert tp2["mfu"] == pytest.approx(800.0 * 1e9 / 989e12)  # per-GPU model FLOP/s over the datasheet peak
     assert "bubble_fraction_upper_bound" not in tp2
     assert summary["1.5b-deep_pp2"]["bubble_fraction_upper_bound"] == pytest.approx(0.25)
     assert "no baseline 0.5b_128k_cp1" in summary["0.5b_128k_cp2"]["note"]

@@ -39,7 +39,7 @@ def test_import_bf16_and_overwrite(tmp_path, capsys):
 
 
 def test_a_trained_run_exports_to_transformers_with_equal_logits(tmp_path, capsys):
-    """Issue 3's end: train a few steps, export the run directory, transformers gives our logits."""
+    """Train a few steps, export the run directory: transformers gives our logits."""
     from hybridcore.data import prepare
     from hybridcore.train import TrainConfig, train
     from hybridcore.train.checkpoint import load_model

@@ -49,7 +49,7 @@ def test_applies_only_inside_a_compiled_region_on_cuda_unless_switched_off(monke
     assert not applies(cuda_query)  # eager
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert applies(cuda_query) and not applies(cpu_query)
-    with torch.no_grad():  # evaluation keeps the SDPA paths (an illegal memory access on the H200)
+    with torch.no_grad():  # evaluation keeps the SDPA paths (flex_document's docstring says why)
         assert not applies(cuda_query)
     monkeypatch.setattr(flex_document, "ENABLED", False)  # HYBRIDCORE_FLEX_ATTENTION=0
     assert not applies(cuda_query)

@@ -1,44 +1,83 @@
+"""`hybridcore bench`: one contender per invocation, its JSON, the flags' checks (CPU smoke runs)."""
+
+import importlib.util
 import json
 
+import pytest
 import torch
 
 from hybridcore import cli
-
-REQUIRED = ["gpu", "preset", "batch_size", "seq_len", "tok_s", "mfu", "peak_gib", "hf_kernels_tok_s", "hf_torch_tok_s",
-            "versions", "date"]
+from hybridcore.flops import mfu
 
 
-def test_bench_smoke_writes_one_result(tmp_path):
-    assert cli.main(["bench", "--smoke", "--peers", "--out", str(tmp_path)]) == 0
-    files = list(tmp_path.glob("*.json"))
-    assert len(files) == 1
-    result = json.loads(files[0].read_text())
-    assert all(key in result for key in REQUIRED)
-    assert result["tok_s"] > 0 and result["preset"] == "debug"
-    assert set(result["versions"]) >= {"torch", "triton", "transformers", "mamba_ssm"}
-    assert result["hf_torch_status"] in ("ok", "oom") or result["hf_torch_status"].startswith("error")
+def bench(tmp_path, *flags, name="out"):
+    """Run `hybridcore bench --smoke FLAGS`; (exit status, the one JSON it wrote or None)."""
+    out = tmp_path / name
+    status = cli.main(["bench", "--smoke", "--out", str(out), *flags])
+    files = sorted(out.iterdir()) if out.exists() else []
+    assert len(files) <= 1 and all(path.suffix == ".json" for path in files)  # one figure, no temporary file
+    return status, json.loads(files[0].read_text()) if files else None
 
 
-def test_bench_set_overrides_the_preset_and_is_recorded(tmp_path):
-    runs = {}
-    for name, extra in (("full", []), ("one_block", ["--set", "layout=P-"])):
-        out = tmp_path / name
-        assert cli.main(["bench", "--smoke", "--out", str(out), *extra]) == 0
-        runs[name] = json.loads(next(out.glob("*.json")).read_text())
-    assert runs["one_block"]["overrides"] == ["layout=P-"] and runs["full"]["overrides"] == []
-    assert runs["one_block"]["flops_per_token"] < runs["full"]["flops_per_token"]
+def test_ours_writes_one_figure_with_its_environment_and_one_mfu_definition(tmp_path):
+    status, result = bench(tmp_path)
+    assert status == 0 and result["status"] == "ok" and result["contender"] == "ours"
+    assert result["figure"] == "train_step-debug-2x64" and result["preset"] == "debug"
+    assert set(result["versions"]) == {"python", "torch", "triton", "transformers", "mamba_ssm", "causal_conv1d"}
+    assert {"gpu", "git_commit", "git_dirty", "date", "command"} <= set(result)
+    windows = result["tokens_per_s_windows"]
+    assert len(windows) == result["windows"] == 2 and len(result["windows_step_ms"]) == 2
+    low, high = result["tokens_per_s_spread"]
+    assert low == min(windows) and high == max(windows) and low <= result["tokens_per_s"] <= high
+    assert result["mfu"] == pytest.approx(mfu(result["tokens_per_s"], result["flops_per_token"], 1, 989e12))
+    ceiling = result["matmul_tflops_measured"]
+    assert result["pct_of_measured"] == pytest.approx(result["model_tflops"] / ceiling)
 
 
-def test_bench_set_names_a_bad_field(tmp_path, capsys):
-    assert cli.main(["bench", "--smoke", "--out", str(tmp_path), "--set", "no_such_field=1"]) != 0
+def test_peak_tflops_sets_the_mfu_denominator_and_is_checked(tmp_path, capsys):
+    _, result = bench(tmp_path, "--peak-tflops", "100")
+    assert result["peak_tflops"] == 100
+    assert result["mfu"] == pytest.approx(result["tokens_per_s"] * result["flops_per_token"] / 100e12)
+    assert bench(tmp_path, "--peak-tflops", "0", name="bad") == (2, None)
+    assert "--peak-tflops must be positive" in capsys.readouterr().err
+
+
+def test_the_pytorch_peer_runs_alone_and_the_kernel_peer_is_unavailable_without_its_packages(tmp_path):
+    status, result = bench(tmp_path, "--contender", "hf_torch", name="torch")
+    assert status == 0 and result["status"] == "ok" and result["tokens_per_s"] > 0
+    assert result["figure"] == "train_step-debug-2x64" and result["contender"] == "hf_torch"
+    if importlib.util.find_spec("mamba_ssm") is None:
+        status, result = bench(tmp_path, "--contender", "hf_kernels", name="kernels")
+        assert status == 0 and result["status"] == "unavailable" and "mamba_ssm does not import" in result["reason"]
+
+
+def test_flags_for_ours_only_are_refused_for_a_peer_naming_the_flag(tmp_path, capsys):
+    for flags, flag in ((["--compile"], "--compile"), (["--documents", "16"], "--documents"),
+                        (["--activation-checkpointing", "--checkpoint-layers", "1"], "--checkpoint-layers"),
+                        (["--sdpa-backend", "math"], "--sdpa-backend")):
+        assert bench(tmp_path, "--contender", "hf_torch", *flags, name="refused") == (2, None)
+        assert f"{flag} applies to --contender ours only" in capsys.readouterr().err
+    assert bench(tmp_path, "--compile-mode", "reduce-overhead", name="refused") == (2, None)
+    assert "--compile-mode reduce-overhead needs --compile" in capsys.readouterr().err
+    assert bench(tmp_path, "--checkpoint-layers", "1", name="refused") == (2, None)
+    assert "needs --activation-checkpointing" in capsys.readouterr().err
+
+
+def test_set_overrides_the_preset_and_is_recorded(tmp_path):
+    _, full = bench(tmp_path, name="full")
+    _, one_block = bench(tmp_path, "--set", "layout=P-", "--tag", "one-block", name="one_block")
+    assert one_block["overrides"] == ["layout=P-"] and full["overrides"] == []
+    assert one_block["figure"] == "train_step-debug-2x64-one-block"
+    assert one_block["flops_per_token"] < full["flops_per_token"]
+
+
+def test_set_names_a_bad_field(tmp_path, capsys):
+    assert bench(tmp_path, "--set", "no_such_field=1")[0] == 2
     assert "no_such_field" in capsys.readouterr().err
 
 
-def test_bench_decode_step_check_compares_kernel_and_twin():
+def test_decode_step_check_compares_kernel_and_twin():
     """The GPU `--check` mode's decode part, run here at the debug preset through the interpreter."""
-    import pytest
-    import torch
-
     pytest.importorskip("triton")
     from hybridcore.bench_check import check_decode_step
     from hybridcore.presets import get_preset
@@ -48,77 +87,53 @@ def test_bench_decode_step_check_compares_kernel_and_twin():
     assert report["y"] < 1e-2 and report["state"] < 1e-5
 
 
-def test_bench_activation_checkpointing_reaches_ours_and_the_peer(tmp_path):
-    assert cli.main(["bench", "--smoke", "--peers", "--activation-checkpointing", "--out", str(tmp_path)]) == 0
-    result = json.loads(next(tmp_path.glob("*.json")).read_text())
-    assert result["activation_checkpointing"] is True
-    assert result["runs"]["ours"]["status"] == "ok" and result["hf_torch_status"] == "ok"
+def test_activation_checkpointing_reaches_ours_and_the_peer(tmp_path):
+    for contender in ("ours", "hf_torch"):
+        status, result = bench(tmp_path, "--contender", contender, "--activation-checkpointing", name=contender)
+        assert status == 0 and result["activation_checkpointing"] is True and result["status"] == "ok"
 
 
-def test_bench_checkpoint_layers_is_recorded_and_refused_with_peers(tmp_path, capsys):
-    assert cli.main(["bench", "--smoke", "--activation-checkpointing", "--checkpoint-layers", "1",
-                     "--out", str(tmp_path)]) == 0
-    result = json.loads(next(tmp_path.glob("*.json")).read_text())
-    assert result["checkpoint_layers"] == 1 and result["runs"]["ours"]["status"] == "ok"
-    capsys.readouterr()
-    for flags, message in ((["--activation-checkpointing", "--peers"], "transformers checkpoints every layer"),
-                           ([], "needs --activation-checkpointing")):
-        out = tmp_path / "refused"
-        assert cli.main(["bench", "--smoke", *flags, "--checkpoint-layers", "1", "--out", str(out)]) == 2
-        assert message in capsys.readouterr().err and not out.exists()
+def test_checkpoint_layers_is_recorded(tmp_path):
+    _, result = bench(tmp_path, "--activation-checkpointing", "--checkpoint-layers", "1")
+    assert result["checkpoint_layers"] == 1 and result["status"] == "ok"
 
 
-def test_bench_compiled_only_skips_the_eager_run(tmp_path, monkeypatch, capsys):
+def test_compile_mode_reaches_our_layers(tmp_path, monkeypatch):
     import torch
 
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda layer, mode=None: compiled.append(mode))  # CPU: fast
-    assert cli.main(["bench", "--smoke", "--compile", "--compiled-only", "--out", str(tmp_path)]) == 0
-    result = json.loads(next(tmp_path.glob("*.json")).read_text())
-    assert list(result["runs"]) == ["ours_compiled"] and compiled and set(compiled) == {None}  # each layer, default
-    assert result["ours_variant"] == "ours_compiled" and result["tok_s"] > 0
-    capsys.readouterr()
-    assert cli.main(["bench", "--smoke", "--compiled-only", "--out", str(tmp_path / "refused")]) == 2
-    assert "--compiled-only needs --compile" in capsys.readouterr().err
+    _, result = bench(tmp_path, "--compile", "--compile-mode", "max-autotune-no-cudagraphs")
+    assert compiled and set(compiled) == {"max-autotune-no-cudagraphs"}  # every layer, in that mode
+    assert result["compiled"] is True and result["compile_mode"] == "max-autotune-no-cudagraphs"
 
 
-def test_bench_peers_kernels_skips_the_pytorch_path(tmp_path):
-    assert cli.main(["bench", "--smoke", "--peers", "kernels", "--out", str(tmp_path)]) == 0
-    result = json.loads(next(tmp_path.glob("*.json")).read_text())
-    assert "hf_torch" not in result["runs"] and result["hf_torch_status"] == "not run"
-    assert "hf_kernels" in result["runs"]  # measured, or "unavailable" where mamba_ssm does not import
+def test_a_run_cut_short_keeps_the_windows_it_measured(tmp_path, monkeypatch):
+    """A process killed in its second window (a time limit, say) leaves the first window's figures."""
+    from hybridcore import bench as bench_module
+
+    calls = []
+    time_steps = bench_module.time_steps
+
+    def killed_in_the_second_window(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # not an Exception: measure() does not catch it, as with a real kill
+        return time_steps(*args, **kwargs)
+
+    monkeypatch.setattr(bench_module, "time_steps", killed_in_the_second_window)
+    status, result = bench(tmp_path)
+    assert status == 130 and result["status"] == "incomplete"
+    assert len(result["windows_step_ms"]) == 1 and result["tokens_per_s"] > 0
 
 
-def test_bench_keeps_what_it_measured_when_cut_short(tmp_path, monkeypatch):
-    """A run killed in a later contender (a time limit, say) leaves the JSON of the earlier ones."""
-    from hybridcore import bench
-
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt  # not an Exception: measure() does not catch it, as with a real kill
-
-    monkeypatch.setattr(bench, "build_hf", killed)
-    assert cli.main(["bench", "--smoke", "--peers", "--out", str(tmp_path)]) != 0  # the CLI reports the stop
-    result = json.loads(next(tmp_path.glob("*.json")).read_text())
-    assert result["complete"] is False and result["tok_s"] > 0 and list(result["runs"]) == ["ours"]
-    assert [p.suffix for p in tmp_path.iterdir()] == [".json"]  # no temporary file left behind
-    out = tmp_path / "whole"
-    monkeypatch.undo()
-    assert cli.main(["bench", "--smoke", "--out", str(out)]) == 0
-    assert json.loads(next(out.glob("*.json")).read_text())["complete"] is True
-
-
-def test_bench_sdpa_backend_reaches_our_attention(tmp_path):
+def test_sdpa_backend_reaches_our_attention(tmp_path):
     """`--sdpa-backend` restricts our attention to one backend: math runs on a CPU, cuDNN cannot, and
-    that failure must show as ours' status (so the restriction really reaches the attention)."""
-    statuses = {}
-    for backend in ("math", "cudnn"):
-        out = tmp_path / backend
-        assert cli.main(["bench", "--smoke", "--sdpa-backend", backend, "--out", str(out)]) == 0
-        result = json.loads(next(out.glob("*.json")).read_text())
-        assert result["runs"]["ours"]["sdpa_backend"] == backend
-        statuses[backend] = result["runs"]["ours"]["status"]
-    assert statuses["math"] == "ok"
-    assert statuses["cudnn"].startswith("error")
+    that failure must show as the run's status (so the restriction really reaches the attention)."""
+    status, result = bench(tmp_path, "--sdpa-backend", "math", name="math")
+    assert status == 0 and result["status"] == "ok" and result["sdpa_backend"] == "math"
+    status, result = bench(tmp_path, "--sdpa-backend", "cudnn", name="cudnn")
+    assert status == 1 and result["status"].startswith("error") and "tokens_per_s" not in result
 
 
 def test_document_ids_pack_reproducible_runs_of_about_the_mean_length():
@@ -132,7 +147,7 @@ def test_document_ids_pack_reproducible_runs_of_about_the_mean_length():
         assert len(sizes) >= 5 and int(sizes.min()) >= 10 and int(sizes.max()) <= 30
 
 
-def test_bench_documents_reach_our_model_and_refuse_the_peers(tmp_path, monkeypatch, capsys):
+def test_documents_reach_our_model(tmp_path, monkeypatch):
     from hybridcore.model import HybridLM
 
     seen, hidden_states = [], HybridLM.hidden_states
@@ -142,9 +157,6 @@ def test_bench_documents_reach_our_model_and_refuse_the_peers(tmp_path, monkeypa
         return hidden_states(self, input_ids, seq_idx, *args, **kwargs)
 
     monkeypatch.setattr(HybridLM, "hidden_states", recording)
-    assert cli.main(["bench", "--smoke", "--documents", "16", "--out", str(tmp_path)]) == 0
-    result = json.loads(next(tmp_path.glob("*.json")).read_text())
-    assert result["documents"] == 16 and result["runs"]["ours"]["status"] == "ok"
+    _, result = bench(tmp_path, "--documents", "16")
+    assert result["documents"] == 16 and result["status"] == "ok"
     assert seen and all(s is not None and int(s.max()) >= 2 for s in seen)  # 64 tokens: 3 or more documents
-    assert cli.main(["bench", "--smoke", "--documents", "16", "--peers", "--out", str(tmp_path / "p")]) == 2
-    assert "--documents" in capsys.readouterr().err and not (tmp_path / "p").exists()

@@ -1,4 +1,4 @@
-"""The pure-PyTorch references (issue 2): the chunked SSD against the token loop, in float64, and the
+"""The pure-PyTorch references: the chunked SSD against the token loop, in float64, and the
 causal conv with document resets against running each document alone."""
 
 import pytest

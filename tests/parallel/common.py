@@ -22,8 +22,8 @@ STEPS = 3
 DEVICE = os.environ.get("HYBRIDCORE_TEST_DEVICE", "cpu")
 if DEVICE not in ("cpu", "cuda"):
     raise ValueError(f"HYBRIDCORE_TEST_DEVICE must be cpu or cuda, got {DEVICE!r}")
-# Relative, fp32. Looser on GPUs, where kernels are picked by the shapes each rank holds; two H200s still
-# missed it by up to 5x in the seventh session (benchmarks/README.md, "Multi-GPU figures").
+# Relative, fp32. Looser on GPUs, where cuBLAS and SDPA pick kernels by the shapes each rank holds, so a
+# rank's rounding differs from one process's.
 TOLERANCE = 1e-5 if DEVICE == "cpu" else 1e-4
 if DEVICE == "cuda":  # fp32 means fp32 on both sides (cuDNN's convolutions would take TF32)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False

@@ -19,8 +19,8 @@ SCENARIOS = {f"{name}{'/ac' if ac else ''}": (fields, ac) for name, fields in LA
 def _check(results: dict) -> None:
     failures = [f"{name}: {result['breaks']}" for name, result in results.items() if result["breaks"]]
     # each layer kind a rank holds compiles (a graph for its forward at least): nothing ran eagerly unseen
-    failures += [f"{name}: {result['graphs']} graphs for {result['kinds']} layer kinds" for name, result in results.items()
-                 if result["graphs"] < result["kinds"]]
+    failures += [f"{name}: {result['graphs']} graphs for {result['kinds']} layer kinds"
+                 for name, result in results.items() if result["graphs"] < result["kinds"]]
     assert not failures, "\n".join(failures)
 
 

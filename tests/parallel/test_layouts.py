@@ -21,8 +21,8 @@ import torch
 from hybridcore.parallel import load_sharded, save_sharded
 
 from .harness import build_parallel_model, train_steps
-from .common import (DEVICE, LAYOUT_OPTIMIZER, STEPS, TOLERANCE, checkpoint_config, document_index, global_batch, long_memory,
-                     named_config, relative_error, run_workers)
+from .common import (DEVICE, LAYOUT_OPTIMIZER, STEPS, TOLERANCE, checkpoint_config, document_index, global_batch,
+                     long_memory, named_config, relative_error, run_workers)
 from .workers import run_all
 
 pytestmark = pytest.mark.slow
@@ -167,7 +167,8 @@ def test_losses_actually_move():
     ("tp_num_kv_heads", "ModelConfig.num_kv_heads"), ("tp_num_heads", "ModelConfig.num_heads"),
     ("tp_mamba_n_groups", "ModelConfig.mamba_n_groups"), ("tp_mamba_n_heads", "ModelConfig.mamba_n_heads"),
     ("tp_d_ff", "ModelConfig.d_ff"), ("sequence_length", "ParallelConfig.tp"),
-    ("cp_sequence_length", "ParallelConfig.cp"), ("pp_too_many_stages", "pipeline stages"), ("pp_stage_marks", "3 stages"),
+    ("cp_sequence_length", "ParallelConfig.cp"), ("pp_too_many_stages", "pipeline stages"),
+    ("pp_stage_marks", "3 stages"),
     ("pp_tied", "ModelConfig.tie_embeddings"), ("pp_microbatches", "ParallelConfig.pp_microbatches")])
 def test_error_paths(two_rank_results, case, field):
     if DEVICE != "cpu":

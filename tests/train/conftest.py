@@ -31,8 +31,8 @@ def data_dir(tmp_path_factory):
 
 def tiny_train_config(out, data_dir, **changes) -> TrainConfig:
     settings = dict(out=str(out), preset="debug", overrides=list(TINY), data=data_dir and str(data_dir), steps=12,
-                    batch_size=4, seq_len=64, lr=3e-3, warmup=3, save_every=4, keep_last=5, eval_every=6, eval_batches=2,
-                    progress=False, sample_tokens=0, device="cpu")
+                    batch_size=4, seq_len=64, lr=3e-3, warmup=3, save_every=4, keep_last=5, eval_every=6,
+                    eval_batches=2, progress=False, sample_tokens=0, device="cpu")
     settings.update(changes)
     return TrainConfig(**settings)
 

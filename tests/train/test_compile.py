@@ -81,8 +81,8 @@ def test_cuda_graphs_train_like_eager(tmp_path, data_dir, grad_accum):
     gradient norm and the following losses move far from eager's. With 1, the gradients stay in the
     graphs' memory until the optimizer has read them. Evaluation and sampling run under the graphs too.
     The rows hold packed documents, so training attends through FlexAttention and evaluation, a no-grad
-    forward after CUDA-graph training, through SDPA: the order in which the sixth session's 0.5B run
-    failed with an illegal memory access, before no-grad forwards left FlexAttention."""
+    forward after CUDA-graph training, through SDPA (hybridcore/model/flex_document.py says why no-grad
+    forwards keep SDPA)."""
     common = dict(steps=4, grad_accum=grad_accum, save_every=4, eval_every=2, sample_tokens=8, device="cuda",
                   dtype="fp32")
     train(tiny_train_config(tmp_path / "eager", data_dir, **common))

@@ -53,8 +53,7 @@ def test_too_many_bad_steps_in_a_row_stop_the_run(tmp_path, data_dir, monkeypatc
 @pytest.mark.parametrize("every, saved", [(0, [3]), (2, [2])])
 def test_a_failing_evaluation_keeps_the_checkpoint_due_at_its_step(tmp_path, data_dir, monkeypatch, every, saved):
     """Checkpoints due at a step (the final one, or --save-every's) are written before that step's evaluation,
-    so a failure there (an out-of-memory or CUDA error) loses no training: on the H200 one run failed in its
-    final evaluation."""
+    so a failure there (an out-of-memory or CUDA error) loses no training."""
     from hybridcore.train.checkpoint import list_checkpoints
 
     def failing(self, step, log=True):

@@ -53,7 +53,8 @@ def test_weight_decay_only_on_matrices():
     decay_names = {n for n, _ in decay}
     no_decay_names = {n for n, _ in no_decay}
     assert all(p.ndim >= 2 for _, p in decay)
-    for suffix in ("A_log", "D", "dt_bias", "norm.weight", "norm_weight", "conv_bias_x", "q_proj.bias", "down_proj.bias"):
+    for suffix in ("A_log", "D", "dt_bias", "norm.weight", "norm_weight", "conv_bias_x", "q_proj.bias",
+                   "down_proj.bias"):
         found = [n for n in no_decay_names if n.endswith(suffix)]
         assert found, suffix
         assert not any(n.endswith(suffix) for n in decay_names), suffix

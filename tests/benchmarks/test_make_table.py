@@ -1,0 +1,117 @@
+"""benchmarks/make_table.py: the README's speed table, generated from result JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from hybridcore.flops import mfu
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def make_table():
+    spec = importlib.util.spec_from_file_location("make_table", ROOT / "benchmarks" / "make_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ENVIRONMENT = {"gpu": "NVIDIA H200", "date": "2026-12-05T10:00:00+00:00", "git_commit": "0123456789abcdef",
+               "versions": {"python": "3.11.7", "torch": "2.11.0", "triton": "3.6.0", "transformers": "5.17.0",
+                            "mamba_ssm": "2.3.2.post1", "causal_conv1d": "1.7.0"}}
+FLOPS = 3.5e9
+
+
+def train_step(contender, status="ok", tokens=None, spread=None, memory=None, **changes):
+    record = {"figure": "train_step-falcon-h1-0.5b-4x4096", "kind": "train_step", "contender": contender,
+              "status": status, "preset": "falcon-h1-0.5b", "batch_size": 4, "seq_len": 4096,
+              "flops_per_token": FLOPS, "num_gpus": 1, "peak_tflops": 989.0, **ENVIRONMENT}
+    if tokens is not None:
+        record.update(tokens_per_s=tokens, tokens_per_s_spread=spread or [tokens, tokens], peak_memory_gib=memory)
+    return {**record, **changes}
+
+
+def ssd(contender, milliseconds, spread):
+    return {"figure": "ssd-4x4096x24x64x128x1-chunk128", "kind": "ssd", "contender": contender, "status": "ok",
+            "shape": {"batch": 4, "length": 4096, "heads": 24, "head_dim": 64, "state": 128, "groups": 1,
+                      "chunk": 128}, "plain": {"fwd_bwd_ms": {"median": milliseconds, "spread": spread}},
+            **ENVIRONMENT}
+
+
+def write(folder: Path, name: str, data: dict) -> None:
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(json.dumps(data))
+
+
+def rows(text: str) -> dict:
+    """{figure column: the row's other cells} of a generated table."""
+    found = {}
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if line.startswith("| ") and cells[0] != "figure":
+            found[cells[0]] = cells[1:]
+    return found
+
+
+def test_the_table_shows_each_contender_its_mfu_and_the_ratios(tmp_path, make_table):
+    write(tmp_path, "ours.json", train_step("ours", tokens=86_000.0, spread=[85_000.0, 87_000.0], memory=39.94))
+    write(tmp_path, "kernels.json", train_step("hf_kernels", tokens=43_000.0, memory=59.0))
+    write(tmp_path, "torch.json", train_step("hf_torch", status="oom"))
+    write(tmp_path, "ssd-ours.json", ssd("ours", 2.3, [2.25, 2.4]))
+    write(tmp_path, "ssd-peer.json", ssd("mamba_ssm", 3.22, [3.22, 3.22]))
+    write(tmp_path, "generate.json", {"benchmark": "generate", "contexts": {}})  # holds no figure of the table
+    text = make_table.table(tmp_path)
+    ours_mfu = 100 * mfu(86_000.0, FLOPS, 1, 989e12)
+    assert rows(text) == {
+        "falcon-h1-0.5b training step, 4 x 4096, tokens/s": [
+            f"**86,000** (85,000-87,000), MFU {ours_mfu:.1f}%, 39.9 GiB",
+            f"43,000, MFU {100 * mfu(43_000.0, FLOPS, 1, 989e12):.1f}%, 59.0 GiB", "out of memory", "2.00x"],
+        "SSD scan alone, fwd + bwd (4, 4096, 24 heads x 64, state 128)": [
+            "**2.30 ms** (2.25-2.40)", "3.22 ms", "", "1.40x"],
+    }
+    assert "NVIDIA H200 (2026-12-05, torch 2.11.0, triton 3.6.0, transformers 5.17.0, mamba_ssm 2.3.2.post1, " \
+           "causal_conv1d 1.7.0, commit 0123456789)" in text
+    assert "`kernels.json`" in text and "`generate.json`" not in text
+
+
+def test_only_the_first_contender_of_a_shared_process_counts(tmp_path, make_table):
+    """A file holding several contenders measured in one process: the peer after ours ran in what ours
+    left behind (compile caches, CUDA-graph pools), so it is no figure."""
+    write(tmp_path, "shared.json", {
+        "preset": "falcon-h1-0.5b", "batch_size": 4, "seq_len": 4096, "flops_per_token": FLOPS,
+        "gpu": "NVIDIA H200", "date": "2026-11-29T12:20:51+00:00", "versions": ENVIRONMENT["versions"],
+        "runs": {"ours_compiled_reduce-overhead": {"status": "ok", "tok_s": 80_000.0, "peak_gib": 39.9},
+                 "hf_kernels": {"status": "ok", "tok_s": 30_000.0, "peak_gib": 59.1}}})
+    (row,) = rows(make_table.table(tmp_path)).values()
+    assert row[0].startswith("**80,000**, MFU") and row[1:] == ["not measured", "not measured", ""]
+
+
+def test_the_newer_file_of_a_figure_counts_and_a_failure_says_so(tmp_path, make_table):
+    write(tmp_path, "old.json", train_step("ours", tokens=80_000.0, date="2026-12-01T00:00:00+00:00"))
+    write(tmp_path, "new.json", train_step("ours", tokens=86_000.0))
+    write(tmp_path, "peer.json", train_step("hf_kernels", status="error: CompilationError: at 67:14: ..."))
+    (row,) = rows(make_table.table(tmp_path)).values()
+    assert row[0].startswith("**86,000**") and row[1] == "failed: CompilationError" and row[3] == ""
+
+
+def test_write_replaces_the_table_between_the_markers_only(tmp_path, make_table):
+    write(tmp_path, "ours.json", train_step("ours", tokens=86_000.0))
+    page = tmp_path / "page.md"
+    page.write_text(f"# title\n\n{make_table.BEGIN}\nstale\n{make_table.END}\n\nafter\n")
+    assert make_table.main(["--results", str(tmp_path), "--write", str(page)]) == 0
+    assert page.read_text() == (f"# title\n\n{make_table.BEGIN}\n{make_table.table(tmp_path)}\n"
+                                f"{make_table.END}\n\nafter\n")
+    page.write_text("no markers\n")
+    with pytest.raises(ValueError, match="exactly one pair of the markers"):
+        make_table.main(["--results", str(tmp_path), "--write", str(page)])
+
+
+def test_the_readme_table_is_what_the_script_makes_from_the_committed_results(make_table):
+    readme = (ROOT / "README.md").read_text()
+    assert make_table.replace_table(readme, make_table.table()) == readme, \
+        "README.md's speed table is stale: run `python benchmarks/make_table.py --write README.md`"
