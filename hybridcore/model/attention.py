@@ -54,6 +54,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seq_idx: torch.Tensor | None = None,
                 cache: AttentionCache | None = None) -> torch.Tensor:
+        if cache is not None and cache.decode is not None:
+            return self.decode_token(x, cos, sin, cache)
         batch, length, _ = x.shape
         q = self.q_proj(x).view(batch, length, -1, self.head_dim)
         k = self.k_proj(x).view(batch, length, -1, self.head_dim) * self.key_multiplier
@@ -69,11 +71,7 @@ class Attention(nn.Module):
         A method so that context parallelism (hybridcore.parallel) can attend across ranks."""
         batch, _, length, _ = q.shape
         mask = None
-        if cache is not None and cache.next_slot is not None:  # static shapes: attend over every slot
-            docs = seq_idx if seq_idx is not None else cache_docs_for_new_tokens(cache, batch, length, q.device)
-            k, v, key_docs, new_slots = cache.append_static(k, v, docs)
-            mask = document_causal_mask(docs, key_docs, new_slots, torch.arange(key_docs.shape[1], device=q.device))
-        elif cache is not None:
+        if cache is not None:
             start = cache.filled
             docs = seq_idx if seq_idx is not None else cache_docs_for_new_tokens(cache, batch, length, q.device)
             k, v, key_docs = cache.append(k, v, docs)
@@ -90,6 +88,24 @@ class Attention(nn.Module):
 
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and length > 1,
                                               enable_gqa=self.num_kv_heads != self.num_heads)
+
+    def decode_token(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                     cache: AttentionCache) -> torch.Tensor:
+        """forward for one token per row [B, 1, d_model] against every slot of a static-shape cache, under
+        the decode step's shared mask, in few tensor ops (decoding is bound by op launches): queries and
+        keys rotate in one call, and the query heads of each key/value head ride in the query-length
+        dimension, so attention needs no grouped-query support and the fused kernels with a mask apply."""
+        batch, length, _ = x.shape
+        assert length == 1, "static-shape decoding feeds one token per row"
+        heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
+        q = self.q_proj(x).view(batch, 1, heads, head_dim)
+        k = self.k_proj(x).view(batch, 1, kv_heads, head_dim) * self.key_multiplier
+        qk = apply_rope(torch.cat([q, k], dim=2), cos, sin)  # [B, 1, heads + kv_heads, head_dim]
+        cache.write_decode_token(qk[:, :, heads:].transpose(1, 2),
+                                 self.v_proj(x).view(batch, 1, kv_heads, head_dim).transpose(1, 2))
+        grouped = qk[:, 0, :heads].view(batch, kv_heads, heads // kv_heads, head_dim)
+        out = F.scaled_dot_product_attention(grouped, cache.keys, cache.values, attn_mask=cache.decode.mask)
+        return self.o_proj(out.view(batch, 1, heads * head_dim))
 
 
 def use_sdpa_for_documents(model: nn.Module) -> None:

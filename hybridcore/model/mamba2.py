@@ -73,6 +73,8 @@ class Mamba2Mixer(nn.Module):
     def forward(self, u: torch.Tensor, seq_idx: torch.Tensor | None = None,
                 cache: MambaCache | None = None) -> torch.Tensor:
         batch, length, _ = u.shape
+        if cache is not None and length == 1:
+            return self.decode_token(u, cache)
         projected = self.in_proj(u)
         # Under autocast u is fp32 and in_proj's output bf16: multiply by the exact fp32 multipliers, then
         # round once back to bf16, so that the conv and the scan run on bf16 (fp32 here doubled their time
@@ -94,6 +96,34 @@ class Mamba2Mixer(nn.Module):
             cache.ssm_state.copy_(ssm_state)
         y = y.reshape(batch, length, self.d_ssm)
         return self.out_proj(self.gate(y, z))
+
+    def decode_token(self, u: torch.Tensor, cache: MambaCache) -> torch.Tensor:
+        """forward for one token per row [B, 1, d_model] from the cached conv window and SSM state (both
+        updated in place), in as few tensor ops as the math allows: decoding is bound by op launches.
+        One token has no document boundary inside it: the cache belongs to its document."""
+        batch = u.shape[0]
+        zxbcdt = self.in_proj(u)
+        mup, A = self._decode_constants(u)
+        z, xBC, dt = torch.split(zxbcdt.mul_(mup), [self.d_ssm, self.d_ssm + 2 * self.n_groups * self.d_state,
+                                                    self.num_heads], dim=-1)
+        window = torch.cat([cache.conv_state, xBC.transpose(1, 2)], dim=-1)  # [B, conv_dim, d_conv]
+        cache.conv_state.copy_(window[:, :, 1:])
+        # The depthwise conv over exactly one window is a grouped conv1d with one output position.
+        xBC = F.silu(F.conv1d(window, self.conv_weight, self.conv_bias, groups=window.shape[1])).view(batch, 1, -1)
+        x, B, C = torch.split(xBC, [self.d_ssm, self.n_groups * self.d_state, self.n_groups * self.d_state], dim=-1)
+        y = ssd_step(x.view(batch, 1, self.num_heads, self.head_dim), dt, A,
+                     B.view(batch, 1, self.n_groups, self.d_state), C.view(batch, 1, self.n_groups, self.d_state),
+                     cache.ssm_state, D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.time_step_limit)
+        return self.out_proj(self.gate(y.view(batch, 1, self.d_ssm), z))
+
+    def _decode_constants(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mup_vector, A = -exp(A_log)) for decoding, rebuilt only when the device, dtype or A_log change
+        (a plain attribute: not state, not saved)."""
+        key = (like.device, like.dtype, self.A_log.data_ptr(), self.A_log._version)
+        if getattr(self, "_decode_key", None) != key:
+            self._decode_key = key
+            self._decode_values = (self.mup_vector(like.device, like.dtype), -torch.exp(self.A_log.float()))
+        return self._decode_values
 
     # conv, scan and gate are methods so that hybridcore.parallel can run them across ranks (context
     # parallel: conv and scan; tensor parallel with a norm group split over ranks: gate). conv and scan
