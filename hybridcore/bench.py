@@ -51,6 +51,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint-layers", type=int, default=None, metavar="N",
                         help="with --activation-checkpointing, recompute only our first N layers (ours only: "
                              "transformers checkpoints every layer)")
+    parser.add_argument("--compile-cache-dir", default=None, metavar="DIR",
+                        help="with --compile, where Inductor's and Triton's caches persist (as `train`)")
+    parser.add_argument("--fp8", choices=["tensorwise", "rowwise", "rowwise_with_gw_hp"], default=None,
+                        help="ours with float8 matmuls through torchao (as `train --fp8`)")
+    parser.add_argument("--fp8-min-size", type=int, default=2048, metavar="N",
+                        help="with --fp8, linears with a weight dimension below N stay in bf16")
     parser.add_argument("--loss", choices=["chunked", "plain"], default="chunked",
                         help="our loss: chunked linear+cross-entropy, or full logits")
     parser.add_argument("--no-kernels", action="store_true", help="ours on the PyTorch reference ops")
