@@ -227,6 +227,8 @@ def run_side(args) -> dict:
                 torch.cuda.empty_cache()
             results[f"{context}x{batch}"] = result
             print(f"  {args.side:<17} context {context:>6} batch {batch:>3}: {_line(result)}", flush=True)
+            # after every shape: a process stopped by --side-timeout keeps what it measured
+            args.side_json.write_text(json.dumps({"side": args.side, "results": results, **extra}))
     return {"side": args.side, "results": results, **extra}
 
 
@@ -249,12 +251,11 @@ def launch(side: str, argv: list[str], timeout: int) -> dict:
         out = Path(scratch) / "side.json"
         command = [sys.executable, str(Path(__file__).resolve()), *argv, "--side", side, "--side-json", str(out)]
         try:
-            completed = subprocess.run(command, timeout=timeout)
+            status = "ok" if subprocess.run(command, timeout=timeout).returncode == 0 else "process failed"
         except subprocess.TimeoutExpired:
-            return {"side": side, "status": f"timed out after {timeout} s"}
-        if completed.returncode != 0 or not out.exists():
-            return {"side": side, "status": f"process failed with exit status {completed.returncode}"}
-        return json.loads(out.read_text())
+            status = f"timed out after {timeout} s"
+        result = json.loads(out.read_text()) if out.exists() else {"side": side}
+        return {**result, "status": status}  # the shapes measured before a failure stay
 
 
 def agree_tokens(a, b):
@@ -291,9 +292,7 @@ def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if args.side is not None:
-        result = run_side(args)
-        args.side_json.write_text(json.dumps(result))
-        return result
+        return run_side(args)
     on_cuda = torch.device(args.device).type == "cuda"
     report = {"benchmark": "generate", "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
               "device": torch.cuda.get_device_name() if on_cuda else platform.processor() or "cpu",
@@ -331,10 +330,9 @@ def print_summary(report: dict) -> None:
           f"{report['new_tokens']} new tokens; torch {report['versions'].get('torch')}, "
           f"transformers {report['versions'].get('transformers')}, mamba_ssm {report['versions'].get('mamba_ssm')}")
     for side, data in report["sides"].items():
-        if "results" not in data:
+        if data.get("status") != "ok":
             print(f"  {side}: {data.get('status')}")
-            continue
-        for shape, result in data["results"].items():
+        for shape, result in data.get("results", {}).items():
             print(f"  {side:<17} {shape:>10}: {_line(result)}")
     for shape, sides in report.get("ratios", {}).items():
         for side, r in sides.items():
