@@ -64,14 +64,14 @@ def test_old_torchao_is_a_clear_error(monkeypatch):
         float8.torchao_float8()
 
 
-@pytest.mark.parametrize("recipe", float8.RECIPES)
-def test_conversion_on_meta_keeps_state_dict_keys_and_dtypes(recipe):
+@pytest.mark.parametrize("recipe,all_gather", [(recipe, False) for recipe in float8.RECIPES] + [("tensorwise", True)])
+def test_conversion_on_meta_keeps_state_dict_keys_and_dtypes(recipe, all_gather):
     pytest.importorskip("torchao.float8")
     from torchao.float8.float8_linear import Float8Linear
 
     model = meta_model(layout="P-M*-")
     before = {name: (tuple(t.shape), t.dtype) for name, t in model.state_dict().items()}
-    converted = float8.convert_to_float8(model, recipe, min_size=1024)
+    converted = float8.convert_to_float8(model, recipe, min_size=1024, fsdp_float8_all_gather=all_gather)
     assert converted and all(isinstance(model.get_submodule(name), Float8Linear) for name in converted)
     assert not isinstance(model.lm_head, Float8Linear)
     assert not isinstance(model.layers["0"].mamba.in_proj, Float8Linear)
@@ -83,3 +83,14 @@ def test_fsdp_float8_all_gather_only_for_tensorwise():
     pytest.importorskip("torchao.float8")
     assert float8.float8_config("tensorwise", fsdp_float8_all_gather=True).enable_fsdp_float8_all_gather
     assert not float8.float8_config("rowwise", fsdp_float8_all_gather=True).enable_fsdp_float8_all_gather
+
+
+def test_conversion_keeps_the_parameter_objects():
+    """Without float8 all-gather the optimizer may even be built before the conversion."""
+    pytest.importorskip("torchao.float8")
+    from hybridcore.model import build_model
+
+    model = build_model(apply_overrides(get_preset("debug"), ["layout=P-", "d_model=64", "d_ff=128"]), seed=0)
+    before = dict(model.named_parameters())
+    assert float8.convert_to_float8(model, "rowwise", min_size=16)
+    assert all(before[name] is parameter for name, parameter in model.named_parameters())
