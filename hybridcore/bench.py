@@ -68,6 +68,12 @@ def add_arguments(parser) -> None:
                         help="recompute each layer in backward, ours and the peers alike (long sequences)")
     parser.add_argument("--checkpoint-layers", type=int, default=None, metavar="N",
                         help="ours, with --activation-checkpointing: recompute only the first N layers")
+    parser.add_argument("--compile-cache-dir", default=None, metavar="DIR",
+                        help="with --compile, where Inductor's and Triton's caches persist (as `train`)")
+    parser.add_argument("--fp8", choices=["tensorwise", "rowwise", "rowwise_with_gw_hp"], default=None,
+                        help="ours with float8 matmuls through torchao (as `train --fp8`)")
+    parser.add_argument("--fp8-min-size", type=int, default=2048, metavar="N",
+                        help="with --fp8, linears with a weight dimension below N stay in bf16")
     parser.add_argument("--loss", choices=["chunked", "plain"], default="chunked",
                         help="ours: chunked linear + cross-entropy, or full logits")
     parser.add_argument("--no-kernels", action="store_true", help="ours on the PyTorch reference ops")
@@ -235,7 +241,9 @@ def build_ours(config, ids, args, device, compiled=False, mode="default"):
         dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
         model = parallelize(build_model(config, device=device, dtype=dtype, seed=0),
                             activation_checkpointing=args.activation_checkpointing,
-                            checkpoint_layers=args.checkpoint_layers, compile=compiled, compile_mode=mode)
+                            checkpoint_layers=args.checkpoint_layers, compile=compiled, compile_mode=mode,
+                            compile_cache_dir=args.compile_cache_dir, float8=args.fp8,
+                            float8_min_size=args.fp8_min_size)
         model.train()
         optimizers = build_optimizers(model, lr=1e-4, weight_decay=0.1)
         seq_idx = None

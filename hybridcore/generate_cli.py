@@ -3,6 +3,7 @@ checkpoint, printing the text as the tokens arrive."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -13,15 +14,16 @@ def add_arguments(parser) -> None:
     source.add_argument("--checkpoint", metavar="CKPT",
                         help="a training checkpoint or run directory, or a model directory from import-hf")
     parser.add_argument("--prompt", required=True, help="the text to continue")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--max-new-tokens", type=int, default=128,
+                        help="tokens to generate at most; the prompt plus these fit in the model's max_seq_len")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the default)")
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
-    parser.add_argument("--cuda-graph", action="store_true",
-                        help="replay the decode step as a CUDA graph (GPU only; eager decoding is bound by "
-                        "kernel launches)")
+    parser.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                        help="replay the decode step as a CUDA graph: the default on --device cuda (eager "
+                        "decoding is bound by kernel launches); --no-cuda-graph decodes eagerly")
     parser.add_argument("--tokenizer", default=None,
                         help="override the tokenizer: 'byte', a tokenizer.json or a prepared data directory")
 

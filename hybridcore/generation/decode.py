@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..model.cache import LayerCache
+from ..model.cache import DecodeSlots, LayerCache
 
 PAD_DOC, PROMPT_DOC = 0, 1
 
@@ -36,7 +36,8 @@ def prefill(model, input_ids: torch.Tensor, caches: list[LayerCache], seq_idx=No
 
 class DecodeStep:
     """One token per row through the model, every shape fixed: the token, position and document
-    buffers are updated in place and the attention caches write at a device-side slot.
+    buffers are updated in place, and the attention caches write at one device-side slot under one
+    mask that this step advances once per token (shared by every attention layer).
 
     With capture_graph (CUDA only) the first call runs eagerly (it is also the warm-up), then the
     step is recorded once as a CUDA graph and every later call replays it.
@@ -49,15 +50,22 @@ class DecodeStep:
         self.tokens = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.positions = next_positions.view(batch, 1).clone()
         self.documents = torch.full((batch, 1), document, dtype=torch.long, device=device)
-        for cache in caches:
-            if cache.attention is not None:
-                cache.attention.fix_shapes()
+        attention = [cache.attention for cache in caches if cache.attention is not None]
+        self.slots = DecodeSlots.after_prefill(attention[0], document) if attention else None
+        for cache in attention:
+            cache.decode = self.slots
         self.capture_graph = capture_graph
         self.graph = None
         self.graph_logits = None
 
     def _forward(self) -> torch.Tensor:
+        """The whole step, state updates included, so that a graph replay needs nothing else."""
+        if self.slots is not None:
+            self.slots.open_slot()
         hidden = self.model.hidden_states(self.tokens, self.documents, self.positions, self.caches)
+        if self.slots is not None:
+            self.slots.advance()
+        self.positions.add_(1)
         return self.model.logits(hidden[:, -1])
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -65,13 +73,10 @@ class DecodeStep:
         self.tokens.copy_(tokens.view(-1, 1))
         if self.graph is not None:
             self.graph.replay()
-            logits = self.graph_logits
-        elif self.capture_graph:
-            logits = self._run_then_capture()
-        else:
-            logits = self._forward()
-        self.positions.add_(1)
-        return logits
+            return self.graph_logits
+        if self.capture_graph:
+            return self._run_then_capture()
+        return self._forward()
 
     def _run_then_capture(self) -> torch.Tensor:
         # Warm up on a side stream, as CUDA graphs require; this run is the real step.

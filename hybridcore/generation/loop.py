@@ -24,12 +24,34 @@ def check_generate_arguments(model, input_ids, max_new_tokens, eos_token_id, att
         raise ValueError(f"input_ids: token ids must lie in [0, {config.vocab_size}) (the model's vocab_size)")
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if input_ids.shape[1] + max_new_tokens > config.max_seq_len:
+        room = config.max_seq_len - input_ids.shape[1]
+        raise ValueError(f"max_new_tokens (--max-new-tokens) {max_new_tokens}: the prompt's {input_ids.shape[1]} "
+                         f"tokens plus the new ones would pass the model's max_seq_len {config.max_seq_len}; "
+                         f"ask for at most {room} new tokens")
     if eos_token_id is not None and not (isinstance(eos_token_id, int) and 0 <= eos_token_id < config.vocab_size):
         raise ValueError(f"eos_token_id must be None or a token id in [0, {config.vocab_size}), got {eos_token_id!r}")
     if attention_mask is not None:
         check_left_padding(attention_mask, input_ids.shape)
+    if capture_cuda_graph not in (None, True, False):
+        raise ValueError(f"capture_cuda_graph must be None (a CUDA graph on CUDA, eager elsewhere), True or False, "
+                         f"got {capture_cuda_graph!r}")
     if capture_cuda_graph and input_ids.device.type != "cuda":
         raise ValueError(f"capture_cuda_graph needs the model and input_ids on CUDA, not {input_ids.device}")
+
+
+def uses_cuda_graph(model, capture_cuda_graph: bool | None, device) -> bool:
+    """The decode step's mode: as asked, else (None) a CUDA graph when decoding on CUDA with a model whose
+    modules are not torch.compile'd (compiled code brings its own graphs and recompiles, which must not
+    happen inside a capture: such a model decodes eagerly unless asked otherwise)."""
+    if capture_cuda_graph is None:
+        return torch.device(device).type == "cuda" and not has_compiled_modules(model)
+    return bool(capture_cuda_graph)
+
+
+def has_compiled_modules(model) -> bool:
+    return any(getattr(module, "_compiled_call_impl", None) is not None or hasattr(module, "_orig_mod")
+               for module in model.modules())
 
 
 def check_left_padding(attention_mask, shape) -> None:
@@ -47,7 +69,7 @@ def check_left_padding(attention_mask, shape) -> None:
 def stream_generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
                     top_k: int | None = None, top_p: float | None = None, eos_token_id: int | None = None,
                     attention_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                    capture_cuda_graph: bool = False) -> Iterator[torch.Tensor]:
+                    capture_cuda_graph: bool | None = None) -> Iterator[torch.Tensor]:
     """An iterator over the next token of every row, [B], as each is chosen (arguments as in `generate`).
     The arguments are checked here, before the first token is asked for."""
     check_sampling_arguments(temperature, top_k, top_p)
@@ -66,7 +88,8 @@ def _tokens(model, input_ids, max_new_tokens, temperature, top_k, top_p, eos_tok
     caches = model.allocate_caches(batch, length + max_new_tokens - 1)
     seq_idx, positions, next_positions, document = prompt_layout(attention_mask, batch, length, input_ids.device)
     logits = prefill(model, input_ids, caches, seq_idx, positions)
-    step = DecodeStep(model, caches, next_positions, document, capture_graph=capture_cuda_graph)
+    step = DecodeStep(model, caches, next_positions, document,
+                      capture_graph=uses_cuda_graph(model, capture_cuda_graph, input_ids.device))
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
     for index in range(max_new_tokens):
         tokens = sample_next_token(logits, temperature, top_k, top_p, generator)
@@ -82,7 +105,7 @@ def _tokens(model, input_ids, max_new_tokens, temperature, top_k, top_p, eos_tok
 def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, eos_token_id: int | None = None,
              attention_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
-             capture_cuda_graph: bool = False) -> torch.Tensor:
+             capture_cuda_graph: bool | None = None) -> torch.Tensor:
     """Continue every prompt of input_ids [B, L]; return ids [B, L + new], new <= max_new_tokens.
 
     temperature 0 is greedy; above it, sampling from softmax(logits / temperature) restricted to the
@@ -90,7 +113,11 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     eos_token_id: a row that emits it is finished and emits it from then on; generation stops early
     when every row is finished. attention_mask [B, L] (1 = real token) marks left padding of a batch
     of prompts of different lengths; the result equals generating each prompt alone.
-    capture_cuda_graph (CUDA only): replay the decode step as a CUDA graph.
+    capture_cuda_graph: None (the default) records the decode step once as a CUDA graph and replays it
+    for every later token when input_ids are on CUDA (several times faster: decoding is bound by kernel
+    launches), and decodes eagerly elsewhere or when the model has torch.compile'd modules; True insists
+    on the graph (CUDA only), False decodes eagerly.
+    The prompt plus max_new_tokens must fit in the model's max_seq_len.
     """
     new_tokens = list(stream_generate(model, input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id,
                                       attention_mask, generator, capture_cuda_graph))

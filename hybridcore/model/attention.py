@@ -64,6 +64,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, inputs: LayerInputs, cache: AttentionCache | None = None) -> torch.Tensor:
         """x [B, L, d] -> [B, L, d]. The head counts are those of the projections this module holds."""
+        if cache is not None and cache.decode is not None:
+            return self.decode_token(x, inputs.cos, inputs.sin, cache)
         batch, length, _ = x.shape
         q = self.q_proj(x).view(batch, length, -1, self.head_dim)
         k = self.k_proj(x).view(batch, length, -1, self.head_dim) * self.key_multiplier
@@ -75,6 +77,25 @@ class Attention(nn.Module):
         else:
             out = attend_with_cache(q, k, v, inputs.seq_idx, cache)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+
+    def decode_token(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                     cache: AttentionCache) -> torch.Tensor:
+        """forward for one token per row [B, 1, d_model] against every slot of a static-shape cache, under
+        the decode step's shared mask, in few tensor ops (decoding is bound by op launches): queries and
+        keys rotate in one call, and the query heads of each key/value head ride in the query-length
+        dimension, so attention needs no grouped-query support and the fused kernels with a mask apply."""
+        batch, length, _ = x.shape
+        assert length == 1, "static-shape decoding feeds one token per row"
+        head_dim = self.head_dim
+        heads, kv_heads = self.q_proj.weight.shape[0] // head_dim, self.k_proj.weight.shape[0] // head_dim
+        q = self.q_proj(x).view(batch, 1, heads, head_dim)
+        k = self.k_proj(x).view(batch, 1, kv_heads, head_dim) * self.key_multiplier
+        qk = apply_rope(torch.cat([q, k], dim=2), cos, sin)  # [B, 1, heads + kv_heads, head_dim]
+        cache.write_decode_token(qk[:, :, heads:].transpose(1, 2),
+                                 self.v_proj(x).view(batch, 1, kv_heads, head_dim).transpose(1, 2))
+        grouped = qk[:, 0, :heads].view(batch, kv_heads, heads // kv_heads, head_dim)
+        out = F.scaled_dot_product_attention(grouped, cache.keys, cache.values, attn_mask=cache.decode.mask)
+        return self.o_proj(out.view(batch, 1, heads * head_dim))
 
 
 def attend_within_documents(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx: torch.Tensor,
@@ -93,19 +114,16 @@ def attend_within_documents(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s
 
 def attend_with_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx: torch.Tensor | None,
                       cache: AttentionCache) -> torch.Tensor:
-    """Generation: append k, v to the cache and attend over every filled slot of the query's documents."""
+    """Generation (prefill, or eager decoding): append k, v to the cache and attend over every filled slot
+    of the query's documents."""
     batch, _, length, _ = q.shape
     docs = seq_idx if seq_idx is not None else cache_docs_for_new_tokens(cache, batch, length, q.device)
     mask = None
-    if cache.next_slot is not None:  # static shapes: attend over every slot
-        k, v, key_docs, new_slots = cache.append_static(k, v, docs)
-        mask = document_causal_mask(docs, key_docs, new_slots, torch.arange(key_docs.shape[1], device=q.device))
-    else:
-        start = cache.filled
-        k, v, key_docs = cache.append(k, v, docs)
-        if start > 0 or seq_idx is not None:  # else: a prompt into an empty cache, plainly causal
-            slots = torch.arange(start + length, device=q.device)
-            mask = document_causal_mask(docs, key_docs, slots[start:], slots)
+    start = cache.filled
+    k, v, key_docs = cache.append(k, v, docs)
+    if start > 0 or seq_idx is not None:  # else: a prompt into an empty cache, plainly causal
+        slots = torch.arange(start + length, device=q.device)
+        mask = document_causal_mask(docs, key_docs, slots[start:], slots)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and length > 1,
                                           enable_gqa=q.shape[1] != k.shape[1])
 

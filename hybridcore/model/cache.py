@@ -18,10 +18,10 @@ class AttentionCache:
     values: torch.Tensor  # [B, kv_heads, max_len, head_dim]
     key_docs: torch.Tensor  # [B, max_len] document id of each filled slot
     filled: int = 0  # slots written so far (the same for every row)
-    # Static shapes for decoding (CUDA-graph capture), set by `fix_shapes()`: the next slot is a device
-    # tensor, appends write there, and attention reads every slot. Empty slots hold document -1, which
-    # no token belongs to, so they are never attended.
-    next_slot: torch.Tensor | None = None
+    # While decoding with static shapes (CUDA-graph capture) the decode step sets this: appends then
+    # write at a device-side slot and attention reads every slot through the shared mask (key_docs then
+    # keeps describing the slots filled before decoding).
+    decode: DecodeSlots | None = None
 
     @classmethod
     def allocate(cls, batch: int, kv_heads: int, max_len: int, head_dim: int, device, dtype) -> "AttentionCache":
@@ -40,19 +40,39 @@ class AttentionCache:
         self.filled = end
         return self.keys[:, :, :end], self.values[:, :, :end], self.key_docs[:, :end]
 
-    def fix_shapes(self) -> None:
-        """From now on append at a device-side slot counter (see `append_static`)."""
-        self.next_slot = torch.tensor(self.filled, device=self.keys.device)
+    def write_decode_token(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Write one token per row [B, kv_heads, 1, head_dim] at the decode slot (no Python-side shapes)."""
+        self.keys.index_copy_(2, self.decode.slot, keys)
+        self.values.index_copy_(2, self.decode.slot, values)
 
-    def append_static(self, keys: torch.Tensor, values: torch.Tensor, docs: torch.Tensor):
-        """Write at `next_slot` without a Python-side shape change; return the whole buffers and the
-        slots written. The caller keeps within max_len (index_copy_ rejects a slot past it)."""
-        slots = self.next_slot + torch.arange(keys.shape[2], device=keys.device)
-        self.keys.index_copy_(2, slots, keys)
-        self.values.index_copy_(2, slots, values)
-        self.key_docs.index_copy_(1, slots, docs)
-        self.next_slot.add_(keys.shape[2])
-        return self.keys, self.values, self.key_docs, slots
+
+@dataclass
+class DecodeSlots:
+    """The decoding position shared by every attention layer: the slot the next token writes and the
+    additive mask over all slots (0 where the decoded document's keys are, -inf elsewhere: padding and
+    empty slots). The decode step advances both once per token, so no layer builds a mask of its own."""
+    slot: torch.Tensor  # [1] long
+    mask: torch.Tensor  # [B, 1, 1, max_len] in the cache's dtype
+
+    @classmethod
+    def after_prefill(cls, cache: AttentionCache, document: int) -> "DecodeSlots":
+        """From a prefilled cache whose rows continue `document` (every layer's key_docs are the same)."""
+        keep = cache.key_docs == document
+        batch, slots = keep.shape
+        # Rows of the mask start at multiples of 8 elements: CUDA's fused attention copies the mask into
+        # such a layout on every call otherwise.
+        padded = torch.full((batch, 1, 1, -(-slots // 8) * 8), float("-inf"), device=keep.device,
+                            dtype=cache.keys.dtype)
+        mask = padded[..., :slots]
+        mask.masked_fill_(keep[:, None, None, :], 0.0)
+        return cls(slot=torch.tensor([cache.filled], device=keep.device), mask=mask)
+
+    def open_slot(self) -> None:
+        """Before a step: the token written at `slot` attends to itself and to the keys before it."""
+        self.mask.index_fill_(-1, self.slot, 0.0)
+
+    def advance(self) -> None:
+        self.slot.add_(1)
 
 
 @dataclass

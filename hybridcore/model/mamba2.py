@@ -154,6 +154,8 @@ class Mamba2Mixer(nn.Module):
 
     def forward(self, u: torch.Tensor, inputs: LayerInputs, cache: MambaCache | None = None) -> torch.Tensor:
         batch, length, _ = u.shape
+        if cache is not None and length == 1:
+            return self.decode_token(u, inputs, cache)
         widths = [w.shape[0] for w in self.in_proj.weights()]  # this rank's share of each segment
         d_ssm, group_state, heads = widths[1], widths[2], widths[4]
         groups = group_state // self.d_state
@@ -180,15 +182,44 @@ class Mamba2Mixer(nn.Module):
         options = dict(D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.time_step_limit)
         if cache is None:
             y = inputs.context.scan(x, dt, A, B, C, inputs.seq_idx, chunk_size=self.chunk_size, **options)
-        elif length == 1:
-            # Decoding: one recurrent step h = exp(dt*A) h + dt * x B^T on the cached state, in place,
-            # rather than padding a single token up to a whole chunk.
-            y = ssd_step(x, dt, A, B, C, cache.ssm_state, **options)
         else:
             y, ssm_state = ssd(x, dt, A, B, C, chunk_size=self.chunk_size, initial_state=cache.ssm_state,
                                seq_idx=inputs.seq_idx, return_final_state=True, **options)
             cache.ssm_state.copy_(ssm_state)
         return self.out_proj(self.gate(y.reshape(batch, length, d_ssm), z, inputs))
+
+    def decode_token(self, u: torch.Tensor, inputs: LayerInputs, cache: MambaCache) -> torch.Tensor:
+        """forward for one token per row [B, 1, d_model] from the cached conv window and SSM state (both
+        updated in place), in as few tensor ops as the math allows: decoding is bound by op launches.
+        One recurrent step h = exp(dt*A) h + dt * x B^T rather than a single token padded up to a chunk.
+        One token has no document boundary inside it: the cache belongs to its document."""
+        batch = u.shape[0]
+        widths = [w.shape[0] for w in self.in_proj.weights()]
+        d_ssm, group_state, heads = widths[1], widths[2], widths[4]
+        mup, A, weight, bias = self._decode_constants(u, widths)
+        z, xBC, dt = torch.split(self.in_proj(u).mul_(mup), [d_ssm, d_ssm + 2 * group_state, heads], dim=-1)
+        window = torch.cat([cache.conv_state, xBC.transpose(1, 2)], dim=-1)  # [B, conv_dim, d_conv]
+        cache.conv_state.copy_(window[:, :, 1:])
+        # The depthwise conv over exactly one window is a grouped conv1d with one output position.
+        xBC = F.silu(F.conv1d(window, weight, bias, groups=window.shape[1])).view(batch, 1, -1)
+        x, B, C = torch.split(xBC, [d_ssm, group_state, group_state], dim=-1)
+        groups = group_state // self.d_state
+        y = ssd_step(x.view(batch, 1, heads, self.head_dim), dt, A, B.view(batch, 1, groups, self.d_state),
+                     C.view(batch, 1, groups, self.d_state), cache.ssm_state, D=self.D, dt_bias=self.dt_bias,
+                     dt_softplus=True, dt_limit=self.time_step_limit)
+        return self.out_proj(self.gate(y.view(batch, 1, d_ssm), z, inputs))
+
+    def _decode_constants(self, like: torch.Tensor, widths: list[int]):
+        """(mup_vector, A = -exp(A_log), conv weight [C, 1, K], conv bias) for decoding, rebuilt only when
+        the device, dtype or a parameter's version changes (a plain attribute: not state, not saved)."""
+        parameters = (self.A_log, *(getattr(self, f"conv_{kind}_{s}") for kind in ("weight", "bias")
+                                    for s in CONV_SEGMENTS))
+        key = (like.device, like.dtype, *((p.data_ptr(), p._version) for p in parameters if p is not None))
+        if getattr(self, "_decode_key", None) != key:
+            self._decode_key = key
+            self._decode_values = (self.mup_vector(widths, like.device, like.dtype), -torch.exp(self.A_log.float()),
+                                   self.conv_weight().unsqueeze(1), self.conv_bias())
+        return self._decode_values
 
     def gate(self, y: torch.Tensor, z: torch.Tensor, inputs: LayerInputs) -> torch.Tensor:
         if not self.use_rms_norm:

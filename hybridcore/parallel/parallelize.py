@@ -1,11 +1,13 @@
 """`parallelize`: the one ordered entry point, in torchtitan's order, for every layout and one process.
 
     0. pipeline stages (pp > 1)         this rank's stages cut from the model; each stage below
+       float8 (optional)                 the large linears swapped for torchao's float8 ones (float8.py)
     1. tensor (+ sequence) parallel      the model's plans applied: each parameter replaced by its slice
        context parallel                  the context strategy across the cp ranks
     2. activation checkpointing          per layer (the layout's first N), after TP so the recompute
                                          includes its collectives
-    3. torch.compile                     per layer, after AC so the compiled region is the wrapped layer
+    3. torch.compile                     per layer, after AC so the compiled region is the wrapped layer;
+                                         identical layers share a graph, caches on disk (compile.py)
     4. FSDP2                             per layer, then the root; HSDP when dp_replicate > 1
 
 Every dimension of degree 1 is a no-op, and one process (mesh None) runs steps 2 and 3 only: the same
@@ -23,16 +25,15 @@ from torch.distributed.device_mesh import DeviceMesh
 
 from ..model.attention import use_sdpa_for_documents
 from ..model.model import HybridLM
+from . import float8 as float8_training
 from . import fsdp
+from .compile import COMPILE_MODES, compile_layers
 from .config import MESH_DIMS, ParallelConfig
 from .context_parallel import ContextParallel
 from .layouts import ParameterLayout, clean_name
 from .mesh import view_mesh
 from .pipeline import Pipeline, check_pipeline, stage_module
 from .tensor_parallel import apply_tensor_parallel, reduce_partial_gradients
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
-
 
 @dataclass
 class ParallelModel:
@@ -44,6 +45,7 @@ class ParallelModel:
     layouts: dict[str, ParameterLayout] = field(default_factory=dict)
     pipeline: Pipeline | None = None
     fsdp: bool = False
+    float8_all_gather: bool = False  # FSDP gathers float8 weights: their scales follow each optimizer step
 
     @property
     def model(self) -> HybridLM:
@@ -76,6 +78,11 @@ class ParallelModel:
     def eval(self) -> "ParallelModel":
         return self.train(False)
 
+    def after_optimizer_step(self) -> None:
+        if self.float8_all_gather:
+            for part in self.parts:
+                float8_training.precompute_float8_scales(part)
+
     def finish_gradients(self) -> None:
         """After backward: sum the gradients that are per-rank partial sums over the tp ranks."""
         if self.mesh is not None and self.mesh["tp"].size() > 1:
@@ -94,11 +101,15 @@ def as_parallel_model(model) -> ParallelModel:
 
 def parallelize(model: HybridLM, mesh: DeviceMesh | None = None, config: ParallelConfig | None = None, *,
                 activation_checkpointing: bool = False, checkpoint_layers: int | None = None,
-                compile: bool = False, compile_mode: str = "default", seq_len: int = 4096,
-                loss_chunk: int = 8192) -> ParallelModel:
+                compile: bool = False, compile_mode: str = "default", compile_cache_dir=None,
+                float8: str | None = None, float8_min_size: int = float8_training.DEFAULT_MIN_SIZE,
+                seq_len: int = 4096, loss_chunk: int = 8192) -> ParallelModel:
     """Apply the layout `config` over `mesh` (None: one process) to the initialised `model`, in place.
 
     checkpoint_layers: with activation checkpointing, only the layout's first N layers (None: all).
+    compile_cache_dir: where Inductor's and Triton's caches persist (compile.py's default when None).
+    float8: a torchao float8 recipe (float8.RECIPES) for the linears with both weight dimensions of at
+    least float8_min_size (the LM head stays in bf16); None trains in the autocast dtype only.
     seq_len: the training sequence length (balances pipeline stages by FLOPs when the layout has no '|').
     loss_chunk: tokens per chunk of the fused LM head and loss under a pipeline.
     """
@@ -113,12 +124,19 @@ def parallelize(model: HybridLM, mesh: DeviceMesh | None = None, config: Paralle
         raise ValueError(f"ParallelConfig asks for {config.world_size} ranks: give the mesh (build_mesh)")
     if compile_mode not in COMPILE_MODES:
         raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {compile_mode!r}")
+    if float8 is not None:
+        float8_training.check_float8_options(float8, float8_min_size)
+        if config.tp > 1:
+            raise ValueError("--fp8 with ParallelConfig.tp > 1 is not supported: the float8 linears would need "
+                             "torchao's tensor-parallel styles; use fsdp or pp with --fp8")
+    all_gather8 = float8 == "tensorwise" and fsdp.applies(mesh)
     options = dict(activation_checkpointing=activation_checkpointing, checkpoint_layers=checkpoint_layers,
-                   compile=compile, compile_mode=compile_mode)
+                   compile=compile, compile_mode=compile_mode, compile_cache_dir=compile_cache_dir,
+                   float8=float8, float8_min_size=float8_min_size, float8_all_gather=all_gather8)
     dtype = next(p for p in model.parameters() if not p.is_meta).dtype
     if config.pp == 1:
         layouts = _parallelize_part(model, mesh, config, **options)
-        return ParallelModel([model], mesh, config, layouts, fsdp=fsdp.applies(mesh))
+        return ParallelModel([model], mesh, config, layouts, fsdp=fsdp.applies(mesh), float8_all_gather=all_gather8)
     stages = check_pipeline(model.config, config, seq_len)
     pp_rank = mesh["pp"].get_local_rank()
     indices = list(range(pp_rank, len(stages), config.pp))
@@ -128,13 +146,17 @@ def parallelize(model: HybridLM, mesh: DeviceMesh | None = None, config: Paralle
         layouts.update(_parallelize_part(part, mesh, config, pipelined=True, **options))
         parts.append(part)
     pipeline = Pipeline(parts, indices, len(stages), config, mesh, loss_chunk, dtype)
-    return ParallelModel(parts, mesh, config, layouts, pipeline, fsdp=fsdp.applies(mesh))
+    return ParallelModel(parts, mesh, config, layouts, pipeline, fsdp=fsdp.applies(mesh),
+                         float8_all_gather=all_gather8)
 
 
 def _parallelize_part(model: HybridLM, mesh: DeviceMesh | None, config: ParallelConfig, *,
                       activation_checkpointing: bool, checkpoint_layers: int | None, compile: bool,
-                      compile_mode: str, pipelined: bool = False) -> dict[str, ParameterLayout]:
+                      compile_mode: str, compile_cache_dir, float8: str | None, float8_min_size: int,
+                      float8_all_gather: bool, pipelined: bool = False) -> dict[str, ParameterLayout]:
     """The ordered steps on one model or one pipeline stage (a HybridLM holding some of the layers)."""
+    if float8 is not None:
+        float8_training.convert_to_float8(model, float8, float8_min_size, fsdp_float8_all_gather=float8_all_gather)
     layouts = apply_tensor_parallel(model, mesh["tp"] if mesh is not None else None, config.sequence_parallel)
     if config.cp > 1:
         model.use_parallelism(context=ContextParallel(mesh["cp"]))
@@ -143,8 +165,7 @@ def _parallelize_part(model: HybridLM, mesh: DeviceMesh | None, config: Parallel
             use_sdpa_for_documents(model.layers[name])
             model.layers[name] = checkpoint_wrapper(model.layers[name], preserve_rng_state=False)
     if compile:
-        for layer in model.layers.values():
-            layer.compile(mode=None if compile_mode == "default" else compile_mode)
+        compile_layers(model, compile_mode, cache_dir=compile_cache_dir)
     if fsdp.applies(mesh):
         fsdp.apply_fsdp(model, mesh, pipelined)
     return layouts

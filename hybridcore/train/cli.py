@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import COMPILE_MODES, DEVICES, DTYPES, PIPELINE_SCHEDULES, SCHEDULES, TrainConfig
+from .config import COMPILE_MODES, DEVICES, DTYPES, FP8_RECIPES, PIPELINE_SCHEDULES, SCHEDULES, TrainConfig
 
 _DEFAULTS = TrainConfig()
 
@@ -75,6 +75,14 @@ def add_arguments(parser) -> None:
     _flag(execution, "--compile-mode", choices=COMPILE_MODES,
           help="torch.compile mode with --compile, one process only; reduce-overhead adds CUDA graphs (CUDA "
                "only: on CPU it is the default mode)")
+    _flag(execution, "--compile-cache-dir", metavar="DIR",
+          help="with --compile, where Inductor's and Triton's caches persist, so a resume or a second run with "
+               "the same shapes starts fast (default $HYBRIDCORE_COMPILE_CACHE or ~/.cache/hybridcore/compile)")
+    _flag(execution, "--fp8", choices=FP8_RECIPES,
+          help="float8 matmuls through torchao (pip install 'hybridcore[fp8]'); the LM head and small linears "
+               "stay in bf16, checkpoints keep fp32 weights")
+    _flag(execution, "--fp8-min-size", type=int,
+          help="with --fp8, linears with a weight dimension below N stay in bf16")
     execution.add_argument("--no-doc-masking", dest="doc_masking", action="store_false", default=None,
                            help="let attention and the Mamba state cross document boundaries in a packed row")
     _flag(execution, "--loss-chunk", type=int, help="tokens per logits chunk in the loss (0: automatic)")

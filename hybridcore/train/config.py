@@ -24,6 +24,7 @@ DTYPES = ("fp32", "bf16")
 PARALLEL_FLAGS = ("tp", "pp", "cp", "dp_shard", "dp_replicate")
 PIPELINE_SCHEDULES = ("1f1b", "interleaved_1f1b", "gpipe")  # hybridcore.parallel's, without importing it
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")  # torch.compile's, as --compile-mode
+FP8_RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")  # hybridcore.parallel.float8's, without importing it
 # Settings a resumed run cannot change without changing the data order or the meaning of a step.
 FIXED_ON_RESUME = ("seed", "batch_size", "seq_len", "grad_accum", "data", "doc_masking")
 
@@ -64,6 +65,10 @@ class TrainConfig:
     checkpoint_layers: int | None = None  # with activation_checkpointing: only the first N layers (None: all)
     compile: bool = False  # torch.compile each layer (after activation checkpointing)
     compile_mode: str = "default"  # reduce-overhead adds CUDA graphs (one process on CUDA only)
+    # Inductor/Triton caches; None: $HYBRIDCORE_COMPILE_CACHE or ~/.cache/hybridcore/compile
+    compile_cache_dir: str | None = None
+    fp8: str | None = None  # float8 matmuls through torchao: one of FP8_RECIPES; None: bf16
+    fp8_min_size: int = 2048  # with fp8: linears with a weight dimension below this stay in bf16
     doc_masking: bool = True
     loss_chunk: int = 0  # tokens per logits chunk; 0: chunk only when the logits would be large
     tensorboard: bool = False
@@ -135,6 +140,7 @@ class TrainConfig:
         if self.compile_mode != "default" and any(getattr(self, name) > 1 for name in PARALLEL_FLAGS):
             raise ValueError(f"--compile-mode {self.compile_mode} is for one process: the parallel layouts "
                              f"compile each layer in the default mode")
+        self._validate_fast_paths()
         if self.checkpoint_layers is not None:
             if self.checkpoint_layers < 1:
                 raise ValueError(f"--checkpoint-layers must be at least 1, got {self.checkpoint_layers}")
@@ -142,6 +148,15 @@ class TrainConfig:
                 raise ValueError("--checkpoint-layers needs --activation-checkpointing")
         if not self.peak_flops > 0:
             raise ValueError(f"--peak-flops must be positive, got {self.peak_flops}")
+
+    def _validate_fast_paths(self) -> None:
+        if self.compile_cache_dir is not None and not self.compile:
+            raise ValueError("--compile-cache-dir needs --compile")
+        if self.fp8 is not None and self.fp8 not in FP8_RECIPES:
+            raise ValueError(f"--fp8 must be one of {', '.join(FP8_RECIPES)}, got {self.fp8!r}")
+        _check_int("fp8_min_size", self.fp8_min_size, minimum=16)
+        if self.fp8_min_size != TrainConfig.fp8_min_size and self.fp8 is None:
+            raise ValueError(f"--fp8-min-size {self.fp8_min_size} needs --fp8")
 
     # ---- derived -------------------------------------------------------------------------------------
     def uses_cuda_graphs(self) -> bool:
@@ -184,4 +199,5 @@ def _check_int(name: str, value, minimum: int) -> None:
         raise ValueError(f"{flag} must be an integer >= {minimum}, got {value!r}")
 
 
-__all__ = ["TrainConfig", "COMPILE_MODES", "SCHEDULES", "FIXED_ON_RESUME", "PARALLEL_FLAGS", "PIPELINE_SCHEDULES"]
+__all__ = ["TrainConfig", "COMPILE_MODES", "FP8_RECIPES", "SCHEDULES", "FIXED_ON_RESUME", "PARALLEL_FLAGS",
+           "PIPELINE_SCHEDULES"]

@@ -160,6 +160,8 @@ def train_step(model, optimizers, microbatches: list[Batch], *, max_norm: float 
         if finite:
             optimizer.step()
         optimizer.zero_grad(set_to_none=not cuda_graphs or len(microbatches) == 1)
+    if finite:
+        model.after_optimizer_step()
     return StepResult(loss.detach(), grad_norm, finite)
 
 

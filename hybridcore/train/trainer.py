@@ -153,7 +153,9 @@ class _Run:
         self.model = parallelize(model, mesh, layout or ParallelConfig(dp_shard=1),
                                  activation_checkpointing=config.activation_checkpointing,
                                  checkpoint_layers=config.checkpoint_layers, compile=config.compile,
-                                 compile_mode=config.compile_mode, seq_len=config.seq_len, loss_chunk=self.loss_chunk)
+                                 compile_mode=config.compile_mode, compile_cache_dir=config.compile_cache_dir,
+                                 float8=config.fp8, float8_min_size=config.fp8_min_size, seq_len=config.seq_len,
+                                 loss_chunk=self.loss_chunk)
         self.model.train()
         self.optimizers = build_optimizers(self.model, config.lr, config.weight_decay, (config.beta1, config.beta2),
                                            config.eps)

@@ -105,6 +105,7 @@ def test_decode_step_shapes_are_static(monkeypatch):
 
     def spy(q, k, v, **kwargs):
         key_shapes.append((tuple(q.shape), tuple(k.shape), tuple(kwargs["attn_mask"].shape)))
+        assert "enable_gqa" not in kwargs  # the query heads of a key head ride in the query dimension
         return sdpa(q, k, v, **kwargs)
 
     input_ids = torch.randint(0, model.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0))
@@ -121,7 +122,8 @@ def test_decode_step_shapes_are_static(monkeypatch):
             logits = step(tokens)
     assert len(key_shapes) == 9 * 2 and len(set(key_shapes)) == 1
     assert key_shapes[0][1][2] == 7 + 9  # keys: every slot of the cache
-    assert int(caches[0].attention.next_slot) == 7 + 9
+    assert all(c.attention.decode is step.slots for c in caches if c.attention is not None)  # one shared slot
+    assert int(step.slots.slot) == 7 + 9
     assert torch.equal(torch.stack(outputs, dim=1), expected)
 
 

@@ -150,7 +150,7 @@ def _layers_compile_with(backend: str):
 
     def compile(module, *args, **kwargs):
         kwargs.pop("mode", None)
-        return original(module, *args, backend=backend, **kwargs)
+        return original(module, *args, **{**kwargs, "backend": backend})
 
     torch.nn.Module.compile = compile
     try:

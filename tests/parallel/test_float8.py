@@ -1,0 +1,96 @@
+"""hybridcore.parallel.float8: which linears go to float8, the flags' checks, the error without torchao,
+and a conversion (on the meta device) that leaves the state dict's keys and dtypes as they were."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+
+from hybridcore.config import apply_overrides
+from hybridcore.model import HybridLM
+from hybridcore.parallel import float8
+from hybridcore.presets import get_preset
+
+
+def meta_model(preset: str = "falcon-h1-7b", layout: str = "P-") -> HybridLM:
+    config = apply_overrides(get_preset(preset), [f"layout={layout}"])
+    with torch.device("meta"):
+        return HybridLM(config)
+
+
+def accepted(model, min_size) -> set[str]:
+    keep = float8.float8_module_filter(min_size)
+    return {name.split(".", 2)[-1] for name, module in model.named_modules() if keep(module, name)}
+
+
+def test_default_filter_keeps_the_large_matmuls_of_7b_and_none_of_0_5b():
+    assert float8.DEFAULT_MIN_SIZE == 2048
+    assert accepted(meta_model(), float8.DEFAULT_MIN_SIZE) == {
+        "mamba.out_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}
+    assert accepted(meta_model("falcon-h1-0.5b"), float8.DEFAULT_MIN_SIZE) == set()
+
+
+def test_smaller_threshold_takes_more_but_never_the_head_or_unaligned_shapes():
+    names = accepted(meta_model(), 16)
+    # in_proj has 2 * 3072 + 2 * 256 + 24 = 6680 outputs: not a multiple of 16
+    assert "mamba.in_proj" not in names and "lm_head" not in names
+    assert {"attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj"} <= names
+    assert accepted(meta_model(), 1024) == names - {"attention.k_proj", "attention.v_proj"}  # 256 outputs
+
+
+@pytest.mark.parametrize("recipe,min_size,flag", [("fast", 2048, "--fp8"), ("tensorwise", 8, "--fp8-min-size"),
+                                                  ("rowwise", 2048.0, "--fp8-min-size")])
+def test_bad_options_name_the_flag(recipe, min_size, flag):
+    with pytest.raises(ValueError, match=flag):
+        float8.check_float8_options(recipe, min_size)
+
+
+def test_missing_torchao_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchao", None)  # import torchao raises ImportError
+    with pytest.raises(ValueError, match=r"--fp8 needs torchao 0\.18 or newer.*pip install 'hybridcore\[fp8\]'"):
+        float8.convert_to_float8(meta_model(), "tensorwise")
+
+
+def test_old_torchao_is_a_clear_error(monkeypatch):
+    old = types.ModuleType("torchao")
+    old.__version__ = "0.9.0"
+    old.float8 = types.ModuleType("torchao.float8")
+    monkeypatch.setitem(sys.modules, "torchao", old)
+    monkeypatch.setitem(sys.modules, "torchao.float8", old.float8)
+    with pytest.raises(ValueError, match="found 0.9.0; upgrade"):
+        float8.torchao_float8()
+
+
+@pytest.mark.parametrize("recipe,all_gather", [(recipe, False) for recipe in float8.RECIPES] + [("tensorwise", True)])
+def test_conversion_on_meta_keeps_state_dict_keys_and_dtypes(recipe, all_gather):
+    pytest.importorskip("torchao.float8")
+    from torchao.float8.float8_linear import Float8Linear
+
+    model = meta_model(layout="P-M*-")
+    before = {name: (tuple(t.shape), t.dtype) for name, t in model.state_dict().items()}
+    converted = float8.convert_to_float8(model, recipe, min_size=1024, fsdp_float8_all_gather=all_gather)
+    assert converted and all(isinstance(model.get_submodule(name), Float8Linear) for name in converted)
+    assert not isinstance(model.lm_head, Float8Linear)
+    assert not isinstance(model.layers["0"].mamba.in_proj, Float8Linear)
+    after = {name: (tuple(t.shape), t.dtype) for name, t in model.state_dict().items()}
+    assert after == before and all(dtype == torch.float32 for _, dtype in after.values())
+
+
+def test_fsdp_float8_all_gather_only_for_tensorwise():
+    pytest.importorskip("torchao.float8")
+    assert float8.float8_config("tensorwise", fsdp_float8_all_gather=True).enable_fsdp_float8_all_gather
+    assert not float8.float8_config("rowwise", fsdp_float8_all_gather=True).enable_fsdp_float8_all_gather
+
+
+def test_conversion_keeps_the_parameter_objects():
+    """Without float8 all-gather the optimizer may even be built before the conversion."""
+    pytest.importorskip("torchao.float8")
+    from hybridcore.model import build_model
+
+    model = build_model(apply_overrides(get_preset("debug"), ["layout=P-", "d_model=64", "d_ff=128"]), seed=0)
+    before = dict(model.named_parameters())
+    assert float8.convert_to_float8(model, "rowwise", min_size=16)
+    assert all(before[name] is parameter for name, parameter in model.named_parameters())
