@@ -3,9 +3,11 @@
     from hybridcore.train import TrainConfig, train
     train(TrainConfig(out="runs/debug", preset="debug", steps=50))
 
-Modules: config (TrainConfig), trainer (train), schedule, optim, loss, checkpoint (load_model, ...),
+Modules: config (TrainConfig), trainer (train), schedule, optim, loss, checkpoint (writing; load_model, ...),
 metrics, data, model_setup (the parallelize slot), parallel_layout (the layout flags, checked up front),
-parallel_run (the step under torchrun, on hybridcore.parallel), cli / evaluate / plot (subcommands).
+parallel_run (the step under torchrun, on hybridcore.parallel), run_lock (one process per run directory),
+resume (which checkpoint a resume starts from), watchdog (which rank stopped answering), cli / evaluate /
+plot / check (subcommands).
 Names load on first use, so `hybridcore plot` does not pay for torch.distributed's imports.
 """
 
