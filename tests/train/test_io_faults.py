@@ -108,25 +108,54 @@ def test_out_naming_an_existing_file(tmp_path, data_dir, capsys):
     assert out.read_text() == "mine"
 
 
-def test_a_full_disk_while_exporting_keeps_the_old_export(reference_run, tmp_path, monkeypatch, capsys):
-    out = tmp_path / "hf"
-    assert main(["export-hf", str(reference_run[0]), str(out)]) == 0
+@pytest.mark.parametrize("command", ["export-hf", "import-hf"])
+def test_a_full_disk_while_converting_keeps_the_old_output(reference_run, tmp_path, monkeypatch, capsys, command):
+    assert main(["export-hf", str(reference_run[0]), str(tmp_path / "hf")]) == 0
+    source, out = (reference_run[0], tmp_path / "hf") if command == "export-hf" else (tmp_path / "hf", tmp_path / "m")
+    if command == "import-hf":
+        assert main(["import-hf", str(source), str(out)]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     def full(tensors, path, metadata=None):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
     monkeypatch.setattr(safetensors_io, "save_file", full)
-    assert main(["export-hf", str(reference_run[0]), str(out), "--overwrite"]) == EXIT_IO
+    assert main([command, str(source), str(out), "--overwrite"]) == EXIT_IO
     error = capsys.readouterr().err
     assert_one_paragraph(error)
-    assert f"exporting {reference_run[0]} to {out} failed: " in error and "model.safetensors: no space left" in error
+    doing = "exporting" if command == "export-hf" else "importing"
+    assert f"{doing} {source} to {out} failed: " in error and "model.safetensors: no space left" in error
     assert f"{out} was not changed (the partial output was removed)" in error
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
 
 
-def test_a_full_disk_while_preparing(tmp_path, capsys):
+def test_a_full_disk_while_preparing_keeps_the_old_data(tmp_path, monkeypatch, capsys):
+    import importlib
+
+    prepare_module = importlib.import_module("hybridcore.data.prepare")  # the package's `prepare` is the function
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("some text to tokenize " * 50)
+    out = tmp_path / "data"
+    assert main(["prepare", str(corpus), "--out", str(out), "--quiet", "--workers", "1"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full(self, tokens):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.directory / "train_000.bin"))
+
+    monkeypatch.setattr(prepare_module._ShardWriter, "write", full)
+    assert main(["prepare", str(corpus), "--out", str(out), "--quiet", "--workers", "1", "--overwrite"]) == EXIT_IO
+    error = capsys.readouterr().err
+    assert_one_paragraph(error)
+    assert f"preparing {out} failed: " in error and "train_000.bin: no space left on the device (ENOSPC)" in error
+    assert f"{out} was not changed" in error
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "data"]
+
+
+def test_a_really_full_tmpfs_while_preparing(tmp_path, capsys):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "a.txt").write_text("some text to tokenize " * 20000)  # about 440 KB of tokens at uint16
