@@ -126,7 +126,7 @@ def remove_stale_staging(target: str | Path) -> list[Path]:
     if not target.parent.is_dir():
         return []
     removed = []
-    for path in sorted(target.parent.glob(f".{target.name}.*")):
+    for path in sorted(p for p in target.parent.iterdir() if p.name.startswith(f".{target.name}.")):
         if path.name.startswith(f".{target.name}{STAGING}") and path.is_dir() and _nobody_holds(path):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)

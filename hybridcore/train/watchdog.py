@@ -72,11 +72,15 @@ def _client():
                          timeout=timedelta(seconds=5), wait_for_workers=False)
 
 
+_TIMEOUT_WORDS = ("Timed out waiting", "collective operation timeout")  # gloo's, and NCCL's watchdog's
+
+
 def is_collective_timeout(error: BaseException) -> bool:
     """A gloo or NCCL collective that waited longer than the process group's timeout."""
-    while error is not None:
-        text = str(error)
-        if isinstance(error, RuntimeError) and ("Timed out" in text or "timed out" in text or "Timeout" in text):
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, RuntimeError) and any(words in str(error) for words in _TIMEOUT_WORDS):
             return True
         error = error.__cause__ or error.__context__
     return False

@@ -1,7 +1,6 @@
 """One process trains in a run directory at a time: a second train, --resume or export-hf --overwrite on a
 live run is refused naming the holder, and the lock of a holder that died is taken over with a warning."""
 
-import os
 import shutil
 import signal
 import socket
