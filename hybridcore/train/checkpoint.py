@@ -32,7 +32,7 @@ from ..errors import IOFault, find_os_error
 from ..io.checkpoints import (CONFIG_FILE, MARKER, checkpoint_name, checkpoint_step, is_complete,
                               latest_checkpoint, list_checkpoints, newest_intact, read_checkpoint_config,
                               resolve_checkpoint, verify_checkpoint)
-from ..io.files import fsync_dir, remove_directory
+from ..io.files import REPLACED, publish_directory, remove_directory, remove_stale_staging
 from ..io.json_codec import read_json_object, write_json
 from ..io.load import load_model
 from ..io.run_dir import CHECKPOINTS
@@ -91,10 +91,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, extra: dic
         if rank == 0:
             write_json(tmp / CONFIG_FILE, {**config, "step": step})
             write_json(tmp / MARKER, {"step": step, "time": time.time(), "world_size": distributed.world_size()})
-            if final.exists():  # an older copy of the same step (a rerun after resume): move it aside first
-                remove_directory(final)
-            tmp.rename(final)
-            fsync_dir(root)
+            publish_directory(tmp, final)  # an older copy of the same step (a rerun) goes only once this is in
     except BaseException as error:  # DCP's CheckpointException is a BaseException
         if rank == 0:
             fault = None if isinstance(error, KeyboardInterrupt) else _write_fault(error, root, tmp, final.name)
@@ -145,9 +142,11 @@ def clean_partial(run_dir: str | Path) -> None:
     root = Path(run_dir) / CHECKPOINTS
     if distributed.rank() != 0 or not root.is_dir():
         return
-    for path in root.iterdir():
+    for path in list(root.iterdir()):
         if path.name.startswith((".tmp-", ".deleting-")):
             shutil.rmtree(path, ignore_errors=True)
+        elif path.name.startswith(".") and REPLACED in path.name:  # a replacement cut between its renames
+            remove_stale_staging(root / path.name[1:].split(REPLACED)[0])
 
 
 # ---- load ---------------------------------------------------------------------------------------------

@@ -60,3 +60,18 @@ def test_check_reports_an_intact_run(reference_run, capsys):
     assert main(["check", str(reference_run[0])]) == 0
     report = capsys.readouterr().out
     assert report.count("intact") == 3 and "lock         free" in report and "steps 1-12" in report
+
+
+def test_a_checkpoint_cut_between_the_renames_of_its_replacement_is_restored(run, capsys):
+    """Replacing step N moves the old copy aside before the new one is renamed in: a kill between the two
+    leaves only the old copy, which the next run puts back instead of deleting."""
+    from hybridcore.io.files import REPLACED
+    from hybridcore.train.checkpoint import clean_partial
+
+    root = run / "checkpoints"
+    (root / "step_0000012").rename(root / f".step_0000012{REPLACED}0000")
+    (root / ".tmp-step_0000012").mkdir()  # the new copy, never renamed
+    clean_partial(run)
+    assert sorted(p.name for p in root.iterdir()) == ["step_0000004", "step_0000008", "step_0000012"]
+    assert verify_checkpoint(root / "step_0000012") is None
+    assert "restored" in capsys.readouterr().err
