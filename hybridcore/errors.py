@@ -74,21 +74,25 @@ class RankFailed(Reported):
         super().__init__("rank 0 failed (its message says why)")
 
 
-def find_os_error(error: BaseException | None) -> OSError | None:
-    """The OSError with an errno behind `error`: itself, its causes, or a failure DCP gathered from a rank."""
-    seen = set()
-    while error is not None and id(error) not in seen:
+def causes(error: BaseException | None):
+    """`error`, then what it was raised from or during, including the per-rank failures that
+    torch.distributed.checkpoint gathers into one CheckpointException."""
+    pending, seen = [error], set()
+    while pending:
+        error = pending.pop(0)
+        if error is None or id(error) in seen:
+            continue
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno is not None:
-            return error
-        failures = getattr(error, "failures", None)  # torch.distributed.checkpoint's CheckpointException
+        yield error
+        failures = getattr(error, "failures", None)
         if isinstance(failures, dict):
-            for failure in failures.values():
-                found = find_os_error(failure[0] if isinstance(failure, tuple) else failure)
-                if found is not None:
-                    return found
-        error = error.__cause__ or error.__context__
-    return None
+            pending.extend(failure[0] if isinstance(failure, tuple) else failure for failure in failures.values())
+        pending.append(error.__cause__ or error.__context__)
+
+
+def find_os_error(error: BaseException | None) -> OSError | None:
+    """The OSError with an errno behind `error` (itself, its causes, or a failure DCP gathered from a rank)."""
+    return next((cause for cause in causes(error) if isinstance(cause, OSError) and cause.errno is not None), None)
 
 
 def exit_code_of(error: BaseException) -> int:
@@ -114,4 +118,4 @@ def io_faults(doing: str, kept: str = "", then: str = ""):
 
 
 __all__ = ["EXIT_OK", "EXIT_UNEXPECTED", "EXIT_USAGE", "EXIT_DIVERGED", "EXIT_IO", "EXIT_STALLED", "EXIT_STOPPED",
-           "EXIT_ABORTED", "Reported", "IOFault", "RankFailed", "find_os_error", "exit_code_of", "io_faults"]
+           "EXIT_ABORTED", "Reported", "IOFault", "RankFailed", "causes", "find_os_error", "exit_code_of", "io_faults"]

@@ -13,7 +13,7 @@ import threading
 import time
 from datetime import timedelta
 
-from ..errors import EXIT_STALLED, Reported
+from ..errors import EXIT_STALLED, Reported, causes
 
 _PREFIX = "hybridcore/heartbeat/"
 _INTERVAL_S = 1.0
@@ -76,14 +76,9 @@ _TIMEOUT_WORDS = ("Timed out waiting", "collective operation timeout")  # gloo's
 
 
 def is_collective_timeout(error: BaseException) -> bool:
-    """A gloo or NCCL collective that waited longer than the process group's timeout."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, RuntimeError) and any(words in str(error) for words in _TIMEOUT_WORDS):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
+    """A gloo or NCCL collective that waited longer than the process group's timeout (also inside DCP)."""
+    return any(isinstance(cause, RuntimeError) and any(words in str(cause) for words in _TIMEOUT_WORDS)
+               for cause in causes(error))
 
 
 def describe_timeout(rank: int, timeout_s: float, heartbeats: Heartbeats | None, kept: str) -> CollectiveTimeout:

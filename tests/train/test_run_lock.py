@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from hybridcore.cli import main
 from hybridcore.errors import EXIT_STOPPED, EXIT_USAGE
 from hybridcore.io import json_codec
@@ -49,6 +51,7 @@ def test_a_dead_holders_lock_is_taken_over_with_a_warning(reference_run, tmp_pat
     assert loss_lines(out) == loss_lines(reference_run[0])
 
 
+@pytest.mark.slow
 def test_under_torchrun_every_rank_learns_that_rank_zero_failed(tmp_path, data_dir):
     """Rank 0 alone creates the run directory and takes its lock; when that fails the other ranks stop at
     once with it, instead of waiting in a barrier until a timeout."""

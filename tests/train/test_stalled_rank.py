@@ -72,3 +72,15 @@ def test_a_stopped_rank_ends_the_job_within_the_timeout(tmp_path, data_dir):
     assert steps == list(range(1, steps[-1] + 1))  # nothing rank 0 wrote was lost
     assert all(verify_checkpoint(path) is None for _, path in list_checkpoints(out))
     assert f"Kept in {out}: checkpoint" in output
+
+
+def test_a_timeout_is_recognised_inside_a_checkpoint_save_and_nothing_else_is():
+    """A rank stopped while the others save: DCP gathers the timeout into its CheckpointException."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from hybridcore.train.watchdog import is_collective_timeout
+
+    gloo = RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 8000ms for recv operation")
+    assert is_collective_timeout(CheckpointException("save failed", {1: (gloo, None)}))
+    assert is_collective_timeout(gloo)
+    assert not is_collective_timeout(RuntimeError("DataLoader timed out after 5 seconds"))
