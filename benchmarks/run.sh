@@ -2,7 +2,15 @@
 # The one-GPU benchmark suite: each contender in its own python process, one JSON per figure and contender,
 # then the README's speed table regenerated from benchmarks/results/. See benchmarks/README.md.
 #
-#   bash benchmarks/run.sh [FIGURE ...]      FIGURE: train-4x4096 train-2x16384 ssd generate (default: all)
+#   bash benchmarks/run.sh [FIGURE ...]      FIGURE: train-4x4096 train-2x16384 ssd generate train-run
+#                                            fp8-throughput fp8-loss (default: all)
+#
+#   train-4x4096, train-2x16384  the training step of `hybridcore bench`: ours, transformers + kernels, transformers
+#   ssd             the SSD scan alone: ours, mamba_ssm
+#   generate        prefill and decode at batch 1, 8, 64: ours (CUDA graph), ours eager, transformers
+#   train-run       `hybridcore train` on packed documents: tokens/s, and the first step cold and warm
+#   fp8-throughput  8 falcon-h1-7b blocks at 2 x 4096: bf16, float8 tensorwise, rowwise (torchao from .whl/)
+#   fp8-loss        300 steps of falcon-h1-0.5b, bf16 against float8 tensorwise
 #
 # Environment:
 #   OUT=DIR          where the JSON goes (default benchmarks/results)
@@ -20,12 +28,13 @@ OUT=${OUT:-benchmarks/results}
 CONTENDERS=${CONTENDERS:-ours hf_kernels hf_torch}
 PEAK_TFLOPS=${PEAK_TFLOPS:-989}
 LIMIT=${LIMIT:-540}
-FIGURES=${*:-train-4x4096 train-2x16384 ssd generate}
+FIGURES=${*:-train-4x4096 train-2x16384 ssd generate train-run fp8-throughput fp8-loss}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 for figure in $FIGURES; do
   case $figure in
-    train-4x4096|train-2x16384|ssd|generate) ;;
-    *) echo "unknown figure '$figure': use train-4x4096, train-2x16384, ssd or generate" >&2; exit 2 ;;
+    train-4x4096|train-2x16384|ssd|generate|train-run|fp8-throughput|fp8-loss) ;;
+    *) echo "unknown figure '$figure': use train-4x4096, train-2x16384, ssd, generate, train-run," \
+            "fp8-throughput or fp8-loss" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$OUT"
@@ -43,6 +52,10 @@ if [ -n "${PEERS:-}" ]; then
   fi
 fi
 [ -n "${SMOKE:-}" ] && SMOKE_FLAG=--smoke || SMOKE_FLAG=
+need_torchao() {  # the fp8 extra, from a wheel in .whl/ when it is not installed (a machine without PyPI)
+  python3 -c "import torchao.float8" 2>/dev/null && return
+  python3 -m pip install -q --no-deps --no-index .whl/torchao-*.whl 2>&1 | tail -2
+}
 
 contender() {  # contender NAME BENCH_FLAGS...: one process, stopped after LIMIT seconds
   local name=$1; shift
@@ -66,8 +79,15 @@ for figure in $FIGURES; do
       done ;;
     generate)
       echo "== generate_bench.py"
-      timeout -k 20 "$LIMIT" python3 benchmarks/generate_bench.py --preset falcon-h1-0.5b --contexts 4096 \
-        --new-tokens 64 --out "$OUT/generate-falcon-h1-0.5b-4096.json" $SMOKE_FLAG || echo "   (exit status $?)" ;;
+      timeout -k 20 "$LIMIT" python3 benchmarks/generate_bench.py --out "$OUT" $SMOKE_FLAG || echo "   (exit status $?)" ;;
+    train-run)
+      echo "== train_bench.py"
+      timeout -k 20 "$LIMIT" python3 benchmarks/train_bench.py --out "$OUT" $SMOKE_FLAG || echo "   (exit status $?)" ;;
+    fp8-throughput|fp8-loss)
+      need_torchao
+      echo "== fp8_bench.py --part ${figure#fp8-}"
+      timeout -k 20 "$LIMIT" python3 benchmarks/fp8_bench.py --part "${figure#fp8-}" --out "$OUT" $SMOKE_FLAG \
+        || echo "   (exit status $?)" ;;
   esac
 done
 

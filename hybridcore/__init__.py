@@ -10,7 +10,8 @@ from .presets import get_preset, preset_names
 __version__ = "0.1.0"
 
 # Heavier entry points load on first use so `import hybridcore` stays quick.
-_LAZY = {"load_hf": "hybridcore.bridge", "save_hf": "hybridcore.bridge", "generate": "hybridcore.generate"}
+_LAZY = {"load_hf": "hybridcore.bridge", "save_hf": "hybridcore.bridge", "generate": "hybridcore.generate",
+         "load_model": "hybridcore.io"}
 
 
 def __getattr__(name: str):
@@ -22,4 +23,4 @@ def __getattr__(name: str):
 
 
 __all__ = ["ModelConfig", "HybridLM", "build_model", "get_preset", "preset_names", "parse_layout",
-           "layout_from_ratios", "load_hf", "save_hf", "generate", "__version__"]
+           "layout_from_ratios", "load_hf", "save_hf", "load_model", "generate", "__version__"]

@@ -19,6 +19,7 @@ COMMANDS = {
     "export-hf": ("hybridcore.bridge.cli_export", "convert a checkpoint to a Hugging Face Falcon-H1 directory"),
     "generate": ("hybridcore.generate_cli", "sample text from a checkpoint or a Hugging Face directory"),
     "bench": ("hybridcore.bench", "time one contender's training step (ours or transformers') on one GPU"),
+    "check": ("hybridcore.train.check", "list a run's checkpoints and whether each is intact, and its lock"),
 }
 
 
@@ -37,20 +38,39 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command; its exit code is one of hybridcore.errors' EXIT_* (a traceback only for the
+    unexpected)."""
+    from .errors import EXIT_ABORTED, EXIT_IO, EXIT_USAGE, IOFault, Reported, find_os_error
+
     argv = sys.argv[1:] if argv is None else list(argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None
     args = build_parser(command).parse_args(argv)
+    rank = os.environ.get("RANK", "0")
+    prefix = f"hybridcore {args.command}: " + (f"rank {rank}: " if os.environ.get("WORLD_SIZE", "1") != "1" else "")
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except ValueError as error:  # a user's mistake: say what and where, no traceback
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank finds it: say it once
+        if rank == "0":  # under torchrun every rank finds it: say it once
             print(f"hybridcore {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except Reported as error:
+        if rank == "0" or error.every_rank:
+            print(f"{prefix}error: {error}", file=sys.stderr)
+        return error.exit_code
     except KeyboardInterrupt:
-        return 130
+        print(f"\n{prefix}aborted (Ctrl-C)", file=sys.stderr)
+        return EXIT_ABORTED
     except BrokenPipeError:  # output piped into `head` and cut short
         sys.stderr.close()
         return 0
+    except BaseException as error:  # an OS fault no command explained: one paragraph, not a traceback
+        if isinstance(error, (SystemExit, GeneratorExit)):
+            raise
+        os_error = find_os_error(error)
+        if os_error is None:
+            raise
+        print(f"{prefix}error: {IOFault(os_error, args.command)}", file=sys.stderr)
+        return EXIT_IO
 
 
 if __name__ == "__main__":

@@ -130,6 +130,14 @@ class ModelConfig:
     # ---- validation -------------------------------------------------------------------------
     def validate(self) -> None:
         parse_layout(self.layout)  # raises ValueError naming the character and position
+        # Every float, alone or in a tuple, must be a number: nan passes every `<=` check below and
+        # inf (or nan) silently fills the model with nan. Only time_step_limit's upper bound may be +inf.
+        for item in fields(self):
+            value = getattr(self, item.name)
+            for index, number in enumerate(value if isinstance(value, tuple) else (value,)):
+                unbounded = item.name == "time_step_limit" and index == 1 and number == math.inf
+                if isinstance(number, float) and not math.isfinite(number) and not unbounded:
+                    raise ValueError(f"ModelConfig.{item.name} must be a finite number, got {value!r}")
         for name in ("vocab_size", "d_model", "num_heads", "num_kv_heads", "head_dim", "max_seq_len",
                      "mamba_n_heads", "mamba_d_head", "mamba_d_state", "mamba_n_groups", "mamba_d_conv",
                      "mamba_chunk_size", "d_ff"):

@@ -82,26 +82,20 @@ def continuation_text(tokenizer, prompt_ids: list[int], new_ids: list[int]) -> s
 
 def load_model_and_tokenizer(args, device):
     """(model, tokenizer with encode/decode, eos id or None) from --hf or --checkpoint."""
-    if args.hf:
-        from .bridge import load_hf
+    import torch
 
-        model = load_hf(args.hf, device=device).eval()
+    from .io.load import load_model, open_source
+
+    if args.hf:
+        model = load_model(args.hf, device=device)
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else HubTokenizer.from_dir(args.hf)
     else:
-        import torch
-
-        from .bridge.model_dir import is_model_dir, load_model_dir
-        from .train.checkpoint import load_model
-
-        if is_model_dir(args.checkpoint):  # from `hybridcore import-hf`: weights and config, no tokenizer
-            if not args.tokenizer:
-                raise ValueError(f"--checkpoint {args.checkpoint} is a model directory without a tokenizer; "
-                                 "name one with --tokenizer (the HF directory's tokenizer.json, or 'byte')")
-            model = load_model_dir(args.checkpoint, dtype=torch.float32, device=device).eval()
-            tokenizer = load_tokenizer(args.tokenizer)
-        else:
-            model = load_model(args.checkpoint, device=device)
-            tokenizer = load_tokenizer(args.tokenizer or run_data_dir(args.checkpoint))
+        source = open_source(args.checkpoint)
+        if source.kind == "model_dir" and not args.tokenizer:  # from `hybridcore import-hf`: no tokenizer
+            raise ValueError(f"--checkpoint {args.checkpoint} is a model directory without a tokenizer; "
+                             "name one with --tokenizer (the HF directory's tokenizer.json, or 'byte')")
+        model = load_model(source.checkpoint or source.path, device=device, dtype=torch.float32)
+        tokenizer = load_tokenizer(args.tokenizer or run_data_dir(args.checkpoint))
     eos_id = model.config.eos_token_id
     if eos_id is None:
         eos_id = getattr(tokenizer, "eos_id", None)

@@ -1,8 +1,8 @@
-"""`hybridcore info PRESET|HF_DIR [--json]`: layout, layer counts, parameters, FLOPs, memory."""
+"""`hybridcore info PRESET|DIR [--json]`: layout, layer counts, parameters, FLOPs, memory. DIR is anything
+hybridcore.io.load opens: a Hugging Face Falcon-H1 directory, a model directory, a training run or checkpoint."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch
@@ -14,8 +14,8 @@ from .presets import get_preset, preset_names
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("model", help=f"a preset ({', '.join(preset_names())}) or a Hugging Face Falcon-H1 "
-                        "directory (holding config.json)")
+    parser.add_argument("model", help=f"a preset ({', '.join(preset_names())}), a Hugging Face Falcon-H1 "
+                        "directory, a hybridcore model directory, or a training run or checkpoint")
     parser.add_argument("--seq-len", type=int, default=None, help="sequence length for FLOPs per token "
                         "(default: 4096, or the model's limit if smaller)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -26,15 +26,11 @@ def add_arguments(parser) -> None:
 
 
 def resolve_model_config(spec: str, overrides: list[str] = ()) -> ModelConfig:
-    """A preset name or a Hugging Face directory, with `--set key=value` overrides applied."""
+    """A preset name or a model directory, with `--set key=value` overrides applied."""
     if os.path.isdir(spec):
-        from .bridge.config_map import model_config_from_hf
+        from .io.load import open_source
 
-        path = os.path.join(spec, "config.json")
-        if not os.path.exists(path):
-            raise ValueError(f"{spec} is a directory without config.json")
-        with open(path) as handle:
-            config = model_config_from_hf(json.load(handle))
+        config = open_source(spec).config
     else:
         config = get_preset(spec)
     return apply_overrides(config, overrides)
@@ -92,7 +88,9 @@ def run(args) -> int:
         raise ValueError(f"--pp must be positive, got {args.pp}")
     info = describe(config, seq_len, args.pp)
     if args.json:
-        print(json.dumps(info, indent=2))
+        from .io.json_codec import dumps
+
+        print(dumps(info, indent=2))
         return 0
     counts = ", ".join(f"{n} {name}" for name, n in info["layer_counts"].items() if n)
     layout = compact_layout(config.layout)

@@ -24,10 +24,19 @@ def test_round_trip_through_dict():
     (dict(layout="P-Q"), "position 2"),
     (dict(eos_token_id=9999), "eos_token_id"),
     (dict(rope_theta=0.0), "rope_theta"),
+    (dict(norm_eps=math.nan), "norm_eps must be a finite number"),
+    (dict(embedding_multiplier=math.inf), "embedding_multiplier must be a finite number"),
+    (dict(ssm_multipliers=(1.0, 1.0, math.nan, 1.0, 1.0)), "ssm_multipliers must be a finite number"),
+    (dict(time_step_limit=(0.0, math.nan)), "time_step_limit must be a finite number"),
+    (dict(time_step_limit=(-math.inf, 1.0)), "time_step_limit must be a finite number"),
 ])
 def test_bad_values_name_the_field(changes, field):
     with pytest.raises(ValueError, match=field):
         ModelConfig(**changes)
+
+
+def test_only_the_time_step_limit_may_be_unbounded():
+    assert ModelConfig(time_step_limit=(0.0, math.inf)).time_step_limit == (0.0, math.inf)
 
 
 def test_unknown_field_is_named():

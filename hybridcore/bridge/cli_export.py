@@ -3,7 +3,6 @@ Face Falcon-H1 directory that transformers loads."""
 
 from __future__ import annotations
 
-from .files import check_output_dir
 from .safetensors_io import parse_size
 
 
@@ -11,33 +10,23 @@ def add_arguments(parser) -> None:
     parser.add_argument("src", help="hybridcore model directory (from import-hf), or a training run or "
                         "checkpoint directory")
     parser.add_argument("out_hf_dir", help="Hugging Face directory to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT_HF_DIR if it exists")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT_HF_DIR if it exists (never SRC, a "
+                        "directory holding it, or a training run)")
     parser.add_argument("--max-shard-size", default="5GB",
                         help="split the safetensors above this size (default 5GB; e.g. 500MB, 2GiB)")
 
 
-def load_source(src: str):
-    """A model from a hybridcore model directory, or from a training run/checkpoint directory."""
-    import os
-
-    from .model_dir import is_model_dir, load_model_dir
-
-    if not os.path.isdir(src):
-        raise ValueError(f"{src} is not a directory (expected a hybridcore model directory or a training "
-                         f"run/checkpoint directory)")
-    if is_model_dir(src):
-        return load_model_dir(src, device="cpu")
-    from ..train.checkpoint import load_model
-
-    return load_model(src, device="cpu")
-
-
 def run(args) -> int:
+    from ..errors import io_faults
+    from ..io.files import check_output
+    from ..io.load import load_model
     from .hf import save_hf
 
     limit = parse_size(args.max_shard_size, "--max-shard-size")
-    check_output_dir(args.out_hf_dir, args.overwrite)
-    model = load_source(args.src)
-    save_hf(model, args.out_hf_dir, max_shard_bytes=limit, overwrite=args.overwrite)
+    check_output(args.out_hf_dir, args.overwrite, inputs=[args.src])  # before reading a whole model
+    with io_faults(f"exporting {args.src} to {args.out_hf_dir}",
+                   kept=f"{args.out_hf_dir} was not changed (the partial output was removed)"):
+        model = load_model(args.src, device="cpu")
+        save_hf(model, args.out_hf_dir, max_shard_bytes=limit, overwrite=args.overwrite, inputs=[args.src])
     print(f"exported {args.src} -> {args.out_hf_dir}: {model.num_parameters():,} parameters")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from ..config import ModelConfig
+from ..io.json_codec import decode
 from ..layout import parse_layout
 
 # transformers' FalconH1Config defaults for every key the translation reads (tests check them against it).
@@ -31,31 +32,6 @@ UNSUPPORTED = {
     "hidden_act": ("silu",),
     "attention_dropout": (0, 0.0, None),
 }
-
-# transformers writes non-finite floats as {"__float__": "Infinity"} so config.json stays strict JSON.
-_FLOAT_TAG = "__float__"
-_TAGGED = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
-
-
-def decode_special_floats(value):
-    if isinstance(value, dict):
-        if set(value) == {_FLOAT_TAG} and value[_FLOAT_TAG] in _TAGGED:
-            return _TAGGED[value[_FLOAT_TAG]]
-        return {k: decode_special_floats(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [decode_special_floats(v) for v in value]
-    return value
-
-
-def encode_special_floats(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return {_FLOAT_TAG: "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")}
-    if isinstance(value, dict):
-        return {k: encode_special_floats(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [encode_special_floats(v) for v in value]
-    return value
-
 
 def _get(hf: dict, key: str):
     return hf[key] if key in hf else HF_DEFAULTS[key]
@@ -90,7 +66,7 @@ def _mamba_shapes(hf: dict) -> tuple[int, int]:
 
 
 def model_config_from_hf(hf: dict) -> ModelConfig:
-    hf = decode_special_floats(hf)
+    hf = decode(hf)  # transformers writes non-finite floats as {"__float__": "Infinity"}; a decoded dict passes
     if hf.get("model_type") != "falcon_h1":
         raise ValueError(f"config.json: model_type is {hf.get('model_type')!r}; expected 'falcon_h1'")
     for key, allowed in UNSUPPORTED.items():
@@ -157,8 +133,8 @@ def check_exportable(config: ModelConfig) -> int:
 
 
 def hf_config_from_model(config: ModelConfig) -> dict:
-    """config.json for this model. Non-finite floats stay Python floats; `encode_special_floats` makes
-    the dict strict JSON for writing."""
+    """config.json for this model. Non-finite floats stay Python floats; hybridcore.io.json_codec writes
+    them as transformers does."""
     blocks = check_exportable(config)
     return {
         "architectures": ["FalconH1ForCausalLM"],

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch
 
 from ..config import ModelConfig
+from ..io.files import atomic_directory, check_output
+from ..io.json_codec import read_json_object, write_json
 from ..model import HybridLM
-from .config_map import encode_special_floats, hf_config_from_model, model_config_from_hf
-from .files import atomic_output_dir, check_output_dir, read_json_object
+from .config_map import hf_config_from_model, model_config_from_hf
 from .keys import hf_to_ours, is_derived_hf_key, ours_to_hf, targets
 from .loading import load_checkpoint
 from .safetensors_io import CheckpointReader, parse_size, write_checkpoint
@@ -64,19 +64,18 @@ def hf_state_dict(model: HybridLM) -> dict[str, torch.Tensor]:
 
 
 def save_hf(model: HybridLM, path: str, max_shard_bytes: int | str = DEFAULT_MAX_SHARD_BYTES,
-            overwrite: bool = False) -> None:
+            overwrite: bool = False, inputs=()) -> None:
     """Write `path` as a directory transformers' FalconH1ForCausalLM.from_pretrained loads.
 
-    Only "P-" * n layouts export. The directory appears complete or not at all.
+    Only "P-" * n layouts export. The directory appears complete or not at all; `overwrite` never
+    replaces one of `inputs` (what the model was read from) or a training run.
     """
     limit = parse_size(max_shard_bytes, "max_shard_bytes")
-    check_output_dir(path, overwrite)
+    check_output(path, overwrite, inputs)
     hf_config = hf_config_from_model(model.config)
     tensors = exportable_tensors(model)
     hf_config["dtype"] = str(tensors["model.embed_tokens.weight"][0].dtype).removeprefix("torch.")
     sizes = [(key, sum(t.numel() * t.element_size() for t in parts)) for key, parts in tensors.items()]
-    with atomic_output_dir(path, overwrite) as staging:
-        with open(os.path.join(staging, CONFIG_FILE), "w") as handle:
-            json.dump(encode_special_floats(hf_config), handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        write_checkpoint(staging, sizes, lambda key: _joined(tensors[key]), limit)
+    with atomic_directory(path, overwrite, inputs) as staging:
+        write_json(staging / CONFIG_FILE, hf_config, indent=2, sort_keys=True)
+        write_checkpoint(str(staging), sizes, lambda key: _joined(tensors[key]), limit)

@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch
 
 from ..config import ModelConfig
+from ..io.files import atomic_directory
+from ..io.json_codec import read_json_object, write_json
 from ..model import HybridLM
-from .config_map import decode_special_floats, encode_special_floats
-from .files import atomic_output_dir, read_json_object
 from .loading import load_checkpoint
 from .safetensors_io import CheckpointReader, write_checkpoint
 
@@ -24,7 +23,7 @@ def is_model_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, META_FILE))
 
 
-def save_model_dir(model: HybridLM, path: str, overwrite: bool = False) -> None:
+def save_model_dir(model: HybridLM, path: str, overwrite: bool = False, inputs=()) -> None:
     params = dict(model.named_parameters())  # the tied head is the embedding: stored once
     with torch.device("meta"):
         expected = {name for name, _ in HybridLM(model.config).named_parameters()}
@@ -34,12 +33,9 @@ def save_model_dir(model: HybridLM, path: str, overwrite: bool = False) -> None:
                          f"save a whole model, not a pipeline stage")
     meta = {"format": FORMAT, "version": VERSION, "config": model.config.to_dict()}
     sizes = [(name, p.numel() * p.element_size()) for name, p in params.items()]
-    with atomic_output_dir(path, overwrite) as staging:
-        with open(os.path.join(staging, META_FILE), "w") as handle:
-            # time_step_limit's default upper bound is infinity: tag it so the file stays strict JSON.
-            json.dump(encode_special_floats(meta), handle, indent=2)
-            handle.write("\n")
-        write_checkpoint(staging, sizes, params.__getitem__, max_shard_bytes=None)
+    with atomic_directory(path, overwrite, inputs) as staging:
+        write_json(staging / META_FILE, meta)  # time_step_limit's default upper bound is infinity: tagged
+        write_checkpoint(str(staging), sizes, params.__getitem__, max_shard_bytes=None)
 
 
 def read_model_config(path: str) -> ModelConfig:
@@ -51,7 +47,7 @@ def read_model_config(path: str) -> ModelConfig:
         raise ValueError(f"{meta_path}: version is {meta.get('version')!r}, expected {VERSION}")
     if not isinstance(meta.get("config"), dict):
         raise ValueError(f"{meta_path}: 'config' must be an object of ModelConfig fields")
-    return ModelConfig.from_dict(decode_special_floats(meta["config"]))
+    return ModelConfig.from_dict(meta["config"])
 
 
 def load_model_dir(path: str, dtype: torch.dtype | str | None = None,

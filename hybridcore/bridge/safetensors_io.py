@@ -3,7 +3,6 @@ shards listed by `model.safetensors.index.json` (the layout transformers reads a
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -12,6 +11,8 @@ from contextlib import ExitStack
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from ..io.json_codec import read_json_object, write_json
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -54,11 +55,12 @@ class CheckpointReader:
 
     def _read_index(self, index: str) -> dict[str, str]:
         try:
-            with open(index) as handle:
-                weight_map = json.load(handle)["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as error:
+            weight_map = read_json_object(index)["weight_map"]
+        except (ValueError, KeyError) as error:
             raise ValueError(f"{index}: not a valid safetensors index (needs a 'weight_map' object): "
                              f"{error}") from None
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index}: not a valid safetensors index ('weight_map' must be an object)")
         files = {}
         for key, name in weight_map.items():
             path = os.path.join(self.directory, name)
@@ -141,7 +143,6 @@ def write_checkpoint(directory: str, sizes: list[tuple[str, int]], fetch: Callab
         del tensors
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(n for _, n in sizes)}, "weight_map": weight_map}
-        with open(os.path.join(directory, INDEX_FILE), "w") as handle:
-            json.dump(index, handle, indent=2, sort_keys=True)
+        write_json(os.path.join(directory, INDEX_FILE), index, indent=2, sort_keys=True)
         names.append(INDEX_FILE)
     return names

@@ -29,14 +29,17 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    from ..errors import io_faults
     from .prepare import prepare
 
+    kept = f"{args.out} was not changed (the partial output was removed)"
     try:
-        info = prepare(args.inputs or None, args.out, tokenizer=args.tokenizer, text_field=args.text_field,
-                       val_fraction=args.val_fraction, seed=args.seed, workers=args.workers,
-                       train_tokenizer=args.train_tokenizer, vocab_size=args.vocab_size,
-                       progress=not args.quiet, overwrite=args.overwrite, eos_token=args.eos_token,
-                       max_bytes=args.max_bytes)
+        with io_faults(f"preparing {args.out}", kept=kept):
+            info = prepare(args.inputs or None, args.out, tokenizer=args.tokenizer, text_field=args.text_field,
+                           val_fraction=args.val_fraction, seed=args.seed, workers=args.workers,
+                           train_tokenizer=args.train_tokenizer, vocab_size=args.vocab_size,
+                           progress=not args.quiet, overwrite=args.overwrite, eos_token=args.eos_token,
+                           max_bytes=args.max_bytes)
     except ValueError as error:
         print(f"hybridcore prepare: error: {error}", file=sys.stderr)
         return 2

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import json_codec
+
 FORMAT = "hybridcore-tokens"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
@@ -29,7 +31,7 @@ def read_meta(data_dir: str | Path) -> dict:
     if not path.is_file():
         raise ValueError(f"{data_dir}: no meta.json; not a prepared data directory (run `hybridcore prepare`)")
     try:
-        meta = json.loads(path.read_text())
+        meta = json_codec.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: corrupt meta.json ({error})") from error
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:

@@ -4,19 +4,18 @@ Two passes keep the validation split exact and memory flat whatever the corpus s
 1. tokenize every document (in parallel, order kept), appending EOS, into one temporary stream;
 2. once the document count is known, pick the validation documents with the seed and copy each
    split's documents into its shards.
-Everything is written into a temporary directory beside `out_dir` and renamed into place at the end,
-so a failure never leaves a half-written `out_dir`, and `overwrite=True` replaces the old one only
-once the new one is complete.
+Everything is written into a staging directory beside `out_dir` and renamed into place at the end
+(hybridcore.io.files.atomic_directory), so a failure never leaves a half-written `out_dir`, and
+`overwrite=True` replaces the old one only once the new one is complete, and never when it is, holds or
+lies inside an input or a training run.
 """
 
 from __future__ import annotations
 
 import collections
-import json
 import multiprocessing
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -24,6 +23,8 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
+from ..io.files import atomic_directory, check_output
+from ..io.json_codec import write_json
 from . import sources
 from .dataset import FORMAT, FORMAT_VERSION
 from .tokenizers import ByteTokenizer, HFTokenizer, load_tokenizer, train_bpe
@@ -192,23 +193,24 @@ def prepare(inputs: Iterable[str | Path] | None, out_dir: str | Path, tokenizer:
         raise ValueError("vocab_size: --train-tokenizer needs --vocab-size N")
     if train_tokenizer and str(tokenizer) != "byte":
         raise ValueError(f"tokenizer: give either --tokenizer {tokenizer} or --train-tokenizer, not both")
-    _check_out_dir(out_dir, overwrite)
     if inputs is None:
         files = sources.default_corpus_files(max_bytes)
         source = sources.default_corpus_description(files)
+        read = [sources.stdlib_directory()]
     else:
         files = sources.expand_inputs(inputs)  # raises ValueError naming a bad path, before any writing
         source = ", ".join(str(p) for p in inputs)
+        read = list(inputs)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: exists and is not a directory")
+    check_output(out_dir, overwrite, read)
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
 
     def documents() -> Iterator[str]:
         for path in files:
             yield from sources.iter_file(path, text_field)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the final directory should not be
-    try:
+    with atomic_directory(out_dir, overwrite, read) as tmp:
         if train_tokenizer:
             tok = train_bpe(documents(), vocab_size, tmp / "tokenizer.json", show_progress=progress)
         else:
@@ -217,25 +219,9 @@ def prepare(inputs: Iterable[str | Path] | None, out_dir: str | Path, tokenizer:
         if sum(info["num_docs"].values()) == 0:
             raise ValueError(f"{source}: no documents found (every input was empty)")
         meta = _write_tokenizer_and_meta(tmp, tok, info, source, text_field, val_fraction, seed)
-        _move_into_place(tmp, out_dir, overwrite)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
     return DatasetInfo(out_dir=str(out_dir), vocab_size=meta["vocab_size"], eos_id=meta["eos_id"],
                        dtype=meta["dtype"], tokenizer=meta["tokenizer"]["kind"], num_docs=info["num_docs"],
                        num_tokens=info["num_tokens"], source=source)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"{out_dir}: exists and is not a directory")
-    if out_dir.exists() and not overwrite and any(out_dir.iterdir()):
-        raise ValueError(f"{out_dir}: already exists; pass --overwrite to replace it")
 
 
 def _prepare_into(tmp: Path, documents: Iterator[str], tok, val_fraction: float, seed: int, workers: int,
@@ -280,17 +266,5 @@ def _write_tokenizer_and_meta(tmp: Path, tok, info: dict, source: str, text_fiel
             "eos_id": tok.eos_id, "dtype": info["dtype"], "tokenizer": tokenizer_info, "splits": info["splits"],
             "num_docs": info["num_docs"], "num_tokens": info["num_tokens"], "source": source,
             "text_field": text_field, "val_fraction": val_fraction, "seed": seed}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(tmp / "meta.json", meta)
     return meta
-
-
-def _move_into_place(tmp: Path, out_dir: Path, overwrite: bool) -> None:
-    _check_out_dir(out_dir, overwrite)  # again: something may have appeared while we worked
-    if not out_dir.exists():
-        tmp.rename(out_dir)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    old.rmdir()
-    out_dir.rename(old)  # two renames: the old data stays whole until the new one is in place
-    tmp.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)

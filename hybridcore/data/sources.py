@@ -66,8 +66,23 @@ def iter_file(path: Path, text_field: str = "text") -> Iterator[str]:
     elif suffix == ".parquet":
         documents = iter_parquet(path, text_field)
     else:  # an explicitly named file of any other kind is read as text
-        documents = iter([path.read_text(encoding="utf-8", errors="replace")])
+        documents = iter([read_text_file(path)])
     return (doc for doc in documents if doc)
+
+
+def read_text_file(path: Path) -> str:
+    """The file as UTF-8 text; ValueError when it is binary (an executable, an image, an archive), which
+    would otherwise become a document of noise. A few undecodable bytes in real text are replaced."""
+    data = path.read_bytes()
+    if b"\0" in data:
+        raise ValueError(f"{path}: holds NUL bytes, so it is binary (an executable, an image, an archive?), not "
+                         f"text; prepare reads text, JSONL, JSON and Parquet files")
+    text = data.decode("utf-8", errors="replace")
+    undecodable = text.count("\ufffd")
+    if undecodable > max(16, len(text) // 100):
+        raise ValueError(f"{path}: {undecodable} of its {len(text)} characters are not UTF-8, so it is binary or in "
+                         f"another encoding; convert it to UTF-8 text first (e.g. iconv -t utf-8)")
+    return text
 
 
 def _field(record, path: Path, where: str, text_field: str) -> str:

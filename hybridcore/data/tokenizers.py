@@ -6,11 +6,12 @@ Both expose the same small surface: `name`, `vocab_size`, `eos_id`, `encode`, `d
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+
+from ..io.json_codec import write_json
 
 BYTE_MARKER_FILE = "byte_tokenizer.json"  # what ByteTokenizer.save writes, so a directory says "byte"
 HF_FILE = "tokenizer.json"
@@ -44,7 +45,7 @@ class ByteTokenizer:
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / BYTE_MARKER_FILE
-        path.write_text(json.dumps({"kind": "byte", "vocab_size": self.vocab_size, "eos_id": self.eos_id}) + "\n")
+        write_json(path, {"kind": "byte", "vocab_size": self.vocab_size, "eos_id": self.eos_id}, indent=None)
         return path
 
     def __repr__(self) -> str:

@@ -4,8 +4,10 @@
     train(TrainConfig(out="runs/debug", preset="debug", steps=50))
 
 Modules: config (TrainConfig), trainer (train), step (the one training step and evaluation, for every
-layout), schedule, optim, loss, checkpoint (load_model, ...), metrics, data, model_setup (config and init),
-parallel_layout (the layout flags, checked up front), cli / evaluate / plot (subcommands).
+layout), schedule, optim, loss, checkpoint (writing; load_model, ...), metrics, data, model_setup (config
+and init), parallel_layout (the layout flags, checked up front), run_lock (one process per run directory),
+resume (which checkpoint a resume starts from), watchdog (which rank stopped answering), cli / evaluate /
+plot / check (subcommands).
 Names load on first use, so `hybridcore plot` does not pay for torch.distributed's imports.
 """
 

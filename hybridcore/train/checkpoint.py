@@ -1,4 +1,5 @@
-"""Training checkpoints: torch.distributed.checkpoint (DCP) directories under RUN_DIR/checkpoints.
+"""Writing training checkpoints: torch.distributed.checkpoint (DCP) directories under RUN_DIR/checkpoints
+(hybridcore.io.checkpoints reads them: listing, verifying, resolving; hybridcore.io.load loads them).
 
     RUN_DIR/checkpoints/step_0000200/
         .metadata, __0_0.distcp   DCP: model, optimizer, "extra" (step, loader position, ...) written by
@@ -10,14 +11,16 @@
 Crash safety: everything is written into `.tmp-step_0000200` and renamed to `step_0000200` after the
 marker; a checkpoint counts only when its name is final *and* it holds the marker, so a crash at any
 moment leaves the previous complete checkpoint as the newest one. Old checkpoints are renamed away
-before they are deleted, for the same reason.
+before they are deleted, for the same reason. A save that fails (a full disk) removes its temporary
+directory, so the space it took is free again for the next attempt.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
+import os
 import random
-import re
 import shutil
 import time
 from pathlib import Path
@@ -25,53 +28,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import IOFault, find_os_error
+from ..io.checkpoints import (CONFIG_FILE, MARKER, checkpoint_name, checkpoint_step, is_complete,
+                              latest_checkpoint, list_checkpoints, newest_intact, read_checkpoint_config,
+                              resolve_checkpoint, verify_checkpoint)
+from ..io.files import REPLACED, publish_directory, remove_directory, remove_stale_staging
+from ..io.json_codec import read_json_object, write_json
+from ..io.load import load_model
+from ..io.run_dir import CHECKPOINTS
 from ..parallel.checkpoint import load_sharded, save_sharded
 from . import distributed
-from .files import fsync_dir, read_json, write_json_atomic
-
-CHECKPOINTS = "checkpoints"
-MARKER = "complete.json"
-CONFIG_FILE = "config.json"
-_NAME = re.compile(r"^step_(\d{7,})$")
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step_{step:07d}"
-
-
-def is_complete(path: str | Path) -> bool:
-    path = Path(path)
-    return _NAME.match(path.name) is not None and (path / MARKER).is_file()
-
-
-def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run, oldest first."""
-    root = Path(run_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    found = [(int(_NAME.match(p.name).group(1)), p) for p in root.iterdir() if is_complete(p)]
-    return sorted(found)
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    found = list_checkpoints(run_dir)
-    return found[-1][1] if found else None
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a run directory (its newest complete checkpoint)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ValueError(f"{path}: no such run or checkpoint directory")
-    if is_complete(path):
-        return path
-    if _NAME.match(path.name):
-        raise ValueError(f"{path}: incomplete checkpoint (no {MARKER}); it was interrupted while being written")
-    latest = latest_checkpoint(path)
-    if latest is None:
-        raise ValueError(f"{path}: neither a checkpoint directory nor a run directory holding a complete "
-                         f"checkpoint under {CHECKPOINTS}/")
-    return latest
 
 
 # ---- RNG states ---------------------------------------------------------------------------------------
@@ -118,46 +84,69 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, extra: dic
         shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a crash while writing this same step
         tmp.mkdir()
     distributed.barrier()
-    save_sharded(tmp, model, optimizer, extra={**extra, "step": step})
-    write_json_atomic(tmp / f"rng_rank{rank}.json", capture_rng_state(), indent=None)
-    distributed.barrier()
-    if rank == 0:
-        write_json_atomic(tmp / CONFIG_FILE, {**config, "step": step})
-        write_json_atomic(tmp / MARKER, {"step": step, "time": time.time(), "world_size": distributed.world_size()})
-        if final.exists():  # an older copy of the same step (a rerun after resume): move it aside first
-            _remove(final)
-        tmp.rename(final)
-        fsync_dir(root)
+    try:
+        save_sharded(tmp, model, optimizer, extra={**extra, "step": step})
+        write_json(tmp / f"rng_rank{rank}.json", capture_rng_state(), indent=None)
+        distributed.barrier()
+        if rank == 0:
+            write_json(tmp / CONFIG_FILE, {**config, "step": step})
+            write_json(tmp / MARKER, {"step": step, "time": time.time(), "world_size": distributed.world_size()})
+            publish_directory(tmp, final)  # an older copy of the same step (a rerun) goes only once this is in
+    except BaseException as error:  # DCP's CheckpointException is a BaseException
+        if rank == 0:
+            fault = None if isinstance(error, KeyboardInterrupt) else _write_fault(error, root, tmp, final.name)
+            shutil.rmtree(tmp, ignore_errors=True)  # free what the failed save took
+            if fault is not None:
+                raise fault from error
+        raise
     distributed.barrier()
     return final
 
 
-def _remove(path: Path) -> None:
-    """Rename away, then delete: a half-deleted directory never looks like a checkpoint."""
-    trash = path.with_name(f".deleting-{path.name}-{time.time_ns()}")
-    path.rename(trash)
-    shutil.rmtree(trash, ignore_errors=True)
+def _write_fault(error: BaseException, root: Path, tmp: Path, name: str) -> IOFault | None:
+    """The failed save as an IOFault, when an OS error is behind it or the disk is (nearly) full: DCP's
+    writer can report a full disk as a bare RuntimeError ("unexpected pos ...") with no errno."""
+    os_error = find_os_error(error)
+    if os_error is None:
+        try:
+            free = shutil.disk_usage(root).free
+        except OSError:
+            return None
+        previous = latest_checkpoint(root.parent)
+        needed = _size(previous) if previous is not None else 1 << 20
+        if free >= needed:
+            return None
+        os_error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return IOFault(os_error, f"writing checkpoint {name}", path=os_error.filename or tmp)
 
 
-def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest `keep_last` complete checkpoints (rank 0 only); returns the deleted."""
+def _size(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int, protect: Path | None = None) -> list[Path]:
+    """Delete all but the newest `keep_last` complete checkpoints, never `protect` (rank 0 only);
+    returns the deleted."""
     if distributed.rank() != 0:
         return []
     found = list_checkpoints(run_dir)
-    doomed = [path for _, path in found[:max(0, len(found) - keep_last)]]
+    doomed = [path for _, path in found[:max(0, len(found) - keep_last)] if path != protect]
     for path in doomed:
-        _remove(path)
+        remove_directory(path)
     return doomed
 
 
 def clean_partial(run_dir: str | Path) -> None:
-    """Remove what interrupted saves and deletions left behind (rank 0)."""
+    """Remove what interrupted saves and deletions left behind (rank 0, holding the run's lock, so no
+    other process is writing them)."""
     root = Path(run_dir) / CHECKPOINTS
     if distributed.rank() != 0 or not root.is_dir():
         return
-    for path in root.iterdir():
+    for path in list(root.iterdir()):
         if path.name.startswith((".tmp-", ".deleting-")):
             shutil.rmtree(path, ignore_errors=True)
+        elif path.name.startswith(".") and REPLACED in path.name:  # a replacement cut between its renames
+            remove_stale_staging(root / path.name[1:].split(REPLACED)[0])
 
 
 # ---- load ---------------------------------------------------------------------------------------------
@@ -171,32 +160,12 @@ def load_checkpoint(path: str | Path, model, optimizer=None) -> dict:
     extra = load_sharded(path, model, optimizer)
     rng_file = path / f"rng_rank{distributed.rank()}.json"
     if rng_file.is_file():  # absent when resuming on more ranks than saved: nothing to restore then
-        restore_rng_state(read_json(rng_file, "RNG state"))
+        restore_rng_state(read_json_object(rng_file))
     return extra
 
 
-def read_checkpoint_config(path: str | Path) -> dict:
-    return read_json(Path(path) / CONFIG_FILE, "checkpoint config")
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
-    """A HybridLM from a checkpoint directory or a run directory (its newest complete checkpoint).
-
-    Checkpoints written under any parallel layout load here, in this process alone (safe to call on
-    one rank of a process group). The weights are the fp32 master weights as trained; `dtype` converts
-    them after loading."""
-    from ..config import ModelConfig
-    from ..model import build_model
-
-    checkpoint = resolve_checkpoint(path)
-    config = ModelConfig.from_dict(read_checkpoint_config(checkpoint)["model"])
-    model = build_model(config, device=device, seed=None)  # every value is overwritten by the load
-    load_sharded(checkpoint, model, collective=False)  # whole tensors into one process, whatever the layout
-    if dtype is not None:
-        model = model.to(dtype)
-    return model.eval()
-
-
+# Reading, verifying and loading live in hybridcore.io; their names stay importable from here.
 __all__ = ["save_checkpoint", "load_checkpoint", "load_model", "latest_checkpoint", "list_checkpoints",
-           "resolve_checkpoint", "prune_checkpoints", "clean_partial", "checkpoint_name", "is_complete",
-           "read_checkpoint_config", "capture_rng_state", "restore_rng_state", "CHECKPOINTS", "MARKER"]
+           "resolve_checkpoint", "prune_checkpoints", "clean_partial", "checkpoint_name", "checkpoint_step",
+           "is_complete", "verify_checkpoint", "newest_intact", "read_checkpoint_config", "capture_rng_state",
+           "restore_rng_state", "CHECKPOINTS", "MARKER"]

@@ -7,7 +7,6 @@ default": a resumed run keeps its saved settings and applies only the flags give
 from __future__ import annotations
 
 import argparse
-import sys
 
 from .config import COMPILE_MODES, DEVICES, DTYPES, FP8_RECIPES, PIPELINE_SCHEDULES, SCHEDULES, TrainConfig
 
@@ -29,7 +28,7 @@ def add_arguments(parser) -> None:
     model.add_argument("--set", dest="overrides", action="append", default=None, metavar="KEY=VALUE",
                        help="override a model config field (repeatable)")
     _flag(model, "--init-hf", metavar="HF_DIR", help="start from the weights of a Hugging Face Falcon-H1 directory "
-          "(or a hybridcore model directory from import-hf) instead of a random init")
+          "(or a hybridcore model directory from import-hf, or another run's checkpoint) instead of a random init")
 
     run = parser.add_argument_group("run")
     run.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory: metrics.jsonl, run_config.json, checkpoints/")
@@ -41,8 +40,10 @@ def add_arguments(parser) -> None:
           "batch: the parallel layout splits it)")
     _flag(run, "--seq-len", type=int, help="tokens per row")
     _flag(run, "--grad-accum", type=int, help="micro-batches per optimizer step")
-    run.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in OUT "
+    run.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in OUT "
                      "(its saved settings apply; flags given again override those that may change)")
+    _flag(run, "--resume-from", metavar="STEP|PATH", help="continue from this checkpoint of OUT instead (implies "
+          "--resume): later checkpoints and metrics rows are moved to OUT/superseded-*, not deleted")
 
     optim = parser.add_argument_group("optimizer")
     _flag(optim, "--lr", type=float, help="peak learning rate")
@@ -91,6 +92,8 @@ def add_arguments(parser) -> None:
                            help="no progress bar")
     _flag(execution, "--peak-flops", type=float, help="peak FLOP/s per device for MFU")
     _flag(execution, "--max-bad-steps", type=int, help="stop after this many non-finite steps in a row")
+    _flag(execution, "--dist-timeout", type=float, metavar="SECONDS", help="under torchrun, how long a collective "
+          "waits for the other ranks before the run stops, naming the rank that stopped answering")
     _flag(execution, "--sample-tokens", type=int, help="greedy sample length printed at the end (0: none)")
     _flag(execution, "--sample-prompt", help="prompt of the final sample")
 
@@ -118,7 +121,7 @@ def config_from_args(args) -> tuple[TrainConfig, object]:
 
     known = set(TrainConfig().to_dict())
     explicit = {name: value for name, value in vars(args).items() if name in known and value is not None}
-    saved = read_run_config(args.out) if args.resume else None
+    saved = read_run_config(args.out) if args.resume or args.resume_from is not None else None
     if saved is not None:
         saved_train, saved_model = saved
         explicit["out"] = saved_train.out = args.out  # the directory may have moved
@@ -127,13 +130,12 @@ def config_from_args(args) -> tuple[TrainConfig, object]:
 
 
 def run(args) -> int:
-    from .trainer import TrainingDiverged, train
+    """0 when the run finished; EXIT_STOPPED when a signal stopped it after saving (resume it). Divergence,
+    I/O faults and a stalled rank raise hybridcore.errors.Reported, which carries its own exit code."""
+    from ..errors import EXIT_OK, EXIT_STOPPED
+    from .trainer import train
 
     config, model_config = config_from_args(args)
-    try:
-        train(config, resume=args.resume, model_config=model_config)
-    except TrainingDiverged as error:
-        print(f"hybridcore train: error: {error}", file=sys.stderr)
-        return 3
-    return 0
+    result = train(config, resume=args.resume, model_config=model_config)
+    return EXIT_STOPPED if result.stopped_by_signal else EXIT_OK
 

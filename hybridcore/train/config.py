@@ -55,7 +55,8 @@ class TrainConfig:
     clip: float = 1.0  # 0 disables clipping (the norm is still measured and logged)
     # checkpoints and evaluation
     save_every: int = 100  # 0: only at the end
-    keep_last: int = 2
+    keep_last: int = 2  # never counting the newest checkpoint from before a non-finite step, which stays
+    resume_from: str | None = None  # a step of this run's checkpoints, or a checkpoint directory: resume there
     eval_every: int = 100  # 0: only at the end
     eval_batches: int = 8
     # execution
@@ -75,6 +76,7 @@ class TrainConfig:
     progress: bool = True
     peak_flops: float = 989e12  # per device, for MFU (H100/H200 dense bf16)
     max_bad_steps: int = 5
+    dist_timeout: float = 300.0  # seconds a collective may wait for the other ranks before the run stops
     sample_tokens: int = 200  # greedy sample printed at the end; 0 disables it
     sample_prompt: str = "def "
     # parallel layout (hybridcore.parallel.ParallelConfig fields); their product is the world size
@@ -148,6 +150,12 @@ class TrainConfig:
                 raise ValueError("--checkpoint-layers needs --activation-checkpointing")
         if not self.peak_flops > 0:
             raise ValueError(f"--peak-flops must be positive, got {self.peak_flops}")
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise ValueError(f"eps (AdamW's) must be a positive number, got {self.eps}")
+        if not (math.isfinite(self.dist_timeout) and self.dist_timeout > 0):
+            raise ValueError(f"--dist-timeout must be a positive number of seconds, got {self.dist_timeout}")
+        if self.resume_from is not None and not (isinstance(self.resume_from, str) and self.resume_from.strip()):
+            raise ValueError(f"--resume-from must name a step or a checkpoint directory, got {self.resume_from!r}")
 
     def _validate_fast_paths(self) -> None:
         if self.compile_cache_dir is not None and not self.compile:

@@ -26,6 +26,9 @@ def data_vocab(config) -> tuple[int, int, str]:
     """(vocab_size, eos_id, where) of the run's data, read without preparing or loading anything."""
     directory = data_dir_for(config)
     if config.data is None and not (directory / "meta.json").is_file():
+        if directory.is_dir() and any(directory.iterdir()):
+            raise ValueError(f"{directory} exists but is not a prepared data directory (no meta.json), so the "
+                             f"default corpus cannot be prepared there; move it away, or give --data DATA_DIR")
         byte = ByteTokenizer()
         return byte.vocab_size, byte.eos_id, "the default corpus (byte tokenizer)"
     meta = read_meta(directory)  # ValueError naming the directory when it is not a prepared one
@@ -48,10 +51,18 @@ def ensure_data(config, progress: bool = True) -> Path:
     directory = data_dir_for(config)
     if config.data is None and distributed.rank() == 0 and not (directory / "meta.json").is_file():
         print(f"preparing the default corpus into {directory} (once per run directory)")
-        prepare(None, directory, tokenizer="byte", progress=progress, overwrite=True,
-                max_bytes=DEFAULT_CORPUS_MAX_BYTES)
+        prepare(None, directory, tokenizer="byte", progress=progress, max_bytes=DEFAULT_CORPUS_MAX_BYTES)
     distributed.barrier()
     return directory
+
+
+def no_validation_warning(directory: Path, config) -> str:
+    """Why a run has no validation batches, and how to get them (train says it before the first step)."""
+    split = read_meta(directory)["splits"].get("val")
+    tokens = split["num_tokens"] if split else 0
+    held = f"holds only {tokens} validation tokens" if tokens else "has no validation split"
+    return (f"{directory} {held}, fewer than one row of --seq-len {config.seq_len} + 1, so this run reports no "
+            f"validation loss; prepare the data with a larger --val-fraction to measure one")
 
 
 def train_loader(directory: Path, config, rank: int, world_size: int) -> PackedLoader:

@@ -7,6 +7,7 @@ NCCL on CUDA, gloo on CPU. Without it every helper degrades to the single-proces
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -27,12 +28,16 @@ def world_size() -> int:
 _OWNED = False  # whether init_from_environment made the group (then shutdown tears it down)
 
 
-def init_from_environment(device: str) -> tuple[int, int, torch.device]:
-    """(rank, world_size, this rank's device); initialises the process group under torchrun."""
+def init_from_environment(device: str, timeout_s: float | None = None) -> tuple[int, int, torch.device]:
+    """(rank, world_size, this rank's device); initialises the process group under torchrun.
+
+    timeout_s bounds every collective (and the start-up rendezvous): a rank that stops answering ends
+    the run after that long instead of the backend's default (30 minutes for gloo, 10 for NCCL)."""
     global _OWNED
     wanted = int(os.environ.get("WORLD_SIZE", "1"))
     if wanted > 1 and not is_distributed():
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        timeout = timedelta(seconds=timeout_s) if timeout_s is not None else None
+        dist.init_process_group("nccl" if device == "cuda" else "gloo", timeout=timeout)
         _OWNED = True
     if device == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -63,6 +68,28 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
         value = value.clone()
         dist.all_reduce(value)
     return value
+
+
+def on_rank_zero(work):
+    """Run `work()` on rank 0 alone and give every rank its result; collective. When it raises, rank 0
+    re-raises it and the other ranks raise RankFailed with the matching exit code, so nobody waits."""
+    from ..errors import RankFailed, exit_code_of
+
+    result, code, failure = None, 0, None
+    if rank() == 0:
+        try:
+            result = work()
+        except BaseException as error:
+            code, failure = exit_code_of(error), error
+    if is_distributed():
+        box = [(result, code)]
+        dist.broadcast_object_list(box, src=0)
+        result, code = box[0]
+    if failure is not None:
+        raise failure
+    if code:
+        raise RankFailed(code)
+    return result
 
 
 def any_rank(flag: bool, device) -> bool:

@@ -7,7 +7,6 @@ validation batches (documents in stored order), so two models see exactly the sa
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -32,69 +31,72 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _kind(path: Path) -> str:
-    from ..bridge.model_dir import is_model_dir
-    from .checkpoint import CHECKPOINTS, MARKER
-
-    if not path.is_dir():
-        raise ValueError(f"{path}: no such directory")
-    if (path / MARKER).is_file() or (path / CHECKPOINTS).is_dir():
-        return "checkpoint"
-    if is_model_dir(str(path)):
-        return "model_dir"
-    if (path / "config.json").is_file():
-        return "hf"
-    raise ValueError(f"{path}: not a run, checkpoint, hybridcore model or Hugging Face directory")
-
-
-def model_config_of(path: str | Path):
-    """(ModelConfig, train config dict or None) of any model source, without loading weights."""
-    from ..config import ModelConfig
-
-    path = Path(path)
-    kind = _kind(path)
-    if kind == "checkpoint":
-        from .checkpoint import read_checkpoint_config, resolve_checkpoint
-
-        saved = read_checkpoint_config(resolve_checkpoint(path))
-        return ModelConfig.from_dict(saved["model"]), saved.get("train")
-    if kind == "model_dir":
-        from ..bridge.model_dir import read_model_config
-
-        return read_model_config(str(path)), None
-    from ..bridge import read_hf_config
-
-    return read_hf_config(str(path)), None
+def check_same_tokenizer(source, data_dir: str | Path, meta: dict) -> None:
+    """ValueError when --data was tokenized differently from the model's own data (`source`: an
+    io.load.ModelSource): the same vocabulary size says nothing about the same tokens."""
+    eos = source.config.eos_token_id
+    if eos is not None and eos != meta["eos_id"]:
+        raise ValueError(f"eos_token_id: {data_dir} ends documents with token {meta['eos_id']} but the model's "
+                         f"eos_token_id is {eos}, so the data was tokenized for another model; prepare it with "
+                         f"the model's tokenizer")
+    theirs = _model_tokenizer(source)
+    if theirs is not None and not _same_tokenizer(theirs, Path(data_dir), meta):
+        raise ValueError(f"--data: {data_dir} was tokenized with {_tokenizer_name(Path(data_dir), meta)}, but the "
+                         f"model was trained on {theirs}; prepare the data with the model's tokenizer "
+                         f"(hybridcore prepare ... --tokenizer {theirs})")
 
 
-def load_any_model(path: str | Path, device="cpu"):
-    path = Path(path)
-    kind = _kind(path)
-    if kind == "checkpoint":
-        from .checkpoint import load_model
+def _model_tokenizer(source) -> Path | str | None:
+    """The tokenizer the model was made with, when it can be told: 'byte', a tokenizer.json or None."""
+    if source.kind == "hf":
+        file = source.path / "tokenizer.json"
+        return file if file.is_file() else None
+    if source.kind == "checkpoint" and source.train is not None:
+        data = source.train.get("data")
+        candidates = [Path(data)] if data else [source.run_dir / "data"]
+        for directory in candidates:
+            meta_path = directory / "meta.json"
+            if meta_path.is_file():
+                from ..data import read_meta
 
-        return load_model(path, device=device)
-    if kind == "model_dir":
-        from ..bridge.model_dir import load_model_dir
+                meta = read_meta(directory)
+                return "byte" if meta["tokenizer"]["kind"] == "byte" else directory / meta["tokenizer"]["file"]
+    return None
 
-        return load_model_dir(str(path), dtype=torch.float32, device=device).eval()
-    from ..bridge import load_hf
 
-    return load_hf(str(path), dtype=torch.float32, device=device).eval()
+def _tokenizer_name(data_dir: Path, meta: dict) -> Path | str:
+    info = meta["tokenizer"]
+    return "byte" if info["kind"] == "byte" else data_dir / info.get("file", "tokenizer.json")
+
+
+def _same_tokenizer(model_tokenizer: Path | str, data_dir: Path, meta: dict) -> bool:
+    data_tokenizer = _tokenizer_name(data_dir, meta)
+    if "byte" in (model_tokenizer, data_tokenizer):
+        return model_tokenizer == data_tokenizer
+    if Path(model_tokenizer).read_bytes() == Path(data_tokenizer).read_bytes():
+        return True
+    from tokenizers import Tokenizer  # saved by another version, perhaps: compare the vocabularies
+
+    return Tokenizer.from_file(str(model_tokenizer)).get_vocab() == Tokenizer.from_file(str(data_tokenizer)).get_vocab()
 
 
 def run(args) -> int:
     from ..data import TokenDataset, read_meta, validation_batches
+    from ..errors import io_faults
+    from ..io.json_codec import dumps
+    from ..io.load import load_model, open_source
     from .step import Batch, evaluate
 
     for name in ("batches", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    model_config, train_config = model_config_of(args.model)
+    source = open_source(args.model)
+    model_config, train_config = source.config, source.train
     meta = read_meta(args.data)
     if meta["vocab_size"] > model_config.vocab_size:
         raise ValueError(f"vocab_size: {args.data} uses {meta['vocab_size']} tokens but the model's vocab_size is "
                          f"{model_config.vocab_size}")
+    check_same_tokenizer(source, args.data, meta)
     seq_len = args.seq_len or (train_config or {}).get("seq_len") or min(1024, model_config.max_seq_len)
     if not 1 <= seq_len <= model_config.max_seq_len:
         raise ValueError(f"--seq-len {seq_len} must be in [1, max_seq_len={model_config.max_seq_len}]")
@@ -109,7 +111,8 @@ def run(args) -> int:
     dataset = TokenDataset(args.data, args.split)
     batches = validation_batches(dataset, args.batch_size, seq_len, max_batches=args.batches,
                                  doc_boundaries=args.doc_masking)
-    model = load_any_model(args.model, device=device)
+    with io_faults(f"evaluating {args.model}", kept="nothing was written"):
+        model = load_model(source.checkpoint or source.path, device=device, dtype=torch.float32)
     # the training run's own evaluation: fused head and loss, under autocast
     loss, tokens = evaluate(model, [Batch.from_loader(batch) for batch in batches],
                             autocast_dtype=torch.bfloat16 if dtype == "bf16" else None)
@@ -118,7 +121,7 @@ def run(args) -> int:
               "perplexity": perplexity, "tokens": tokens, "batches": len(batches), "batch_size": args.batch_size,
               "seq_len": seq_len}
     if args.json:
-        print(json.dumps(result))
+        print(dumps(result))
     else:
         print(f"{args.split} loss {loss:.4f}  perplexity {perplexity:.3f}  ({tokens:,} tokens: {len(batches)} "
               f"batches of {args.batch_size} x {seq_len} from {os.fspath(args.data)})")

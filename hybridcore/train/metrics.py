@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .files import json_safe
-
-METRICS_FILE = "metrics.jsonl"
+from ..io import json_codec
+from ..io.files import atomic_file
+from ..io.run_dir import METRICS_FILE
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -28,7 +28,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     with open(path) as handle:
         for line in handle:
             try:
-                record = json.loads(line)
+                record = json_codec.loads(line)
             except json.JSONDecodeError:
                 continue
             if isinstance(record, dict):
@@ -43,13 +43,14 @@ def truncate_metrics(run_dir: str | Path, last_step: int) -> None:
     if not path.is_file():
         return
     kept = [r for r in read_metrics(run_dir) if int(r.get("step", 0)) <= last_step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
+    with atomic_file(path) as handle:
         for record in kept:
-            handle.write(json.dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+            handle.write(json_codec.dumps(record) + "\n")
+
+
+def first_skipped_step(records: list[dict]) -> int | None:
+    """The first step whose update was skipped for a non-finite loss or gradient, if any."""
+    return min((int(r["step"]) for r in records if r.get("skipped")), default=None)
 
 
 def memory_gib(device: torch.device) -> float:
@@ -84,7 +85,7 @@ class MetricsLogger:
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
-        self.handle.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
+        self.handle.write(json_codec.dumps(record) + "\n")
         self.handle.flush()
         if self.writer is not None:
             step = record["step"]
@@ -115,5 +116,5 @@ def check_tensorboard_available() -> None:
         raise ValueError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
 
 
-__all__ = ["MetricsLogger", "read_metrics", "truncate_metrics", "memory_gib", "METRICS_FILE",
+__all__ = ["MetricsLogger", "read_metrics", "truncate_metrics", "first_skipped_step", "memory_gib", "METRICS_FILE",
            "check_tensorboard_available"]

@@ -12,28 +12,18 @@ import os
 import torch
 
 from ..config import ModelConfig, apply_overrides
+from ..io.load import load_model, open_source
 from ..model import HybridLM, build_model, build_model_part
 from ..presets import get_preset
-
-
-def _init_source_config(path: str) -> ModelConfig:
-    """The ModelConfig of an --init-hf directory: a Hugging Face Falcon-H1 one or a hybridcore model dir."""
-    if not os.path.isdir(path):
-        raise ValueError(f"--init-hf: {path} is not a directory")
-    from ..bridge.model_dir import is_model_dir, read_model_config
-
-    if is_model_dir(path):
-        return read_model_config(path)
-    from ..bridge import read_hf_config
-
-    return read_hf_config(path)
 
 
 def resolve_model_config(train_config) -> ModelConfig:
     if train_config.init_hf is not None:
         if train_config.preset is not None:
             raise ValueError("--preset and --init-hf both name a model; give one (--init-hf brings its own config)")
-        base = _init_source_config(train_config.init_hf)
+        if not os.path.isdir(train_config.init_hf):
+            raise ValueError(f"--init-hf: {train_config.init_hf} is not a directory")
+        base = open_source(train_config.init_hf).config
     else:
         base = get_preset(train_config.preset)
     return apply_overrides(base, train_config.overrides)
@@ -50,7 +40,7 @@ def build_train_model(model_config: ModelConfig, train_config, device: torch.dev
         return build_model_part(model_config, keep, device=device, seed=train_config.seed)
     model = build_model(model_config, device=device, dtype=torch.float32, seed=train_config.seed)
     if train_config.init_hf is not None and load_init:
-        source = _load_init(train_config.init_hf)
+        source = load_model(train_config.init_hf, device="cpu", dtype=torch.float32)
         try:
             model.load_state_dict(source.state_dict(), strict=True)
         except RuntimeError as error:

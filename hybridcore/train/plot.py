@@ -7,9 +7,9 @@ share the first panel. Reads only metrics.jsonl, so it works on a run that is st
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
+from ..io.files import atomic_file
 from .metrics import METRICS_FILE, read_metrics
 
 
@@ -104,10 +104,9 @@ def plot_runs(runs: list[str | Path], out: str | Path, smooth: float | None = No
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.png")
-    figure.savefig(tmp, dpi=110)
+    with atomic_file(out, "wb") as handle:
+        figure.savefig(handle, dpi=110, format="png")
     plt.close(figure)
-    os.replace(tmp, out)
     return out
 
 

@@ -10,22 +10,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import ModelConfig
+from ..io.json_codec import read_json_object, write_json
+from ..io.run_dir import RUN_CONFIG
 from .config import FIXED_ON_RESUME, TrainConfig
-from .files import read_json, write_json_atomic
 
-RUN_CONFIG = "run_config.json"
 MODEL_DEFINING = ("preset", "overrides", "init_hf")
 
 
 def write_run_config(run_dir: str | Path, train_config: TrainConfig, model_config: ModelConfig) -> None:
-    write_json_atomic(Path(run_dir) / RUN_CONFIG, {"model": model_config.to_dict(), "train": train_config.to_dict()})
+    train = {**train_config.to_dict(), "resume_from": None}  # an instruction for one resume, not a setting
+    write_json(Path(run_dir) / RUN_CONFIG, {"model": model_config.to_dict(), "train": train})
 
 
 def read_run_config(run_dir: str | Path) -> tuple[TrainConfig, ModelConfig] | None:
     path = Path(run_dir) / RUN_CONFIG
     if not path.is_file():
         return None
-    data = read_json(path, "run config")
+    data = read_json_object(path)
     try:
         return TrainConfig.from_dict(data["train"]), ModelConfig.from_dict(data["model"])
     except (KeyError, TypeError) as error:
@@ -34,7 +35,7 @@ def read_run_config(run_dir: str | Path) -> tuple[TrainConfig, ModelConfig] | No
 
 def merge_for_resume(saved: TrainConfig, explicit: dict) -> TrainConfig:
     """The saved config with the explicitly given settings applied."""
-    merged = saved.to_dict()
+    merged = {**saved.to_dict(), "resume_from": None}
     for name, value in explicit.items():
         if name in FIXED_ON_RESUME + MODEL_DEFINING and value != merged[name]:
             flag = "--set" if name == "overrides" else "--" + name.replace("_", "-")

@@ -26,26 +26,33 @@ import torch
 from tqdm import tqdm
 
 from ..config import ModelConfig
+from ..errors import EXIT_DIVERGED, IOFault, Reported, find_os_error
 from ..flops import flops_per_token
 from . import distributed
-from .checkpoint import (clean_partial, latest_checkpoint, list_checkpoints, load_checkpoint, load_model,
-                         prune_checkpoints, save_checkpoint)
+from .checkpoint import (checkpoint_step, clean_partial, latest_checkpoint, list_checkpoints, load_checkpoint,
+                         load_model, prune_checkpoints, save_checkpoint)
 from .config import TrainConfig
-from .data import check_data_fits_model, ensure_data, train_loader, val_batches
+from .data import check_data_fits_model, ensure_data, no_validation_warning, train_loader, val_batches
 from .loss import resolve_chunk
-from .metrics import MetricsLogger, check_tensorboard_available, memory_gib, read_metrics, truncate_metrics
+from .metrics import (MetricsLogger, check_tensorboard_available, first_skipped_step, memory_gib, read_metrics,
+                      truncate_metrics)
 from .model_setup import build_train_model, resolve_model_config
 from .optim import set_hyperparameters
 from .parallel_layout import launched_world_size, resolve_layout
 from ..parallel import ParallelConfig, build_mesh, parallelize
 from ..parallel.pipeline import local_stage_filter
+from .resume import checkpoint_names, kept_in_run, resolve_resume_from, resume_checkpoint
 from .run_config import write_run_config
+from .run_lock import lock_run, refuse_if_locked
 from .schedule import schedule_from_config
 from .step import Batch, build_optimizers, evaluate, train_step
+from .watchdog import Heartbeats, describe_timeout, is_collective_timeout
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(Reported, RuntimeError):
     """The loss or gradient was not finite for --max-bad-steps optimizer steps in a row."""
+
+    exit_code = EXIT_DIVERGED
 
 
 @dataclass
@@ -61,6 +68,9 @@ class TrainResult:
 def check_run(config: TrainConfig, resume: bool, model_config: ModelConfig | None = None) -> ModelConfig:
     """Every user mistake this run can detect, as a ValueError naming the setting, before any work."""
     config.validate()
+    if Path(config.out).exists() and not Path(config.out).is_dir():
+        raise ValueError(f"--out: {config.out} exists and is not a directory; name a run directory")
+    refuse_if_locked(config.out)
     model_config = model_config or resolve_model_config(config)
     resolve_layout(config, model_config, launched_world_size())
     if config.checkpoint_layers is not None and config.checkpoint_layers > model_config.num_layers:
@@ -77,30 +87,41 @@ def check_run(config: TrainConfig, resume: bool, model_config: ModelConfig | Non
         raise ValueError(f"--out: {config.out} already holds a run; pass --resume to continue it, "
                          "or choose a new directory")
     saved = list_checkpoints(config.out) if resume else []
+    if config.resume_from is not None:
+        chosen = resolve_resume_from(config.out, config.resume_from)
+        saved = [(step, path) for step, path in saved if path == chosen]
     if saved and saved[-1][0] > config.steps:
-        raise ValueError(f"--steps {config.steps} is below the step of the newest checkpoint ({saved[-1][0]}) "
-                         f"in {config.out}")
+        raise ValueError(f"--steps {config.steps} is below the step of the checkpoint to resume from "
+                         f"({saved[-1][0]}) in {config.out}")
     return model_config
 
 
 class _StopFlag:
-    """Set by SIGTERM; the loop finishes its step, saves, and returns."""
+    """Set by SIGTERM or Ctrl-C (SIGINT); the loop finishes its step, saves, and returns. A second Ctrl-C
+    raises KeyboardInterrupt at once: stop without saving."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.requested = False
-        self.previous = None
+        self.requested = None  # the name of the signal that asked, once one has
+        self.previous = {}
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, self._handle)
+            self.previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
+        if signum == signal.SIGINT and self.requested == "SIGINT":
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        if signum == signal.SIGINT and distributed.rank() == 0:
+            print("\nCtrl-C: stopping after this step and saving it (press Ctrl-C again to stop without saving)",
+                  file=sys.stderr, flush=True)
 
     def restore(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
-            self.previous = None
+        for number, previous in self.previous.items():
+            signal.signal(number, previous)
+        self.previous = {}
 
 
 def _seed_everything(seed: int) -> None:
@@ -110,21 +131,60 @@ def _seed_everything(seed: int) -> None:
 
 
 def train(config: TrainConfig, resume: bool = False, model_config: ModelConfig | None = None) -> TrainResult:
+    """Run (or continue, with `resume` or config.resume_from) a training run in config.out.
+
+    Raises TrainingDiverged, IOFault (a disk full, a read-only directory: the message says what was kept)
+    or CollectiveTimeout (a rank stopped answering under torchrun); hybridcore.errors gives their exit codes."""
+    resume = resume or config.resume_from is not None
     model_config = check_run(config, resume, model_config)
     device_name = config.resolved_device()
-    rank, world_size, device = distributed.init_from_environment(device_name)
+    rank, world_size, device = distributed.init_from_environment(device_name, config.dist_timeout)
+    run_dir = Path(config.out)
+    lock = heartbeats = None
     try:
-        run_dir = Path(config.out)
-        if rank == 0:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        distributed.barrier()
+        lock = lock_run(run_dir)  # collective: a second process on this run is refused, on every rank
+        heartbeats = Heartbeats.start(rank, world_size)
         layout = resolve_layout(config, model_config, world_size)
         result = _Run(config, model_config, run_dir, device, rank, world_size, resume, layout).run()
-    except BaseException:
+    except BaseException as error:
+        explained = _explain(error, config, run_dir, rank, heartbeats)
         distributed.shutdown(clean=False)  # no barrier: the other ranks may never reach it
+        if explained is not None:
+            raise explained from error
         raise
+    finally:
+        if heartbeats is not None:
+            heartbeats.stop()
+        if lock is not None:
+            lock.release()
     distributed.shutdown(clean=True)
     return result
+
+
+def _explain(error: BaseException, config: TrainConfig, run_dir: Path, rank: int, heartbeats) -> Reported | None:
+    """A failure of the run as a message that says what happened and what was kept (None: leave it as it is)."""
+    if isinstance(error, (ValueError, KeyboardInterrupt, TrainingDiverged)):
+        return None
+    if is_collective_timeout(error):
+        return describe_timeout(rank, config.dist_timeout, heartbeats, _kept(run_dir)[1])
+    os_error = error.error if isinstance(error, IOFault) else find_os_error(error)
+    if os_error is None:
+        return None
+    doing = error.doing if isinstance(error, IOFault) else f"training in {run_dir}"
+    path = error.path if isinstance(error, IOFault) else None
+    started, kept = _kept(run_dir)
+    then = f"continue with `hybridcore train --out {run_dir} --resume`" if started else "run the command again"
+    return IOFault(os_error, doing, path=path, kept=kept, then=then)
+
+
+def _kept(run_dir: Path) -> tuple[bool, str]:
+    """(whether the run has anything to continue from, what it kept, in words)."""
+    try:
+        if not (list_checkpoints(run_dir) or read_metrics(run_dir)):
+            return False, "Nothing was written"
+        return True, kept_in_run(run_dir)
+    except (OSError, ValueError):
+        return False, f"{run_dir} could not be read back"
 
 
 class _Run:
@@ -141,7 +201,7 @@ class _Run:
         self.flops_per_token = flops_per_token(model_config, config.seq_len).total
 
         _seed_everything(config.seed)
-        checkpoint = latest_checkpoint(run_dir) if resume else None
+        checkpoint = resume_checkpoint(run_dir, config.resume_from) if resume else None
         keep = None  # under a pipeline, materialise only this rank's stages (unless --init-hf must load)
         if layout is not None and layout.pp > 1 and (config.init_hf is None or checkpoint is not None):
             keep = local_stage_filter(model_config, layout, rank * layout.pp // world_size, config.seq_len)
@@ -251,9 +311,44 @@ class _Run:
         extra = {"loader": self.loader.state_dict(), "tokens": self.tokens}
         config = {"model": self.model_config.to_dict(), "train": self.config.to_dict()}
         path = save_checkpoint(self.run_dir, step, self.model, self.optimizer, extra, config)
-        for old in prune_checkpoints(self.run_dir, self.config.keep_last):
+        for old in prune_checkpoints(self.run_dir, self.config.keep_last, protect=self._last_good_checkpoint()):
             self._say(f"removed old checkpoint {old.name}")
         self._say(f"saved checkpoint {path}")
+
+    def _last_good_checkpoint(self) -> Path | None:
+        """The newest checkpoint from before the run's first non-finite step: pruning keeps it, since the
+        ones after it may hold weights already on their way to diverging."""
+        if self.first_bad_step is None:
+            return None
+        before = [path for step, path in list_checkpoints(self.run_dir) if step < self.first_bad_step]
+        return before[-1] if before else None
+
+    def _save_unless_bad(self, step: int, record: dict) -> bool:
+        """Save `step` unless its loss or gradient was not finite (True when saved)."""
+        if record.get("skipped"):
+            newest = latest_checkpoint(self.run_dir)
+            self._say(f"warning: not saving step {step}: its loss or gradient was not finite (the newest "
+                      f"checkpoint stays {newest.name if newest else 'none'})", error=True)
+            return False
+        self.save(step)
+        return True
+
+    def _bad_step_warning(self, step: int, record: dict, in_a_row: int) -> str:
+        norm = record["grad_norm"]
+        norm = f"gradient norm {norm:.4g}" if norm is not None else "the gradient norm is not finite either"
+        return (f"warning: step {step}: non-finite loss or gradient ({norm}); update skipped "
+                f"({in_a_row} in a row, limit --max-bad-steps {self.config.max_bad_steps})")
+
+    def _diverged(self, step: int, in_a_row: int) -> TrainingDiverged:
+        config, good = self.config, self._last_good_checkpoint()
+        advice = (f"continue from {good.name}, the newest from before the first non-finite step "
+                  f"({self.first_bad_step}), with a lower --lr (it is {config.lr:g}) or a longer --warmup: "
+                  f"hybridcore train --out {self.run_dir} --resume-from {checkpoint_step(good)} --lr LOWER"
+                  if good is not None else f"start again with a lower --lr (it is {config.lr:g}) or a longer --warmup")
+        return TrainingDiverged(
+            f"training diverged: {in_a_row} optimizer steps in a row (up to step {step}) had a non-finite loss or "
+            f"gradient (--max-bad-steps {config.max_bad_steps}). The run holds {checkpoint_names(self.run_dir)}; "
+            f"{advice}")
 
     # ---- the loop ------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -262,6 +357,10 @@ class _Run:
         stop.install()
         losses: dict[int, float] = {}
         bad_in_a_row, step, val_loss, saved_at = 0, self.start_step, None, self.start_step
+        self.first_bad_step = first_skipped_step(read_metrics(self.run_dir)) if self.is_main else None
+        warning = no_validation_warning(self.data_dir, config) if not self.val_batches else None
+        if warning:
+            self._say(f"warning: {warning}", error=True)
         self.bar = tqdm(total=config.steps, initial=self.start_step, unit="step", dynamic_ncols=True,
                         disable=not (config.progress and self.is_main), desc="train")
         try:
@@ -270,14 +369,11 @@ class _Run:
                 self.metrics.log(record)
                 if record.get("skipped"):
                     bad_in_a_row += 1
-                    self._say(f"warning: step {step}: non-finite loss or gradient (loss {record['loss']}, "
-                              f"grad_norm {record['grad_norm']}); update skipped "
-                              f"({bad_in_a_row} in a row, limit --max-bad-steps {config.max_bad_steps})", error=True)
+                    if self.first_bad_step is None:
+                        self.first_bad_step = step
+                    self._say(self._bad_step_warning(step, record, bad_in_a_row), error=True)
                     if bad_in_a_row >= config.max_bad_steps:
-                        raise TrainingDiverged(
-                            f"training diverged: {bad_in_a_row} optimizer steps in a row (up to step {step}) had a "
-                            f"non-finite loss or gradient (--max-bad-steps {config.max_bad_steps}); lower --lr, "
-                            f"lengthen --warmup or resume from an earlier checkpoint")
+                        raise self._diverged(step, bad_in_a_row)
                 else:
                     bad_in_a_row = 0
                     losses[step] = record["loss"]
@@ -287,23 +383,25 @@ class _Run:
                 self.bar.update(1)
                 # a checkpoint due at this step comes before its evaluation, which can fail (out of memory)
                 if config.save_every and step % config.save_every == 0 and step < config.steps:
-                    self.save(step)
-                    saved_at = step
+                    if self._save_unless_bad(step, record):
+                        saved_at = step
                 if config.eval_every and step % config.eval_every == 0 and step < config.steps:
                     val_loss = self.evaluate(step)
                     if val_loss is not None:
                         self._say(f"step {step}: validation loss {val_loss:.4f}")
-                if distributed.any_rank(stop.requested, self.device):
-                    if saved_at != step:
-                        self.save(step)
-                    self._say(f"SIGTERM: saved step {step} and stopped; continue with --resume")
+                if distributed.any_rank(stop.requested is not None, self.device):
+                    if saved_at != step and self._save_unless_bad(step, record):
+                        saved_at = step
+                    newest = latest_checkpoint(self.run_dir)
+                    self._say(f"{stop.requested or 'a signal on another rank'}: stopped after step {step}; the "
+                              f"newest checkpoint is {newest.name if newest else 'none'}; continue with --resume")
                     return TrainResult(str(self.run_dir), step, losses, val_loss, stopped_by_signal=True)
             self.bar.close()
             self.bar = None
             final_step = config.steps
             # saved before the evaluation, so a failure there (out of memory, a CUDA error) keeps the run's work
             if saved_at < final_step and self.start_step < final_step:
-                self.save(final_step)
+                self._save_unless_bad(final_step, record)
             # a resume of a finished run evaluates again but does not log the same line twice
             val_loss = self.evaluate(final_step, log=self.start_step < final_step)
             if val_loss is not None:
@@ -325,8 +423,11 @@ class _Run:
         from ..data import load_tokenizer_from_data_dir
         from .sample import sample_text
 
+        newest = latest_checkpoint(self.run_dir)
         one_process = self.model.mesh is None
-        model = self.model.model if one_process else load_model(latest_checkpoint(self.run_dir), self.device)
+        if not one_process and newest is None:
+            return None  # the last step was not finite, so nothing was saved to sample from
+        model = self.model.model if one_process else load_model(newest, self.device)
         tokenizer = load_tokenizer_from_data_dir(self.data_dir)
         text = sample_text(model, tokenizer, self.config.sample_prompt, self.config.sample_tokens, self.device)
         self._say(f"greedy sample ({self.config.sample_tokens} tokens at most):\n{text}")

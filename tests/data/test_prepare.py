@@ -141,6 +141,26 @@ def test_bad_inputs_name_the_path(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["blank.txt", "images"]
 
 
+@pytest.mark.parametrize("content, words", [
+    (b"\x7fELF\x02\x01\x01" + bytes(200) + b"main", "holds NUL bytes, so it is binary"),
+    (bytes(range(128, 256)) * 40, "are not UTF-8, so it is binary or in another encoding"),
+], ids=["executable", "random-bytes"])
+def test_a_binary_file_is_refused_not_tokenized(tmp_path, content, words):
+    binary = tmp_path / "blob"
+    binary.write_bytes(content)
+    (tmp_path / "fine.txt").write_text("some text")
+    with pytest.raises(ValueError, match=words) as error:
+        prepare([tmp_path / "fine.txt", binary], tmp_path / "out", workers=1, progress=False)
+    assert str(binary) in str(error.value)
+    assert sorted(os.listdir(tmp_path)) == ["blob", "fine.txt"]  # nothing written, not even a staging folder
+
+
+def test_a_little_undecodable_text_is_still_text(tmp_path):
+    (tmp_path / "latin.txt").write_bytes(("caf\u00e9 " * 5).encode("latin-1") + b"plain ascii text " * 100)
+    info = prepare([tmp_path / "latin.txt"], tmp_path / "out", val_fraction=0.0, workers=1, progress=False)
+    assert info.num_docs["train"] == 1
+
+
 def test_existing_out_dir_refused_then_replaced(tmp_path):
     first = write_jsonl(tmp_path / "first.jsonl", ["one", "two"])
     second = write_jsonl(tmp_path / "second.jsonl", ["three", "four", "five"])

@@ -56,6 +56,35 @@ def test_eval_prints_loss_and_perplexity(reference_run, data_dir, capsys):
     assert report["loss"] == pytest.approx(result.val_loss, abs=1e-5)
 
 
+def test_eval_refuses_data_of_another_tokenizer_with_the_same_vocabulary_size(reference_run, tmp_path, capsys):
+    """A BPE of 258 ids fits the byte-tokenized model's vocabulary, but its ids mean other text."""
+    from hybridcore.data import prepare, train_bpe
+
+    from .conftest import synthetic_documents
+
+    docs = synthetic_documents()
+    tokenizer = train_bpe(docs, 258, tmp_path / "bpe" / "tokenizer.json")
+    assert tokenizer.vocab_size == 258
+    (tmp_path / "docs.txt").write_text("\n".join(docs))
+    prepare([tmp_path / "docs.txt"], tmp_path / "bpe_data", tokenizer=tokenizer.path, val_fraction=0.5, seed=1,
+            workers=1, progress=False)
+    assert main(["eval", str(reference_run[0]), "--data", str(tmp_path / "bpe_data"), "--batches", "1"]) == 2
+    error = capsys.readouterr().err
+    assert f"eos_token_id: {tmp_path / 'bpe_data'} ends documents with token" in error  # as train says it
+
+    # a model that names no EOS token: the tokenizer its run was prepared with tells
+    from dataclasses import replace
+
+    from hybridcore.data import read_meta
+    from hybridcore.io.load import open_source
+    from hybridcore.train.evaluate import check_same_tokenizer
+
+    source = open_source(reference_run[0])
+    source = replace(source, config=source.config.replace(eos_token_id=None))
+    with pytest.raises(ValueError, match="was tokenized with .*tokenizer.json, but the model was trained on byte"):
+        check_same_tokenizer(source, tmp_path / "bpe_data", read_meta(tmp_path / "bpe_data"))
+
+
 def test_tensorboard_events_are_written(tmp_path, data_dir):
     out = tmp_path / "run"
     train(tiny_train_config(out, data_dir, steps=2, save_every=0, eval_every=0, tensorboard=True))

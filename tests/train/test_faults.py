@@ -105,3 +105,55 @@ def test_an_existing_run_needs_resume(reference_run, data_dir, capsys):
     reference_dir, _ = reference_run
     assert main(train_cli_args(reference_dir, data_dir)) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_the_first_ctrl_c_asks_for_a_save_and_the_second_aborts(capsys):
+    """The first SIGINT lets the step finish and save (as SIGTERM does); a second one stops at once."""
+    import signal
+
+    stop = trainer_module._StopFlag()
+    stop.install()
+    try:
+        signal.raise_signal(signal.SIGINT)
+        assert stop.requested == "SIGINT"
+        assert "press Ctrl-C again to stop without saving" in capsys.readouterr().err
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_second_ctrl_c_exits_130_without_saving(tmp_path, data_dir, monkeypatch, capsys):
+    """The CLI's exit code for an abort; the checkpoints from before it stay."""
+    import signal
+
+    from hybridcore.train.checkpoint import list_checkpoints
+
+    real = step_module._loss_of
+    calls = {"n": 0}
+
+    def interrupted_twice(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(step_module, "_loss_of", interrupted_twice)
+    assert main(train_cli_args(tmp_path / "run", data_dir, save_every=2)) == 130
+    assert "aborted (Ctrl-C)" in capsys.readouterr().err
+    assert [step for step, _ in list_checkpoints(tmp_path / "run")] == [2]
+
+
+def test_data_without_a_validation_split_is_said(tmp_path, capsys):
+    from hybridcore.data import prepare
+
+    from .conftest import synthetic_documents
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(synthetic_documents(1)[0] * 20)
+    prepare([corpus], tmp_path / "data", val_fraction=0.0, workers=1, progress=False)
+    result = train(tiny_train_config(tmp_path / "run", tmp_path / "data", steps=2, save_every=0, eval_every=1))
+    assert result.val_loss is None
+    assert f"{tmp_path / 'data'} has no validation split" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Checkpoints: kill -9, SIGTERM and a crash while writing all leave a run that resumes exactly."""
+"""Checkpoints: kill -9, SIGTERM, Ctrl-C and a crash while writing all leave a run that resumes exactly."""
 
 import signal
 import subprocess
@@ -10,7 +10,8 @@ import torch
 
 import hybridcore.train.checkpoint as checkpoint_module
 from hybridcore.train import latest_checkpoint, load_model, train
-from hybridcore.train.checkpoint import CHECKPOINTS, MARKER, list_checkpoints
+from hybridcore.errors import EXIT_STOPPED
+from hybridcore.train.checkpoint import CHECKPOINTS, list_checkpoints
 from hybridcore.train.metrics import read_metrics
 
 from .conftest import cli_env, loss_lines, tiny_train_config, train_cli_args
@@ -58,19 +59,24 @@ def test_kill_9_then_resume_repeats_every_loss(tmp_path, data_dir, reference_run
     assert [s for s, _ in loss_lines(out)] == list(range(1, 13))
 
 
-def test_sigterm_saves_then_exits_cleanly(tmp_path, data_dir, reference_run):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_saves_then_exits_with_the_resume_code(tmp_path, data_dir, reference_run, signum):
+    """SIGTERM (a scheduler's preemption) and Ctrl-C both save and exit 75, not 0: the run is not finished."""
     reference_dir, _ = reference_run
     out = tmp_path / "run"
     process = start_cli(train_cli_args(out, data_dir, steps=12, save_every=100))
     assert wait_for(lambda: logged_steps(out) >= 2, process)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     output = process.communicate(timeout=120)[0]
     stopped_at = logged_steps(out)
-    if stopped_at >= 12 and "SIGTERM" not in output:
+    name = signal.Signals(signum).name
+    if stopped_at >= 12 and name not in output:
         pytest.skip("the run finished before the signal arrived")
-    assert process.returncode == 0, output
-    assert "SIGTERM: saved step" in output
+    assert process.returncode == EXIT_STOPPED == 75, output
+    assert f"{name}: stopped after step {stopped_at}; the newest checkpoint is step_{stopped_at:07d}; continue " \
+           f"with --resume" in output
     assert latest_checkpoint(out).name == f"step_{stopped_at:07d}"
+    assert [s for s, _ in loss_lines(out)] == list(range(1, stopped_at + 1))
 
     result = train(tiny_train_config(out, data_dir, save_every=100), resume=True)
     assert result.last_step == 12
@@ -93,8 +99,7 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, data_
     monkeypatch.undo()
 
     leftovers = sorted(p.name for p in (out / CHECKPOINTS).iterdir())
-    assert leftovers == [".tmp-step_0000008", "step_0000004"]
-    assert not (out / CHECKPOINTS / ".tmp-step_0000008" / MARKER).exists()
+    assert leftovers == ["step_0000004"]  # the failed save removed its temporary directory (kill -9 leaves it)
     assert latest_checkpoint(out).name == "step_0000004"
     model = load_model(out)  # the run directory resolves to the newest complete checkpoint
     assert isinstance(model, torch.nn.Module)
@@ -119,7 +124,7 @@ def test_load_model_matches_the_trained_weights(reference_run):
         a, b, c = from_run(ids), from_checkpoint(ids), older(ids)
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
-    with pytest.raises(ValueError, match="neither a checkpoint"):
+    with pytest.raises(ValueError, match="not a training run or checkpoint"):
         load_model(reference_dir / CHECKPOINTS)
 
 
