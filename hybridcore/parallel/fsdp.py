@@ -1,4 +1,8 @@
-"""FSDP2 (`fully_shard`): one parameter group per layer, then the root (embedding, final norm, head).
+"""FSDP2 (`fully_shard`): one parameter group per block, then the root (embedding, final norm, head).
+
+A block is a mixer sub-layer (P, M or *) with the MLP sub-layers that follow it ("P-" is one Falcon-H1
+block): one gather and one reduce-scatter per block rather than per sub-layer halves FSDP's fixed
+per-group work on the host.
 
 Parameters are sharded over `dp_shard` (and `cp`, whose ranks hold the same weights); with
 dp_replicate > 1 the mesh is 2-D and FSDP2 runs as HSDP (replicate across, shard within). Weights are
@@ -33,15 +37,28 @@ def applies(mesh: DeviceMesh | None) -> bool:
     return mesh is not None and mesh["dp_replicate"].size() * mesh_dim(mesh, "dp_shard_cp").size() > 1
 
 
+def blocks(model: HybridLM) -> list[list]:
+    """The model's layers in blocks: each mixer layer with the MLP layers after it (a leading MLP alone)."""
+    groups: list[list] = []
+    for name, layer in model.layers.items():
+        kind = model.config.layer_kinds[int(name)]
+        if kind != "-" or not groups:
+            groups.append([])
+        groups[-1].append(layer)
+    return groups
+
+
 def apply_fsdp(model: HybridLM, mesh: DeviceMesh, pipelined: bool) -> None:
     dp_mesh = fsdp_mesh(mesh)
     # Under a pipeline every microbatch would gather the weights again: keep them gathered.
     reshard = mesh_dim(mesh, "dp_shard_cp").size() > RESHARD_ABOVE and not pipelined
-    layers = list(model.layers.values())
-    for index, layer in enumerate(layers):
-        # The last layer's parameters are needed again at once by backward: keep them gathered.
-        fully_shard(layer, mesh=dp_mesh, reshard_after_forward=reshard and index < len(layers) - 1)
+    groups = blocks(model)
+    for index, group in enumerate(groups):
+        # The last block's parameters are needed again at once by backward: keep them gathered.
+        fully_shard(group if len(group) > 1 else group[0], mesh=dp_mesh,
+                    reshard_after_forward=reshard and index < len(groups) - 1)
     fully_shard(model, mesh=dp_mesh, reshard_after_forward=False)
-    for previous, layer in zip(layers, layers[1:]):  # gather the next layer's weights while this one computes
-        previous.set_modules_to_forward_prefetch([layer])
-        layer.set_modules_to_backward_prefetch([previous])
+    firsts = [group[0] for group in groups]
+    for previous, block in zip(firsts, firsts[1:]):  # gather the next block's weights while this one computes
+        previous.set_modules_to_forward_prefetch([block])
+        block.set_modules_to_backward_prefetch([previous])

@@ -182,3 +182,30 @@ def compiled_graph_breaks(scenarios: dict[str, tuple], layout: str = "M*-P") -> 
         out[name] = {"breaks": {reason: count for reason, count in counters["graph_break"].items()},
                      "graphs": counters["stats"]["unique_graphs"], "kinds": len(kinds)}
     return out
+
+
+def host_step_counts(layouts: dict[str, dict], layout: str, rows: int, length: int) -> dict:
+    """name -> ParallelConfig fields: the aten ops and DTensor ops of one training step's forward and
+    backward on this rank (benchmarks/host_overhead.py's counter), at the same global batch."""
+    counter = _load_benchmark("host_overhead")
+    tokens = torch.randint(0, 1024, (rows, length + 1), generator=torch.Generator().manual_seed(0))
+    out = {}
+    for name, fields in layouts.items():
+        parallel_config = ParallelConfig(**fields)
+        mesh = build_mesh(parallel_config, "cpu") if parallel_config.world_size > 1 else None
+        model, optimizer = build_parallel_model(counter.small_config(layout), parallel_config, mesh, seed=0,
+                                                seq_len=length)
+        train_step(model, optimizer, [Batch.from_tokens(tokens)])  # first-step work (FSDP's lazy set-up) aside
+        out[name] = counter.count_step(model, optimizer, [Batch.from_tokens(tokens)])
+    return out
+
+
+def _load_benchmark(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
