@@ -10,13 +10,15 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS = {
-    "info": ("hybridcore.info", "describe a preset or a Hugging Face Falcon-H1 directory"),
+    "info": ("hybridcore.info", "describe a preset, a Hugging Face model directory or a Hub id"),
     "prepare": ("hybridcore.data.cli", "tokenize text, JSONL or Parquet into token shards"),
     "train": ("hybridcore.train.cli", "train a model (one process, or several under torchrun)"),
     "eval": ("hybridcore.train.evaluate", "loss and perplexity of a checkpoint on held-out data"),
     "plot": ("hybridcore.train.plot", "plot loss, learning rate and throughput of runs"),
-    "import-hf": ("hybridcore.bridge.cli_import", "convert a Hugging Face Falcon-H1 directory to a checkpoint"),
-    "export-hf": ("hybridcore.bridge.cli_export", "convert a checkpoint to a Hugging Face Falcon-H1 directory"),
+    "import-hf": ("hybridcore.bridge.cli_import",
+                  "convert a Hugging Face model (Falcon-H1, Nemotron-H, Granite-4.0-H, Bamba) to a model directory"),
+    "export-hf": ("hybridcore.bridge.cli_export",
+                  "convert a checkpoint to a Hugging Face directory of the family its layout fits"),
     "generate": ("hybridcore.generate_cli", "sample text from a checkpoint or a Hugging Face directory"),
     "bench": ("hybridcore.bench", "time one contender's training step (ours or transformers') on one GPU"),
     "check": ("hybridcore.train.check", "list a run's checkpoints and whether each is intact, and its lock"),

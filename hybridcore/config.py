@@ -1,4 +1,6 @@
-"""Model configuration: shapes, the layer-grammar string and Falcon-H1's µP forward multipliers.
+"""Model configuration: shapes, the layer-grammar string, Falcon-H1's µP forward multipliers and the
+switches other dense hybrid families need (MLP activation, partial or no RoPE, attention and logits
+scaling, norm rounding).
 
 Every field is a plain value. Multipliers are config, never parameters, so they never appear in a
 checkpoint. `validate()` raises ValueError naming the field, so a user's typo fails before any work.
@@ -11,6 +13,9 @@ import math
 from dataclasses import dataclass, fields
 
 from .layout import parse_layout
+
+
+MLP_ACTIVATIONS = ("swiglu", "relu2")
 
 
 @dataclass
@@ -36,6 +41,11 @@ class ModelConfig:
     """Channels per attention head; even, for the rotary embedding [channels]"""
     rope_theta: float = 1e11
     """Base of the rotary position embedding's frequencies"""
+    rope_fraction: float = 1.0
+    """Share of head_dim the rotary embedding rotates (its first channels): 1 full, 0.5 Bamba's partial, 0 no
+    positional encoding at all (Nemotron-H, Granite's "nope")"""
+    attention_scale: float | None = None
+    """Softmax scale of attention; None: head_dim ** -0.5 (Granite sets its own, attention_multiplier)"""
     max_seq_len: int = 16384
     """Longest sequence the model is meant for: generation refuses longer prompts [tokens]"""
     attention_bias: bool = False
@@ -68,11 +78,17 @@ class ModelConfig:
     d_ff: int = 512
     """Inner width of the SwiGLU MLP [channels]"""
     mlp_bias: bool = False
-    """Biases in the MLP's gate, up and down projections"""
+    """Biases in the MLP's projections"""
+    mlp_activation: str = "swiglu"
+    """The MLP: "swiglu", down(up(x) * silu(gate(x))); "relu2", down(relu(up(x)) ** 2) without a gate
+    (Nemotron-H)"""
     projectors_bias: bool = False
     """A bias in the Mamba-2 output projection (out_proj; Falcon-H1 calls it projectors_bias)"""
     norm_eps: float = 1e-5
     """Epsilon of every RMSNorm"""
+    norm_weight_in_fp32: bool = False
+    """RMSNorm multiplies by its weight in fp32 and then rounds to the input dtype (Nemotron-H), instead of
+    rounding first (Falcon-H1, Llama): the same in fp32, not in bf16"""
     tie_embeddings: bool = False
     """The LM head shares the embedding's weight"""
     embedding_multiplier: float = 1.0
@@ -90,7 +106,9 @@ class ModelConfig:
     ssm_out_multiplier: float = 1.0
     """µP: each Mamba-2 sub-layer's output is multiplied by this before the residual sum"""
     mlp_multipliers: tuple[float, float] = (1.0, 1.0)
-    """µP: (gate, down) of the SwiGLU MLP: down(up(x) * silu(gate(x) * gate)) * down"""
+    """µP: (gate, down) of the MLP: down(up(x) * silu(gate(x) * gate)) * down (relu2: the down one only)"""
+    logits_divisor: float = 1.0
+    """The logits are divided by this (Granite's logits_scaling): lm_head(h) * lm_head_multiplier / this"""
     ssm_multipliers: tuple[float, float, float, float, float] = (1.0, 1.0, 1.0, 1.0, 1.0)
     """µP: one multiplier for each of the five segments of the Mamba-2 in_proj output, (z, x, B, C, dt)"""
     init_std: float = 0.02
@@ -120,6 +138,11 @@ class ModelConfig:
         return 2 * self.d_ssm + 2 * self.mamba_n_groups * self.mamba_d_state + self.mamba_n_heads
 
     @property
+    def rotary_dim(self) -> int:
+        """Channels of each attention head that RoPE rotates (transformers rounds the fraction down)."""
+        return int(self.head_dim * self.rope_fraction)
+
+    @property
     def layer_kinds(self) -> list[str]:
         return parse_layout(self.layout).kinds
 
@@ -144,19 +167,34 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if len(self.mlp_multipliers) != 2:
+            raise ValueError(f"ModelConfig.mlp_multipliers needs 2 values (gate, down), got {self.mlp_multipliers!r}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"ModelConfig.num_heads ({self.num_heads}) must be a multiple of "
                              f"num_kv_heads ({self.num_kv_heads})")
-        if self.head_dim % 2:
-            raise ValueError(f"ModelConfig.head_dim must be even for RoPE, got {self.head_dim}")
+        if not 0.0 <= self.rope_fraction <= 1.0:
+            raise ValueError(f"ModelConfig.rope_fraction must be between 0 (no RoPE) and 1 (all of head_dim), "
+                             f"got {self.rope_fraction}")
+        if self.rotary_dim % 2:
+            raise ValueError(f"ModelConfig.rope_fraction {self.rope_fraction} of head_dim {self.head_dim} rotates "
+                             f"{self.rotary_dim} channels; RoPE needs an even number")
+        if self.attention_scale is not None and not self.attention_scale > 0:
+            raise ValueError(f"ModelConfig.attention_scale must be positive (or None for head_dim ** -0.5), "
+                             f"got {self.attention_scale}")
+        if self.mlp_activation not in MLP_ACTIVATIONS:
+            raise ValueError(f"ModelConfig.mlp_activation must be one of {', '.join(MLP_ACTIVATIONS)}, "
+                             f"got {self.mlp_activation!r}")
+        if self.mlp_activation == "relu2" and self.mlp_multipliers[0] != 1.0:
+            raise ValueError(f"ModelConfig.mlp_multipliers[0] (the gate's) must be 1.0 with mlp_activation "
+                             f"'relu2', which has no gate; got {self.mlp_multipliers[0]}")
+        if not self.logits_divisor > 0:
+            raise ValueError(f"ModelConfig.logits_divisor must be positive, got {self.logits_divisor}")
         if self.mamba_n_heads % self.mamba_n_groups:
             raise ValueError(f"ModelConfig.mamba_n_heads ({self.mamba_n_heads}) must be a multiple of "
                              f"mamba_n_groups ({self.mamba_n_groups})")
         if len(self.time_step_limit) != 2 or not self.time_step_limit[0] <= self.time_step_limit[1]:
             raise ValueError(f"ModelConfig.time_step_limit must be (low, high) with low <= high, "
                              f"got {self.time_step_limit!r}")
-        if len(self.mlp_multipliers) != 2:
-            raise ValueError(f"ModelConfig.mlp_multipliers needs 2 values (gate, down), got {self.mlp_multipliers!r}")
         if len(self.ssm_multipliers) != 5:
             raise ValueError(f"ModelConfig.ssm_multipliers needs 5 values (z, x, B, C, dt), "
                              f"got {self.ssm_multipliers!r}")
@@ -190,6 +228,9 @@ def dataclass_from_dict(cls, data: dict):
     return cls(**data)
 
 
+_OPTIONAL = {"eos_token_id": int, "attention_scale": float}
+
+
 def coerce_field(name: str, text: str):
     """Turn a `--set name=value` string into the type of ModelConfig.<name>."""
     types = {f.name: f for f in fields(ModelConfig)}
@@ -203,8 +244,8 @@ def coerce_field(name: str, text: str):
             return text.lower() in ("true", "1")
         if isinstance(current, tuple):
             return tuple(float(v) for v in text.strip("()[]").split(","))
-        if name == "eos_token_id":
-            return None if text.lower() == "none" else int(text)
+        if name in _OPTIONAL:  # fields whose default is None
+            return None if text.lower() == "none" else _OPTIONAL[name](text)
         if isinstance(current, int):
             return int(text)
         if isinstance(current, float):
@@ -234,4 +275,4 @@ def apply_overrides(config: ModelConfig, overrides: list[str]) -> ModelConfig:
         raise ValueError(f"--set: {error}") from None
 
 
-__all__ = ["ModelConfig", "coerce_field", "apply_overrides", "dataclass_from_dict"]
+__all__ = ["ModelConfig", "MLP_ACTIVATIONS", "coerce_field", "apply_overrides", "dataclass_from_dict"]

@@ -33,12 +33,17 @@ class FlopsPerToken:
         return {"matmul": self.matmul, "attention": self.attention, "ssd": self.ssd, "total": self.total}
 
 
+def mlp_matrices(config: ModelConfig) -> int:
+    """d_model x d_ff matrices in one MLP: gate, up and down for SwiGLU; up and down without a gate."""
+    return 3 if config.mlp_activation == "swiglu" else 2
+
+
 def linear_weights(config: ModelConfig) -> int:
     """Number of weights in all linear layers (biases excluded), LM head included."""
     c = config
     attention = c.d_model * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
     mamba = c.d_model * c.mamba_in_proj_dim + c.d_ssm * c.d_model
-    mlp = 3 * c.d_model * c.d_ff
+    mlp = mlp_matrices(c) * c.d_model * c.d_ff
     per_kind = {"P": attention + mamba, "M": mamba, "*": attention, "-": mlp}
     return sum(per_kind[k] for k in c.layer_kinds) + c.d_model * c.vocab_size
 
@@ -51,7 +56,7 @@ def layer_flops(config: ModelConfig, kind: str, seq_len: int) -> float:
     chunk = min(c.mamba_chunk_size, seq_len)
     mamba = 2.0 * (c.d_model * c.mamba_in_proj_dim + c.d_ssm * c.d_model) + c.mamba_n_heads * (
         chunk * (c.mamba_d_state + c.mamba_d_head) + 4.0 * c.mamba_d_state * c.mamba_d_head)
-    mlp = 6.0 * c.d_model * c.d_ff
+    mlp = 2.0 * mlp_matrices(c) * c.d_model * c.d_ff
     return {"P": attention + mamba, "M": mamba, "*": attention, "-": mlp}[kind]
 
 

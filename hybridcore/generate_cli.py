@@ -10,7 +10,8 @@ from pathlib import Path
 
 def add_arguments(parser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--hf", metavar="HF_DIR", help="a Hugging Face Falcon-H1 directory (with tokenizer.json)")
+    source.add_argument("--hf", metavar="HF_DIR",
+                        help="a Hugging Face model directory (with tokenizer.json) or Hub id ORG/NAME")
     source.add_argument("--checkpoint", metavar="CKPT",
                         help="a training checkpoint or run directory, or a model directory from import-hf")
     parser.add_argument("--prompt", required=True, help="the text to continue")
@@ -87,8 +88,9 @@ def load_model_and_tokenizer(args, device):
     from .io.load import load_model, open_source
 
     if args.hf:
-        model = load_model(args.hf, device=device)
-        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else HubTokenizer.from_dir(args.hf)
+        source = open_source(args.hf, weights=True)  # a directory, or a Hub id through the cache
+        model = load_model(source.path, device=device)
+        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else HubTokenizer.from_dir(source.path)
     else:
         source = open_source(args.checkpoint)
         if source.kind == "model_dir" and not args.tokenizer:  # from `hybridcore import-hf`: no tokenizer

@@ -1,5 +1,6 @@
-"""`hybridcore info PRESET|DIR [--json]`: layout, layer counts, parameters, FLOPs, memory. DIR is anything
-hybridcore.io.load opens: a Hugging Face Falcon-H1 directory, a model directory, a training run or checkpoint."""
+"""`hybridcore info PRESET|DIR|ORG/NAME [--json]`: layout, layer counts, parameters, FLOPs, memory. DIR is anything
+hybridcore.io.load opens: a Hugging Face directory of a supported family, a model directory, a training run
+or checkpoint; ORG/NAME a Hub id (its config.json, from the cache first)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from .presets import get_preset, preset_names
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("model", help=f"a preset ({', '.join(preset_names())}), a Hugging Face Falcon-H1 "
-                        "directory, a hybridcore model directory, or a training run or checkpoint")
+    parser.add_argument("model", help=f"a preset ({', '.join(preset_names())}), a Hugging Face model directory, "
+                        "a hybridcore model directory, a training run or checkpoint, or a Hub id ORG/NAME (its "
+                        "config.json, from the cache first)")
     parser.add_argument("--seq-len", type=int, default=None, help="sequence length for FLOPs per token "
                         "(default: 4096, or the model's limit if smaller)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -26,8 +28,10 @@ def add_arguments(parser) -> None:
 
 
 def resolve_model_config(spec: str, overrides: list[str] = ()) -> ModelConfig:
-    """A preset name or a model directory, with `--set key=value` overrides applied."""
-    if os.path.isdir(spec):
+    """A preset name, a model directory or run, or a Hub id, with `--set key=value` overrides applied."""
+    from .bridge.hub import looks_like_hub_id
+
+    if os.path.isdir(spec) or (spec not in preset_names() and looks_like_hub_id(spec)):
         from .io.load import open_source
 
         config = open_source(spec).config

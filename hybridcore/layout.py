@@ -3,7 +3,7 @@
     P  parallel hybrid (attention and Mamba-2 read one norm, outputs summed)
     M  Mamba-2 only
     *  attention only
-    -  MLP only (SwiGLU)
+    -  MLP only (SwiGLU, or squared ReLU without a gate: ModelConfig.mlp_activation)
     |  not a layer: a pipeline-stage boundary
 
 Falcon-H1 is "P-" * num_blocks.

@@ -1,7 +1,9 @@
 """Named model configurations. Presets are data: plain dicts of ModelConfig fields, nothing keyed on names.
 
-Falcon-H1 shapes and µP multipliers are the released ones (see the project's falcon-h1.md). Released
-sizes whose every value is not confirmed (1.5B, 3B) are left out rather than guessed.
+Falcon-H1 shapes and µP multipliers are the released ones (see the project's falcon-h1.md); Nemotron-H-8B's
+are its public config.json's, through the bridge's translation. Released sizes whose every value is not
+confirmed (Falcon-H1 1.5B and 3B, the other Nemotron-H sizes, Granite-4.0-H, Bamba) are left out rather
+than guessed.
 """
 
 from __future__ import annotations
@@ -58,6 +60,15 @@ PRESETS: dict[str, dict] = {
         lm_head_multiplier=0.0078125, key_multiplier=0.011049, attention_out_multiplier=0.0375,
         ssm_in_multiplier=0.25, ssm_out_multiplier=0.08838835, mlp_multipliers=(0.1767767, 0.01116071),
         ssm_multipliers=_SSM_MULTIPLIERS_DEEP,
+    ),
+    "nemotron-h-8b": dict(
+        description="Nemotron-H-8B-Base-8K (released shape): Mamba-2, attention without RoPE, squared-ReLU MLPs",
+        vocab_size=131072, d_model=4096, layout="M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-",
+        num_heads=32, num_kv_heads=8, head_dim=128, rope_fraction=0.0, max_seq_len=8192, attention_bias=False,
+        mamba_n_heads=128, mamba_d_head=64, mamba_d_state=128, mamba_n_groups=8, mamba_d_conv=4, mamba_chunk_size=128,
+        mamba_conv_bias=True, mamba_proj_bias=False, projectors_bias=False, mamba_rms_norm=True,
+        mamba_norm_before_gate=False, d_ff=21504, mlp_bias=False, mlp_activation="relu2", norm_eps=1e-5,
+        norm_weight_in_fp32=True, tie_embeddings=False, eos_token_id=2,
     ),
     "hybrid-seq-small": dict(
         description="example: a sequential hybrid, Mamba-2 and attention in separate layers",

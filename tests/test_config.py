@@ -29,6 +29,12 @@ def test_round_trip_through_dict():
     (dict(ssm_multipliers=(1.0, 1.0, math.nan, 1.0, 1.0)), "ssm_multipliers must be a finite number"),
     (dict(time_step_limit=(0.0, math.nan)), "time_step_limit must be a finite number"),
     (dict(time_step_limit=(-math.inf, 1.0)), "time_step_limit must be a finite number"),
+    (dict(rope_fraction=1.5), "rope_fraction"),
+    (dict(head_dim=12, rope_fraction=0.25), "rope_fraction 0.25 of head_dim 12 rotates 3"),
+    (dict(attention_scale=0.0), "attention_scale"),
+    (dict(mlp_activation="gelu"), "mlp_activation"),
+    (dict(mlp_activation="relu2", mlp_multipliers=(0.5, 1.0)), r"mlp_multipliers\[0\]"),
+    (dict(logits_divisor=-1.0), "logits_divisor"),
 ])
 def test_bad_values_name_the_field(changes, field):
     with pytest.raises(ValueError, match=field):
@@ -51,6 +57,8 @@ def test_coerce_field_types():
     assert coerce_field("ssm_multipliers", "1,2,3,4,5") == (1.0, 2.0, 3.0, 4.0, 5.0)
     assert coerce_field("layout", "M-") == "M-"
     assert coerce_field("time_step_limit", "0,inf") == (0.0, math.inf)
+    assert coerce_field("attention_scale", "none") is None and coerce_field("attention_scale", "0.125") == 0.125
+    assert coerce_field("mlp_activation", "relu2") == "relu2" and coerce_field("rope_fraction", "0.5") == 0.5
     with pytest.raises(ValueError, match="unknown model config key 'nope'"):
         coerce_field("nope", "1")
     with pytest.raises(ValueError, match="d_model"):

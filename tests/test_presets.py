@@ -75,6 +75,15 @@ def test_flops_matmul_term_counts_every_linear_weight():
     assert flops.ssd > 0 and flops.total == flops.matmul + flops.attention + flops.ssd
 
 
+def test_flops_count_a_gateless_mlp_as_two_matrices():
+    config = get_preset("debug").replace(mlp_activation="relu2")
+    with torch.device("meta"):
+        model = HybridLM(config)
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    linear += sum(w.numel() for m in model.modules() if isinstance(m, SegmentedLinear) for w in m.weights())
+    assert linear_weights(config) == linear
+
+
 def test_info_json_reports_exact_params(capsys):
     assert main(["info", "falcon-h1-7b", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -124,3 +133,27 @@ def test_pipeline_split_balances_flops_and_honours_cuts(capsys):
     shares = [float(line.rsplit("%", 1)[0].rsplit(" ", 1)[-1]) for line in capsys.readouterr().out.splitlines()
               if line.startswith("stage")]
     assert len(shares) == 4 and max(shares) - min(shares) < 2.0  # the head counted: stages within 2 points
+
+
+# nvidia/Nemotron-H-8B-Base-8K's public config.json (its numerics-relevant fields, as released)
+NEMOTRON_H_8B = {
+    "model_type": "nemotron_h", "architectures": ["NemotronHForCausalLM"], "vocab_size": 131072, "hidden_size": 4096,
+    "hybrid_override_pattern": "M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-", "num_hidden_layers": 52,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "attention_head_dim": 128, "attention_bias": False,
+    "attention_dropout": 0.0, "max_position_embeddings": 8192, "intermediate_size": 21504, "mlp_hidden_act": "relu2",
+    "mlp_bias": False, "ssm_state_size": 128, "mamba_num_heads": 128, "mamba_head_dim": 64, "mamba_hidden_act": "silu",
+    "n_groups": 8, "conv_kernel": 4, "chunk_size": 128, "expand": 2, "use_conv_bias": True, "use_bias": False,
+    "mamba_proj_bias": False, "layer_norm_epsilon": 1e-05, "rms_norm_eps": 1e-05, "residual_in_fp32": False,
+    "tie_word_embeddings": False, "initializer_range": 0.02, "eos_token_id": 2,
+}
+
+
+def test_nemotron_preset_is_the_released_config_and_counts_as_transformers():
+    from hybridcore.bridge.families import model_config_from_hf
+
+    transformers = pytest.importorskip("transformers")
+    assert model_config_from_hf(NEMOTRON_H_8B) == get_preset("nemotron-h-8b")
+    with torch.device("meta"):
+        theirs = transformers.NemotronHForCausalLM(transformers.NemotronHConfig(**NEMOTRON_H_8B))
+    assert our_count("nemotron-h-8b") == sum(p.numel() for p in theirs.parameters())
+    assert round(our_count("nemotron-h-8b") / 1e9, 1) == 8.1

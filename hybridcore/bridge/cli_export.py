@@ -1,5 +1,6 @@
-"""`hybridcore export-hf SRC OUT_HF_DIR`: a hybridcore model directory or training checkpoint -> a Hugging
-Face Falcon-H1 directory that transformers loads."""
+"""`hybridcore export-hf SRC OUT_HF_DIR [--family NAME]`: a hybridcore model directory or training checkpoint
+-> a Hugging Face directory that transformers loads, in the format of the first family that holds the model's
+layout and switches (or the one named)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("out_hf_dir", help="Hugging Face directory to write")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT_HF_DIR if it exists (never SRC, a "
                         "directory holding it, or a training run)")
+    parser.add_argument("--family", default=None, metavar="NAME",
+                        help="write this family's format (falcon_h1, nemotron_h, granitemoehybrid, bamba; default: "
+                        "the first whose format holds the model), or say why it cannot")
     parser.add_argument("--max-shard-size", default="5GB",
                         help="split the safetensors above this size (default 5GB; e.g. 500MB, 2GiB)")
 
@@ -20,13 +24,17 @@ def run(args) -> int:
     from ..errors import io_faults
     from ..io.files import check_output
     from ..io.load import load_model
+    from .families import family_named
     from .hf import save_hf
 
     limit = parse_size(args.max_shard_size, "--max-shard-size")
+    requested = family_named(args.family) if args.family else None  # a typo fails before any reading
     check_output(args.out_hf_dir, args.overwrite, inputs=[args.src])  # before reading a whole model
     with io_faults(f"exporting {args.src} to {args.out_hf_dir}",
                    kept=f"{args.out_hf_dir} was not changed (the partial output was removed)"):
         model = load_model(args.src, device="cpu")
-        save_hf(model, args.out_hf_dir, max_shard_bytes=limit, overwrite=args.overwrite, inputs=[args.src])
-    print(f"exported {args.src} -> {args.out_hf_dir}: {model.num_parameters():,} parameters")
+        family = save_hf(model, args.out_hf_dir, max_shard_bytes=limit, overwrite=args.overwrite,
+                         inputs=[args.src], family=requested)
+    print(f"exported {args.src} -> {args.out_hf_dir}: {family.name} ({family.architecture}), "
+          f"{model.num_parameters():,} parameters")
     return 0

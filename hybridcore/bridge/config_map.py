@@ -122,14 +122,29 @@ def model_config_from_hf(hf: dict) -> ModelConfig:
         raise ValueError(f"config.json describes an invalid model: {error}") from None
 
 
-def check_exportable(config: ModelConfig) -> int:
-    """Falcon-H1's format expresses only "P-" * n. Returns n, else raises ValueError saying why."""
+def export_problems(config: ModelConfig) -> list[str]:
+    """Why Falcon-H1's format cannot hold this config ([] when it can)."""
     kinds = "".join(parse_layout(config.layout).kinds)
-    blocks = len(kinds) // 2
-    if kinds != "P-" * blocks:
-        raise ValueError(f"layout {config.layout!r} cannot be exported to Falcon-H1: its format has one "
-                         f"parallel-hybrid block followed by one MLP per layer, i.e. 'P-' * n")
-    return blocks
+    problems = []
+    if kinds != "P-" * (len(kinds) // 2):
+        problems.append(f"layout {config.layout!r} cannot be exported to Falcon-H1: its format has one "
+                        f"parallel-hybrid block followed by one MLP per layer, i.e. 'P-' * n")
+    switches = {"rope_fraction": 1.0, "mlp_activation": "swiglu", "logits_divisor": 1.0, "norm_weight_in_fp32": False}
+    problems += [f"{name} is {getattr(config, name)!r}, needs {value!r} (Falcon-H1 has no such switch)"
+                 for name, value in switches.items() if getattr(config, name) != value]
+    if config.attention_scale is not None and config.attention_scale != config.head_dim ** -0.5:
+        problems.append(f"attention_scale is {config.attention_scale!r}, needs None (Falcon-H1 scales by "
+                        f"head_dim ** -0.5; its key_multiplier scales the keys)")
+    return problems
+
+
+def check_exportable(config: ModelConfig) -> int:
+    """Falcon-H1's format expresses only "P-" * n with its own switches. Returns n, else raises ValueError
+    saying why."""
+    problems = export_problems(config)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return len(config.layer_kinds) // 2
 
 
 def hf_config_from_model(config: ModelConfig) -> dict:

@@ -65,8 +65,9 @@ def hf_to_ours(config: ModelConfig) -> dict[str, Target]:
     return mapping
 
 
-def ours_state_from_hf(config: ModelConfig, hf_state: dict) -> dict:
-    """Our state dict from an HF state dict of this config (fused tensors split into their segments)."""
+def ours_state_from_hf(config: ModelConfig, hf_state: dict, mapping: dict[str, Target] | None = None) -> dict:
+    """Our state dict from an HF state dict of this config (fused tensors split into their segments);
+    `mapping` is a family's key map (default: Falcon-H1's)."""
     import torch
 
     from ..model import HybridLM
@@ -74,7 +75,7 @@ def ours_state_from_hf(config: ModelConfig, hf_state: dict) -> dict:
     with torch.device("meta"):
         rows = {name: p.shape[0] for name, p in HybridLM(config).named_parameters()}
     state = {}
-    for hf_key, ours in hf_to_ours(config).items():
+    for hf_key, ours in (hf_to_ours(config) if mapping is None else mapping).items():
         names = targets(ours)
         pieces = hf_state[hf_key].split([rows[name] for name in names]) if len(names) > 1 else [hf_state[hf_key]]
         state.update(zip(names, pieces))

@@ -3,7 +3,9 @@
     a training run directory     RUN_DIR (checkpoints/ under it): its newest intact checkpoint
     a training checkpoint        RUN_DIR/checkpoints/step_NNNNNNN (DCP, written under any layout)
     a hybridcore model directory hybridcore.json + model.safetensors (import-hf), any layout string
-    a Hugging Face directory     config.json (model_type falcon_h1) + safetensors
+    a Hugging Face directory     config.json (a supported family's model_type) + safetensors
+    a Hub id ORG/NAME            the Hugging Face directory huggingface_hub's cache holds (bridge/hub.py:
+                                 the cache first, downloaded only when not offline)
 
 `open_source(path)` reads only the config (and what a training checkpoint saved with it), no weights.
 """
@@ -52,9 +54,12 @@ def source_kind(path: str | Path) -> str:
                      f"or a Hugging Face directory ({HF_CONFIG_FILE})")
 
 
-def open_source(path: str | Path) -> ModelSource:
-    """What `path` holds and its ModelConfig, without reading any weights."""
-    path = Path(path)
+def open_source(path: str | Path, weights: bool = False) -> ModelSource:
+    """What `path` holds and its ModelConfig, without reading any weights (a Hub id's weights are fetched
+    into the cache when `weights`)."""
+    from ..bridge.hub import resolve_model_path
+
+    path = Path(resolve_model_path(str(path), weights=weights))
     kind = source_kind(path)
     if kind == "checkpoint":
         checkpoint = resolve_checkpoint(path)
@@ -82,7 +87,7 @@ def load_model(path: str | Path, device: str | torch.device | None = None,
     this process alone (safe to call on one rank of a process group)."""
     from ..bridge.loading import resolve_dtype
 
-    source = open_source(path)
+    source = open_source(path, weights=True)
     dtype = resolve_dtype(dtype)
     device = torch.device(device if device is not None else "cpu")
     if source.kind == "checkpoint":

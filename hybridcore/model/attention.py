@@ -6,7 +6,9 @@ boolean [B, 1, Lq, Lk] mask while that is small, else (long sequences, where the
 for backward would grow as L^2) one call per document run without a mask. Training calls attend through
 the layer's context strategy (model.parallelism; context parallelism supplies another); generation's
 cache paths are here.
-Falcon-H1 multiplies keys by `key_multiplier`; the input/output multipliers live in layers.py.
+Falcon-H1 multiplies keys by `key_multiplier`; the input/output multipliers live in layers.py. A softmax
+scale other than head_dim ** -0.5 (ModelConfig.attention_scale) is applied to the queries, so that every
+attention path (documents, caches, context parallelism) honours it.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ class Attention(nn.Module):
         super().__init__()
         self.head_dim = config.head_dim
         self.key_multiplier = config.key_multiplier
+        default_scale = config.head_dim ** -0.5
+        scale = config.attention_scale
+        # the factor that turns SDPA's default head_dim ** -0.5 into the configured scale
+        self.query_multiplier = None if scale is None or scale == default_scale else scale / default_scale
         bias = config.attention_bias
         self.q_proj = nn.Linear(config.d_model, config.num_heads * config.head_dim, bias=bias)
         self.k_proj = nn.Linear(config.d_model, config.num_kv_heads * config.head_dim, bias=bias)
@@ -71,6 +77,8 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(batch, length, -1, self.head_dim) * self.key_multiplier
         v = self.v_proj(x).view(batch, length, -1, self.head_dim)
         q, k = apply_rope(q, inputs.cos, inputs.sin), apply_rope(k, inputs.cos, inputs.sin)
+        if self.query_multiplier is not None:
+            q = q * self.query_multiplier
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, L, head_dim]
         if cache is None:
             out = inputs.context.attend(q, k, v, inputs.seq_idx, self.flex_for_documents)

@@ -3,7 +3,7 @@
     P: h + mamba(u * ssm_in) * ssm_out + attention(u * attn_in) * attn_out,   u = norm(h)
     M: h + mamba(u * ssm_in) * ssm_out
     *: h + attention(u * attn_in) * attn_out
-    -: h + mlp(norm(h))
+    -: h + mlp(norm(h))                 SwiGLU or squared ReLU (ModelConfig.mlp_activation)
 
 Each layer's branches run between `region.enter` and `region.exit` (model/parallelism.py): on one device
 both return their input; under tensor parallelism the branches compute this rank's heads and channels of
@@ -22,7 +22,7 @@ from ..config import ModelConfig
 from .attention import Attention
 from .cache import LayerCache
 from .mamba2 import Mamba2Mixer
-from .mlp import SwiGLU
+from .mlp import build_mlp
 from .norm import RMSNorm
 from .parallelism import LOCAL_REGION, WHOLE_SEQUENCE, LocalRegion, WholeSequence
 
@@ -42,7 +42,7 @@ class _Residual(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.norm = RMSNorm(config.d_model, config.norm_eps, config.norm_weight_in_fp32)
         self.attention_in = config.attention_in_multiplier
         self.attention_out = config.attention_out_multiplier
         self.ssm_in = config.ssm_in_multiplier
@@ -95,8 +95,8 @@ class MLPLayer(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.norm = RMSNorm(config.d_model, config.norm_eps)
-        self.mlp = SwiGLU(config)
+        self.norm = RMSNorm(config.d_model, config.norm_eps, config.norm_weight_in_fp32)
+        self.mlp = build_mlp(config)
 
     def forward(self, h, inputs: LayerInputs, cache: LayerCache | None = None):
         return h + inputs.region.exit(self.mlp(inputs.region.enter(self.norm(h))))

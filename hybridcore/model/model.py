@@ -42,7 +42,7 @@ class HybridLM(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         # A ModuleDict keyed by global index: pipeline stages delete layers and keep their names.
         self.layers = nn.ModuleDict({str(i): build_layer(kind, config) for i, kind in enumerate(config.layer_kinds)})
-        self.final_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.final_norm = RMSNorm(config.d_model, config.norm_eps, config.norm_weight_in_fp32)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.tie_weights()
 
@@ -105,20 +105,22 @@ class HybridLM(nn.Module):
                 positions = positions_from_seq_idx(seq_idx)
             else:
                 positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
-        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+        cos, sin = rope_cos_sin(positions, self.config.rotary_dim, self.config.rope_theta)
         return LayerInputs(cos=cos, sin=sin, seq_idx=seq_idx, region=self.region, context=self.context)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         if self.lm_head is None:
             return h
         logits = self.lm_head(self.region.enter(h)) * self.config.lm_head_multiplier
+        if self.config.logits_divisor != 1.0:
+            logits = logits / self.config.logits_divisor
         return self.region.gather_vocab(logits)
 
     def loss(self, h: torch.Tensor, labels: torch.Tensor, chunk_size: int) -> torch.Tensor:
         """Mean next-token cross entropy of hidden states h [B, L, d] against labels [B, L] (-100 ignored),
         the LM head and the loss fused in chunks of `chunk_size` tokens (logits never whole)."""
-        return self.region.cross_entropy(self.region.enter(h), self.lm_head.weight, labels,
-                                         self.config.lm_head_multiplier, chunk_size)
+        multiplier = self.config.lm_head_multiplier / self.config.logits_divisor
+        return self.region.cross_entropy(self.region.enter(h), self.lm_head.weight, labels, multiplier, chunk_size)
 
     # ---- inference state ---------------------------------------------------------------------------
     def allocate_caches(self, batch: int, max_len: int, device=None, dtype=None) -> list[LayerCache]:

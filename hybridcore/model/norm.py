@@ -11,9 +11,10 @@ from .plan import REPLICATE
 class RMSNorm(nn.Module):
     parallel_plan = {"weight": REPLICATE}
 
-    def __init__(self, dim: int, eps: float = 1e-5):
+    def __init__(self, dim: int, eps: float = 1e-5, weight_in_fp32: bool = False):
         super().__init__()
         self.eps = eps
+        self.weight_in_fp32 = weight_in_fp32
         self.weight = nn.Parameter(torch.empty(dim))
 
     def reset_parameters(self) -> None:
@@ -22,5 +23,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_fp32 = x.float()
         x_fp32 = x_fp32 * torch.rsqrt(x_fp32.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.weight_in_fp32:  # Nemotron-H (Megatron's fused norm): weight in fp32, then round once
+            return (self.weight.float() * x_fp32).to(x.dtype)
         # Cast back before the weight, as Falcon-H1 (and Llama) do.
         return self.weight * x_fp32.to(x.dtype)

@@ -1,7 +1,8 @@
-"""Rotary position embedding on the full head dimension (rotate-half style), cos/sin in fp32.
+"""Rotary position embedding (rotate-half style), cos/sin in fp32, on the first `rotary_dim` channels of
+each head: all of them (Falcon-H1), a part (Bamba's partial RoPE: the rest pass unrotated) or none.
 
-Frequencies are computed as transformers' Falcon-H1 does (fp32 exponent of a float base) so that
-logits agree with it bit for bit where possible, also at theta = 1e11.
+Frequencies are computed as transformers does (fp32 exponent of a float base, over the rotated width)
+so that logits agree with it bit for bit where possible, also at theta = 1e11.
 """
 
 from __future__ import annotations
@@ -9,9 +10,12 @@ from __future__ import annotations
 import torch
 
 
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """positions [B, L] (any int dtype) -> cos, sin [B, L, head_dim] in fp32."""
-    exponent = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim
+def rope_cos_sin(positions: torch.Tensor, rotary_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """positions [B, L] (any int dtype) -> cos, sin [B, L, rotary_dim] in fp32 (empty for rotary_dim 0)."""
+    if rotary_dim == 0:  # no positional encoding: attention leaves q and k as they are
+        empty = torch.zeros(*positions.shape, 0, device=positions.device)
+        return empty, empty
+    exponent = torch.arange(0, rotary_dim, 2, device=positions.device, dtype=torch.float32) / rotary_dim
     inv_freq = 1.0 / (theta ** exponent)
     angles = positions.float()[..., None] * inv_freq
     angles = torch.cat((angles, angles), dim=-1)
@@ -19,7 +23,13 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, L, heads, head_dim]; cos/sin [B, L, head_dim]. Rotation done in fp32, result in x's dtype."""
+    """x [B, L, heads, head_dim]; cos/sin [B, L, rotary_dim]: the first rotary_dim channels rotate, in fp32,
+    the others pass; the result in x's dtype."""
+    rotary = cos.shape[-1]
+    if rotary == 0:
+        return x
+    if rotary < x.shape[-1]:
+        return torch.cat((apply_rope(x[..., :rotary], cos, sin), x[..., rotary:]), dim=-1)
     x_fp32 = x.float()
     half = x.shape[-1] // 2
     rotated = torch.cat((-x_fp32[..., half:], x_fp32[..., :half]), dim=-1)

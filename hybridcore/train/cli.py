@@ -27,8 +27,8 @@ def add_arguments(parser) -> None:
           "--init-hf or --resume")
     model.add_argument("--set", dest="overrides", action="append", default=None, metavar="KEY=VALUE",
                        help="override a model config field (repeatable)")
-    _flag(model, "--init-hf", metavar="HF_DIR", help="start from the weights of a Hugging Face Falcon-H1 directory "
-          "(or a hybridcore model directory from import-hf, or another run's checkpoint) instead of a random init")
+    _flag(model, "--init-hf", metavar="HF_DIR", help="start from the weights of a Hugging Face model directory or Hub "
+          "id ORG/NAME (or a hybridcore model directory from import-hf) instead of a random init")
 
     run = parser.add_argument_group("run")
     run.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory: metrics.jsonl, run_config.json, checkpoints/")

@@ -7,7 +7,6 @@ the final parameters.
 
 from __future__ import annotations
 
-import os
 
 import torch
 
@@ -21,9 +20,7 @@ def resolve_model_config(train_config) -> ModelConfig:
     if train_config.init_hf is not None:
         if train_config.preset is not None:
             raise ValueError("--preset and --init-hf both name a model; give one (--init-hf brings its own config)")
-        if not os.path.isdir(train_config.init_hf):
-            raise ValueError(f"--init-hf: {train_config.init_hf} is not a directory")
-        base = open_source(train_config.init_hf).config
+        base = open_source(train_config.init_hf).config  # a directory, or a Hub id through the cache
     else:
         base = get_preset(train_config.preset)
     return apply_overrides(base, train_config.overrides)
@@ -48,13 +45,3 @@ def build_train_model(model_config: ModelConfig, train_config, device: torch.dev
                              f"({str(error).splitlines()[-1].strip()})") from None
         del source
     return model
-
-
-def _load_init(path: str) -> HybridLM:
-    from ..bridge.model_dir import is_model_dir, load_model_dir
-
-    if is_model_dir(path):
-        return load_model_dir(path, dtype=torch.float32, device="cpu")
-    from ..bridge import load_hf  # imported lazily: the bridge is only needed for --init-hf
-
-    return load_hf(path, dtype=torch.float32, device="cpu")

@@ -60,7 +60,8 @@ BREAKAGES = {
     "rope-type": (_set_config(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}),
                   r"rope_type='linear' is not supported"),
     "hidden-act": (_set_config(hidden_act="gelu"), r"hidden_act='gelu' is not supported"),
-    "model-type": (_set_config(model_type="llama"), r"model_type is 'llama'; expected 'falcon_h1'"),
+    "model-type": (_set_config(model_type="llama"),
+                   r"model_type is 'llama'; hybridcore reads falcon_h1 \(Falcon-H1\), nemotron_h"),
     "mamba-head": (_set_config(mamba_d_head=5), r"mamba_d_head \(5\)"),
 }
 
@@ -102,8 +103,10 @@ def test_directory_without_weights_or_config(tmp_path):
 
 def test_layouts_falcon_h1_cannot_express_do_not_export(tmp_path):
     model = build_model(tiny_model_config(layout="M-*-"), seed=0)
-    with pytest.raises(ValueError, match=r"layout 'M-\*-' cannot be exported.*'P-' \* n"):
-        save_hf(model, str(tmp_path / "out"))
+    with pytest.raises(ValueError, match=r"as Falcon-H1: layout 'M-\*-' cannot be exported.*'P-' \* n"):
+        save_hf(model, str(tmp_path / "out"), family="falcon_h1")
+    with pytest.raises(ValueError, match=r"no supported format holds this model.*Falcon-H1: layout 'M\*-P'"):
+        save_hf(build_model(tiny_model_config(layout="M*-P"), seed=0), str(tmp_path / "out"))
     assert listing(tmp_path) == []
 
 

@@ -56,8 +56,17 @@ def long_memory(model) -> None:
             param.fill_(-1.0)  # dt = softplus(-1 + ...) ~ 0.3
 
 
+# Nemotron-H's switches (a model that exports as Nemotron-H): squared-ReLU MLP without a gate, attention
+# without RoPE or biases, 8 Mamba groups, norm weights in fp32, no multipliers.
+NEMOTRON_H = dict(mlp_activation="relu2", rope_fraction=0.0, attention_bias=False, mamba_n_heads=8, mamba_d_head=4,
+                  mamba_n_groups=8, norm_weight_in_fp32=True, embedding_multiplier=1.0, lm_head_multiplier=1.0,
+                  key_multiplier=1.0, ssm_in_multiplier=1.0, ssm_out_multiplier=1.0, attention_out_multiplier=1.0,
+                  mlp_multipliers=(1.0, 1.0), ssm_multipliers=(1.0,) * 5)
 # Model variants the layout tests name: a layout string, optionally "/" and a variant.
-VARIANTS = {"": {}, "groups1": dict(mamba_n_groups=1), "groups1-no-norm": dict(mamba_n_groups=1, mamba_rms_norm=False)}
+VARIANTS = {"": {}, "groups1": dict(mamba_n_groups=1), "groups1-no-norm": dict(mamba_n_groups=1, mamba_rms_norm=False),
+            "nemotron": NEMOTRON_H,
+            # Bamba's partial RoPE with Granite's softmax and logits scales
+            "partial-rope-scaled": dict(rope_fraction=0.5, attention_scale=0.2, logits_divisor=2.0)}
 
 
 def named_config(name: str) -> ModelConfig:

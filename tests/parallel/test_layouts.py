@@ -44,6 +44,9 @@ TWO_RANKS = {
     "cp2/P-": (dict(cp=2), "P-", False, {}),
     "cp2/M*-P/documents": (dict(cp=2), "M*-P", True, {}),
     "cp2/M*-P/documents/no-mask": (dict(cp=2), "M*-P", True, {"document_mask_limit": 0}),
+    "tp2/M-*-M-/nemotron": (dict(tp=2), "M-*-M-/nemotron", False, {}),
+    "cp2/M-*-M-/nemotron/documents": (dict(cp=2), "M-*-M-/nemotron", True, {}),
+    "tp2/M*-/partial-rope-scaled": (dict(tp=2), "M*-/partial-rope-scaled", False, {}),
 }
 FOUR_RANKS = {
     **{f"tp2xfsdp2/{layout}": (dict(tp=2, dp_shard=2), layout, False, {}) for layout in LAYOUTS},
