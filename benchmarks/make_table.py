@@ -4,9 +4,8 @@
     python benchmarks/make_table.py --write README.md   # replace the table between the markers there
 
 A figure counts only when its contender had its process to itself: the JSON of `hybridcore bench` and
-`benchmarks/ssd_kernel_bench.py` hold one contender each. A file holding several contenders measured in one
-process (`bench-*.json`, `ssd_kernel-*.json`) counts for its first contender only, the one that ran before
-any other.
+`benchmarks/ssd_kernel_bench.py` hold one contender each; `benchmarks/train_bench.py` (the trainer itself,
+on packed documents) and `benchmarks/generate_bench.py` (each side in its own process) add a row each.
 When two files hold the same figure and contender, the newer one counts. MFU is `hybridcore.flops.mfu`:
 model FLOP/s over the datasheet dense bf16 peak recorded with the figure (989 TFLOP/s for H100/H200).
 """
@@ -30,40 +29,30 @@ STATUS_TEXT = {"oom": "out of memory", "unavailable": "not installed", "incomple
 
 
 def read_figures(results: Path) -> dict:
-    """{(figure, contender): figure JSON}, the newest file of each pair, from every result file."""
+    """{(figure, contender): figure JSON}, the newest file of each pair, from the one-contender results."""
     found = {}
     for path in sorted(results.glob("*.json")):
         data = json.loads(path.read_text())
-        for record in [data] if "kind" in data else read_legacy(data):
-            record["file"] = path.name
-            key = (record["figure"], record["contender"])
-            if key not in found or record["date"] > found[key]["date"]:
-                found[key] = record
+        if "kind" not in data:
+            continue
+        data["file"] = path.name
+        key = (data["figure"], data["contender"])
+        if key not in found or data["date"] > found[key]["date"]:
+            found[key] = data
     return found
 
 
-def read_legacy(data: dict) -> list[dict]:
-    """The first contender of a file holding several measured in one process: the one that ran alone.
-    Other JSON (generation, multi-GPU, summaries) holds no figure of this table."""
-    runs = data.get("runs")
-    if runs and "preset" in data:
-        name, run = next(iter(runs.items()))
-        contender = name if name in ("hf_kernels", "hf_torch") else "ours"  # ours, ours_compiled, ...
-        record = {key: data[key] for key in ("preset", "batch_size", "seq_len", "gpu", "versions", "date",
-                                             "flops_per_token")}
-        return [{**record, "kind": "train_step", "figure": f"train_step-{data['preset']}-{data['batch_size']}x"
-                 f"{data['seq_len']}", "contender": contender, "status": run["status"],
-                 "tokens_per_s": run.get("tok_s"), "peak_memory_gib": run.get("peak_gib"), "num_gpus": 1,
-                 "peak_tflops": 989.0, "git_commit": None}]
-    if "plain_ours" in data:
-        shape = data["shape"]
-        figure = "ssd-" + "x".join(str(shape[k]) for k in ("batch", "length", "heads", "head_dim", "state", "groups"))
-        milliseconds = data["plain_ours"]["fwd_bwd_ms"]
-        return [{"kind": "ssd", "figure": f"{figure}-chunk{shape.get('chunk', 128)}", "contender": "ours",
-                 "status": "ok", "shape": shape, "plain": {"fwd_bwd_ms": {"median": milliseconds,
-                                                                          "spread": [milliseconds] * 2}},
-                 "gpu": data["gpu"], "versions": data["versions"], "date": data["date"], "git_commit": None}]
-    return []
+def newest(results: Path, benchmark: str) -> tuple[dict, str] | None:
+    """(the newest JSON of benchmarks/<benchmark>_bench.py, its file name), or None."""
+    runs = []
+    for path in results.glob("*.json"):
+        data = json.loads(path.read_text())
+        if data.get("benchmark") == benchmark:
+            runs.append((data.get("date") or data.get("time"), path.name, data))
+    if not runs:
+        return None
+    _, name, data = max(runs)
+    return data, name
 
 
 # ---- cells --------------------------------------------------------------------------------------------
@@ -131,15 +120,65 @@ def table(results: Path = RESULTS) -> str:
             speedup = ratio(kernels, ours, lambda r: r["plain"]["fwd_bwd_ms"]["median"])
             lines.append(f"| {ssd_title(ours or kernels)} | {ssd_cell(ours, bold=True)} | {ssd_cell(kernels)} "
                          f"| | {speedup} |")
+    files = [f"`{record['file']}`" for record in figures.values()]
+    lines += train_run_rows(results, figures, files) + generate_rows(results, files)
     used = list(figures.values())
     if not used:
         return "\n".join(lines + ["| no results in benchmarks/results/ yet: run `bash benchmarks/run.sh` | | | | |"])
     environments = sorted({environment_text(record) for record in used})
-    files = sorted(f"`{record['file']}`" for record in used)
+    files = sorted(files)
     lines += ["", "Each contender ran in its own process. Figures are medians; in parentheses, the range over "
               "repeated timing windows where the file has several.",
               "Measured on " + "; ".join(environments) + ".", "Files: " + ", ".join(files) + "."]
     return "\n".join(lines)
+
+
+def train_run_rows(results: Path, figures: dict, files: list[str]) -> list[str]:
+    """`hybridcore train` on packed documents, against the bench's step at the same shape (no peer can
+    mask documents), and its first step cold and warm."""
+    found = newest(results, "train")
+    if found is None:
+        return []
+    data, name = found
+    files.append(f"`{name}`")
+    runs = data["runs"]
+    warm = runs.get("warm") or runs.get("cold")
+    if not warm or warm.get("status") != "ok":
+        return []
+    step = figures.get((f"train_step-{data['preset']}-{data['batch_size']}x{data['seq_len']}", "ours"))
+    of_step = f"{warm['tokens_per_s'] / step['tokens_per_s']:.2f}x the bench's step" if step else ""
+    starts = ", ".join(f"{which} {runs[which]['to_first_step_s']:.0f} s" for which in ("cold", "warm")
+                       if runs.get(which, {}).get("to_first_step_s"))
+    low, high = warm["tokens_per_s_range"]
+    return [f"| `hybridcore train` {data['preset']}, {data['batch_size']} x {data['seq_len']}, packed documents, "
+            f"tokens/s (first step after launch: {starts}) | **{warm['tokens_per_s']:,.0f}** ({low:,.0f}-{high:,.0f}), "
+            f"MFU {100 * warm['mfu']:.1f}% | no document masking | | {of_step} |"]
+
+
+def generate_rows(results: Path, files: list[str]) -> list[str]:
+    """Decode and prefill tokens/s of `generate` (CUDA graph, and eager) against transformers' generate."""
+    found = newest(results, "generate")
+    if found is None:
+        return []
+    data, name = found
+    rows = []
+    peer = data.get("sides", {}).get("transformers", {}).get("results", {})
+    for shape in sorted(data.get("ratios", {}), key=lambda key: [int(part) for part in key.split("x")]):
+        context, batch = shape.split("x")
+        theirs = peer.get(shape, {})
+        for side, words in (("hybridcore", "CUDA graph (default)"), ("hybridcore_eager", "eager")):
+            ours = data["sides"][side]["results"].get(shape, {})
+            ratios = data["ratios"][shape].get(side, {})
+            if ours.get("status") != "ok" or theirs.get("status") != "ok":
+                continue
+            mine = f"**{ours['decode_tokens_per_s']:,.1f}** / {ours['prefill_tokens_per_s']:,.0f}"
+            rows.append(f"| generate {data['preset']}, {context}-token prompt, batch {batch}, {words}: decode / "
+                        f"prefill tokens/s | {mine} | {theirs['decode_tokens_per_s']:,.1f} / "
+                        f"{theirs['prefill_tokens_per_s']:,.0f} | | {ratios['decode_speedup']:.2f}x / "
+                        f"{ratios['prefill_speedup']:.2f}x |")
+    if rows:
+        files.append(f"`{name}`")
+    return rows
 
 
 def figure_order(name: str, figures: dict):
@@ -164,7 +203,10 @@ def environment_text(record: dict) -> str:
     v = record["versions"]
     packages = ", ".join(f"{name} {v[name]}" for name in ("torch", "triton", "transformers", "mamba_ssm",
                                                           "causal_conv1d") if v.get(name))
-    commit = f", commit {record['git_commit'][:10]}" if record.get("git_commit") else ", commit not recorded"
+    if record.get("tree_measured"):  # the files say which tree was measured, beyond the commit they record
+        commit = ", tree: see the files' tree_measured"
+    else:
+        commit = f", commit {record['git_commit'][:10]}" if record.get("git_commit") else ", commit not recorded"
     return f"{record['gpu']} ({record['date'][:10]}, {packages}{commit})"
 
 

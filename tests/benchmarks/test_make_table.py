@@ -79,16 +79,40 @@ def test_the_table_shows_each_contender_its_mfu_and_the_ratios(tmp_path, make_ta
     assert "`kernels.json`" in text and "`generate.json`" not in text
 
 
-def test_only_the_first_contender_of_a_shared_process_counts(tmp_path, make_table):
-    """A file holding several contenders measured in one process: the peer after ours ran in what ours
-    left behind (compile caches, CUDA-graph pools), so it is no figure."""
+def test_a_file_of_contenders_sharing_a_process_holds_no_figure(tmp_path, make_table):
+    """Several contenders measured in one process: the peer after ours ran in what ours left behind
+    (compile caches, CUDA-graph pools), so the file counts for nothing."""
     write(tmp_path, "shared.json", {
         "preset": "falcon-h1-0.5b", "batch_size": 4, "seq_len": 4096, "flops_per_token": FLOPS,
         "gpu": "NVIDIA H200", "date": "2026-11-29T12:20:51+00:00", "versions": ENVIRONMENT["versions"],
         "runs": {"ours_compiled_reduce-overhead": {"status": "ok", "tok_s": 80_000.0, "peak_gib": 39.9},
                  "hf_kernels": {"status": "ok", "tok_s": 30_000.0, "peak_gib": 59.1}}})
-    (row,) = rows(make_table.table(tmp_path)).values()
-    assert row[0].startswith("**80,000**, MFU") and row[1:] == ["not measured", "not measured", ""]
+    only = "no results in benchmarks/results/ yet: run `bash benchmarks/run.sh`"
+    assert list(rows(make_table.table(tmp_path))) == [only]
+
+
+def test_the_trainer_and_generation_rows(tmp_path, make_table):
+    write(tmp_path, "ours.json", train_step("ours", tokens=80_000.0))
+    runs = {name: {"status": "ok", "to_first_step_s": first, "tokens_per_s": tokens, "tokens_per_s_range": [
+        tokens - 1000, tokens + 1000], "mfu": 0.27} for name, first, tokens in (("cold", 120.0, 76_000.0),
+                                                                              ("warm", 20.0, 78_000.0))}
+    write(tmp_path, "train.json", {"benchmark": "train", "date": "2026-12-05T11:00:00+00:00",
+                                   "preset": "falcon-h1-0.5b", "batch_size": 4, "seq_len": 4096, "runs": runs})
+    side = {"status": "ok", "decode_tokens_per_s": 100.0, "prefill_tokens_per_s": 40_000.0}
+    peer = {"status": "ok", "decode_tokens_per_s": 10.0, "prefill_tokens_per_s": 20_000.0}
+    write(tmp_path, "generate.json", {
+        "benchmark": "generate", "time": "2026-12-05T12:00:00+00:00", "preset": "falcon-h1-0.5b",
+        "sides": {"hybridcore": {"results": {"4096x1": side}}, "hybridcore_eager": {"results": {"4096x1": side}},
+                  "transformers": {"results": {"4096x1": peer}}},
+        "ratios": {"4096x1": {"hybridcore": {"decode_speedup": 10.0, "prefill_speedup": 2.0},
+                              "hybridcore_eager": {"decode_speedup": 10.0, "prefill_speedup": 2.0}}}})
+    found = rows(make_table.table(tmp_path))
+    trainer = found["`hybridcore train` falcon-h1-0.5b, 4 x 4096, packed documents, tokens/s (first step after "
+                    "launch: cold 120 s, warm 20 s)"]
+    assert trainer == ["**78,000** (77,000-79,000), MFU 27.0%", "no document masking", "", "0.97x the bench's step"]
+    graph = found["generate falcon-h1-0.5b, 4096-token prompt, batch 1, CUDA graph (default): decode / prefill "
+                  "tokens/s"]
+    assert graph == ["**100.0** / 40,000", "10.0 / 20,000", "", "10.00x / 2.00x"]
 
 
 def test_the_newer_file_of_a_figure_counts_and_a_failure_says_so(tmp_path, make_table):
