@@ -13,9 +13,10 @@ import math
 from ..config import ModelConfig
 from ..io.json_codec import decode
 from .config_map import _rope_theta
-from .family import (PLAIN_MULTIPLIERS, Family, attention_keys, block_mixers, build_config, default_attention_scale,
-                     differences, first_eos, hf_reader, keep_present, linear_keys, mamba_keys, mamba_shapes,
-                     mixer_block_problems, refuse_unsupported)
+from .family import (PLAIN_MULTIPLIERS, Family, block_mixers, build_config, default_attention_scale, differences,
+                     first_eos, gated_norm_problems, hf_reader, keep_present, linear_keys, mamba_expand_problems,
+                     mamba_fields_from_hf, mamba_hf_fields, mamba_shapes, mixer_block_keys, mixer_block_problems,
+                     refuse_unsupported)
 
 # transformers' BambaConfig defaults for every key read here (tests check them against it)
 HF_DEFAULTS = {
@@ -53,13 +54,8 @@ def model_config_from_hf(hf: dict) -> ModelConfig:
         num_heads=heads, num_kv_heads=_get(hf, "num_key_value_heads") or heads,
         head_dim=hf.get("head_dim") or hidden // heads, rope_theta=_rope_theta(hf), rope_fraction=_rope_fraction(hf),
         max_seq_len=_get(hf, "max_position_embeddings"), attention_bias=bool(_get(hf, "attention_bias")),
-        mamba_n_heads=mamba_heads, mamba_d_head=d_head, mamba_d_state=_get(hf, "mamba_d_state"),
-        mamba_n_groups=_get(hf, "mamba_n_groups"), mamba_d_conv=_get(hf, "mamba_d_conv"),
-        mamba_chunk_size=_get(hf, "mamba_chunk_size"), mamba_conv_bias=bool(_get(hf, "mamba_conv_bias")),
-        mamba_proj_bias=bias, projectors_bias=bias, mamba_rms_norm=True, mamba_norm_before_gate=False,
-        time_step_limit=tuple(float(v) for v in (_get(hf, "time_step_limit") or (0.0, math.inf))),
+        **mamba_fields_from_hf(hf, _get, mamba_heads, d_head, bias),
         d_ff=_get(hf, "intermediate_size"), mlp_bias=bool(_get(hf, "mlp_bias")),
-        norm_eps=_get(hf, "rms_norm_eps"), tie_embeddings=bool(_get(hf, "tie_word_embeddings")),
         init_std=_get(hf, "initializer_range"), eos_token_id=first_eos(hf),
     )
 
@@ -69,18 +65,12 @@ def export_problems(config: ModelConfig) -> list[str]:
     problems += differences(config, {"mlp_activation": "swiglu"}, "its MLP is SwiGLU")
     if config.rope_fraction == 0.0:
         problems.append("rope_fraction is 0.0, needs more (Bamba's attention always rotates part of each head)")
-    problems += differences(config, {"mamba_rms_norm": True, "mamba_norm_before_gate": False},
-                            "its gated norm gates, then normalises")
-    problems += differences(config, {"projectors_bias": config.mamba_proj_bias},
-                            "one mamba_proj_bias covers the Mamba in_proj and out_proj")
+    problems += gated_norm_problems(config, "mamba_proj_bias")
     problems += differences(config, {"norm_weight_in_fp32": False}, "its RMSNorm rounds before the weight")
     problems += differences(config, PLAIN_MULTIPLIERS, "the format has no multipliers")
     if not default_attention_scale(config):
         problems.append(f"attention_scale is {config.attention_scale!r}, needs None (scale head_dim ** -0.5)")
-    if config.d_ssm % config.d_model:
-        problems.append(f"the Mamba width {config.d_ssm} is not a multiple of d_model {config.d_model} "
-                        f"(the format states it as the integer mamba_expand)")
-    return problems
+    return problems + mamba_expand_problems(config)
 
 
 def hf_config_from_model(config: ModelConfig) -> dict:
@@ -94,29 +84,14 @@ def hf_config_from_model(config: ModelConfig) -> dict:
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta,
                             "partial_rotary_factor": config.rope_fraction},
         "attention_bias": config.attention_bias, "attention_dropout": 0.0,
-        "intermediate_size": config.d_ff, "mlp_bias": config.mlp_bias,
-        "mamba_n_heads": config.mamba_n_heads, "mamba_d_head": config.mamba_d_head,
-        "mamba_expand": config.d_ssm // config.d_model, "mamba_n_groups": config.mamba_n_groups,
-        "mamba_d_state": config.mamba_d_state, "mamba_d_conv": config.mamba_d_conv,
-        "mamba_chunk_size": config.mamba_chunk_size, "mamba_conv_bias": config.mamba_conv_bias,
-        "mamba_proj_bias": config.mamba_proj_bias, "time_step_limit": list(config.time_step_limit),
-        "rms_norm_eps": config.norm_eps, "tie_word_embeddings": config.tie_embeddings,
-        "initializer_range": config.init_std,
+        "intermediate_size": config.d_ff, "mlp_bias": config.mlp_bias, **mamba_hf_fields(config),
         **({"eos_token_id": config.eos_token_id} if config.eos_token_id is not None else {}),
     }
 
 
 def hf_to_ours(config: ModelConfig) -> dict:
-    candidates = {"model.embed_tokens.weight": "embed.weight", "model.final_layernorm.weight": "final_norm.weight",
-                  "lm_head.weight": "lm_head.weight"}
-    for i, kind in enumerate(block_mixers(config) or []):
-        hf, mixer, mlp = f"model.layers.{i}", f"layers.{2 * i}", f"layers.{2 * i + 1}"
-        candidates[f"{hf}.input_layernorm.weight"] = f"{mixer}.norm.weight"
-        if kind == "M":
-            candidates.update(mamba_keys(f"{hf}.mamba", f"{mixer}.mamba"))
-        else:
-            candidates.update(attention_keys(f"{hf}.self_attn", f"{mixer}.attention"))
-        candidates[f"{hf}.pre_ff_layernorm.weight"] = f"{mlp}.norm.weight"
+    candidates, mlps = mixer_block_keys(config, "model.final_layernorm.weight", "pre_ff_layernorm")
+    for hf, mlp in mlps:
         for name in ("gate_proj", "up_proj", "down_proj"):
             candidates.update(linear_keys(f"{hf}.feed_forward.{name}", f"{mlp}.mlp.{name}"))
     return keep_present(candidates, config)

@@ -7,6 +7,7 @@ is keyed on a family's name: the model only ever sees a ModelConfig.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -124,7 +125,68 @@ def mixer_block_problems(config: ModelConfig) -> list[str]:
     return []
 
 
+def gated_norm_problems(config: ModelConfig, bias_field: str) -> list[str]:
+    """What a format whose Mamba-2 gates before it normalises, with one bias switch (`bias_field`) for
+    in_proj and out_proj, cannot hold."""
+    return (differences(config, {"mamba_rms_norm": True, "mamba_norm_before_gate": False},
+                        "its gated norm gates, then normalises")
+            + differences(config, {"projectors_bias": config.mamba_proj_bias},
+                          f"one {bias_field} covers the Mamba in_proj and out_proj"))
+
+
+def mamba_expand_problems(config: ModelConfig) -> list[str]:
+    if config.d_ssm % config.d_model:
+        return [f"the Mamba width {config.d_ssm} is not a multiple of d_model {config.d_model} "
+                f"(the format states it as the integer mamba_expand)"]
+    return []
+
+
+def mamba_fields_from_hf(hf: dict, get, heads: int, d_head: int, bias: bool) -> dict:
+    """ModelConfig fields of the Mamba-2 and norm keys that Bamba's and Granite-4.0-H's configs spell
+    alike (the inverse of mamba_hf_fields); `get` reads a key with the family's default."""
+    return dict(
+        mamba_n_heads=heads, mamba_d_head=d_head, mamba_d_state=get(hf, "mamba_d_state"),
+        mamba_n_groups=get(hf, "mamba_n_groups"), mamba_d_conv=get(hf, "mamba_d_conv"),
+        mamba_chunk_size=get(hf, "mamba_chunk_size"), mamba_conv_bias=bool(get(hf, "mamba_conv_bias")),
+        mamba_proj_bias=bias, projectors_bias=bias, mamba_rms_norm=True, mamba_norm_before_gate=False,
+        time_step_limit=tuple(float(v) for v in (get(hf, "time_step_limit") or (0.0, math.inf))),
+        norm_eps=get(hf, "rms_norm_eps"), tie_embeddings=bool(get(hf, "tie_word_embeddings")),
+    )
+
+
+def mamba_hf_fields(config: ModelConfig) -> dict:
+    """The Mamba-2, norm and init fields that Bamba's and Granite-4.0-H's configs spell alike."""
+    return {
+        "mamba_n_heads": config.mamba_n_heads, "mamba_d_head": config.mamba_d_head,
+        "mamba_expand": config.d_ssm // config.d_model, "mamba_n_groups": config.mamba_n_groups,
+        "mamba_d_state": config.mamba_d_state, "mamba_d_conv": config.mamba_d_conv,
+        "mamba_chunk_size": config.mamba_chunk_size, "mamba_conv_bias": config.mamba_conv_bias,
+        "mamba_proj_bias": config.mamba_proj_bias, "time_step_limit": list(config.time_step_limit),
+        "rms_norm_eps": config.norm_eps, "tie_word_embeddings": config.tie_embeddings,
+        "initializer_range": config.init_std,
+    }
+
+
 # ---- key maps --------------------------------------------------------------------------------------
+def mixer_block_keys(config: ModelConfig, final_norm: str, mlp_norm: str) -> tuple[dict[str, Target], list]:
+    """(keys of the embedding, the head, the final norm `final_norm` and of each block's norms and mixer,
+    [(HF block prefix, our MLP layer prefix)] for the caller's MLP keys) of a format whose HF layer i is
+    one mixer (Mamba-2 or attention) after `input_layernorm`, then an MLP after `mlp_norm`."""
+    candidates = {"model.embed_tokens.weight": "embed.weight", final_norm: "final_norm.weight",
+                  "lm_head.weight": "lm_head.weight"}
+    mlps = []
+    for i, kind in enumerate(block_mixers(config) or []):
+        hf, mixer, mlp = f"model.layers.{i}", f"layers.{2 * i}", f"layers.{2 * i + 1}"
+        candidates[f"{hf}.input_layernorm.weight"] = f"{mixer}.norm.weight"
+        if kind == "M":
+            candidates.update(mamba_keys(f"{hf}.mamba", f"{mixer}.mamba"))
+        else:
+            candidates.update(attention_keys(f"{hf}.self_attn", f"{mixer}.attention"))
+        candidates[f"{hf}.{mlp_norm}.weight"] = f"{mlp}.norm.weight"
+        mlps.append((hf, mlp))
+    return candidates, mlps
+
+
 def linear_keys(hf: str, ours: str) -> dict[str, Target]:
     return {f"{hf}.weight": f"{ours}.weight", f"{hf}.bias": f"{ours}.bias"}
 

@@ -19,9 +19,10 @@ import math
 from ..config import ModelConfig
 from ..io.json_codec import decode
 from .config_map import _rope_theta
-from .family import (ATTENTION_TYPES, MAMBA_TYPES, Family, attention_keys, block_mixers, build_config,
-                     default_attention_scale, differences, first_eos, hf_reader, keep_present, mamba_keys,
-                     mamba_shapes, mixer_block_problems, mixer_per_block, refuse_unsupported)
+from .family import (ATTENTION_TYPES, MAMBA_TYPES, Family, block_mixers, build_config, default_attention_scale,
+                     differences, first_eos, gated_norm_problems, hf_reader, keep_present, mamba_expand_problems,
+                     mamba_fields_from_hf, mamba_hf_fields, mamba_shapes, mixer_block_keys, mixer_block_problems,
+                     mixer_per_block, refuse_unsupported)
 
 # transformers' GraniteMoeHybridConfig defaults for every key read here (tests check them against it)
 HF_DEFAULTS = {
@@ -70,13 +71,8 @@ def model_config_from_hf(hf: dict) -> ModelConfig:
         rope_theta=_rope_theta(hf), rope_fraction=1.0 if _get(hf, "position_embedding_type") == "rope" else 0.0,
         attention_scale=None if scale is None else float(scale),
         max_seq_len=_get(hf, "max_position_embeddings"), attention_bias=bool(_get(hf, "attention_bias")),
-        mamba_n_heads=mamba_heads, mamba_d_head=d_head, mamba_d_state=_get(hf, "mamba_d_state"),
-        mamba_n_groups=_get(hf, "mamba_n_groups"), mamba_d_conv=_get(hf, "mamba_d_conv"),
-        mamba_chunk_size=_get(hf, "mamba_chunk_size"), mamba_conv_bias=bool(_get(hf, "mamba_conv_bias")),
-        mamba_proj_bias=bias, projectors_bias=bias, mamba_rms_norm=True, mamba_norm_before_gate=False,
-        time_step_limit=tuple(float(v) for v in (_get(hf, "time_step_limit") or (0.0, math.inf))),
+        **mamba_fields_from_hf(hf, _get, mamba_heads, d_head, bias),
         d_ff=_get(hf, "shared_intermediate_size"), mlp_bias=False,
-        norm_eps=_get(hf, "rms_norm_eps"), tie_embeddings=bool(_get(hf, "tie_word_embeddings")),
         embedding_multiplier=_multiplier(hf, "embedding_multiplier"),
         attention_out_multiplier=residual, ssm_out_multiplier=residual, mlp_multipliers=(1.0, residual),
         logits_divisor=_multiplier(hf, "logits_scaling"),
@@ -97,15 +93,9 @@ def export_problems(config: ModelConfig) -> list[str]:
     problems += differences(config, {"lm_head_multiplier": 1.0, "attention_in_multiplier": 1.0, "key_multiplier": 1.0,
                                      "ssm_in_multiplier": 1.0, "ssm_multipliers": (1.0,) * 5},
                             "the format has no such multiplier")
-    problems += differences(config, {"mamba_rms_norm": True, "mamba_norm_before_gate": False},
-                            "its gated norm gates, then normalises")
-    problems += differences(config, {"projectors_bias": config.mamba_proj_bias},
-                            "one mamba_proj_bias covers the Mamba in_proj and out_proj")
+    problems += gated_norm_problems(config, "mamba_proj_bias")
     problems += differences(config, {"norm_weight_in_fp32": False}, "its RMSNorm rounds before the weight")
-    if config.d_ssm % config.d_model:
-        problems.append(f"the Mamba width {config.d_ssm} is not a multiple of d_model {config.d_model} "
-                        f"(the format states it as the integer mamba_expand)")
-    return problems
+    return problems + mamba_expand_problems(config)
 
 
 def hf_config_from_model(config: ModelConfig) -> dict:
@@ -122,13 +112,7 @@ def hf_config_from_model(config: ModelConfig) -> dict:
         "attention_bias": config.attention_bias, "attention_dropout": 0.0,
         "intermediate_size": config.d_ff, "shared_intermediate_size": config.d_ff,
         "num_local_experts": 0, "num_experts_per_tok": 0,
-        "mamba_n_heads": config.mamba_n_heads, "mamba_d_head": config.mamba_d_head,
-        "mamba_expand": config.d_ssm // config.d_model, "mamba_n_groups": config.mamba_n_groups,
-        "mamba_d_state": config.mamba_d_state, "mamba_d_conv": config.mamba_d_conv,
-        "mamba_chunk_size": config.mamba_chunk_size, "mamba_conv_bias": config.mamba_conv_bias,
-        "mamba_proj_bias": config.mamba_proj_bias, "time_step_limit": list(config.time_step_limit),
-        "rms_norm_eps": config.norm_eps, "tie_word_embeddings": config.tie_embeddings,
-        "initializer_range": config.init_std, "embedding_multiplier": config.embedding_multiplier,
+        **mamba_hf_fields(config), "embedding_multiplier": config.embedding_multiplier,
         "residual_multiplier": config.ssm_out_multiplier, "attention_multiplier": scale,
         "logits_scaling": config.logits_divisor,
         **({"eos_token_id": config.eos_token_id} if config.eos_token_id is not None else {}),
@@ -136,16 +120,8 @@ def hf_config_from_model(config: ModelConfig) -> dict:
 
 
 def hf_to_ours(config: ModelConfig) -> dict:
-    candidates = {"model.embed_tokens.weight": "embed.weight", "model.norm.weight": "final_norm.weight",
-                  "lm_head.weight": "lm_head.weight"}
-    for i, kind in enumerate(block_mixers(config) or []):
-        hf, mixer, mlp = f"model.layers.{i}", f"layers.{2 * i}", f"layers.{2 * i + 1}"
-        candidates[f"{hf}.input_layernorm.weight"] = f"{mixer}.norm.weight"
-        if kind == "M":
-            candidates.update(mamba_keys(f"{hf}.mamba", f"{mixer}.mamba"))
-        else:
-            candidates.update(attention_keys(f"{hf}.self_attn", f"{mixer}.attention"))
-        candidates[f"{hf}.post_attention_layernorm.weight"] = f"{mlp}.norm.weight"
+    candidates, mlps = mixer_block_keys(config, "model.norm.weight", "post_attention_layernorm")
+    for hf, mlp in mlps:
         # input_linear stacks [gate; up]: transformers activates its first half
         candidates[f"{hf}.shared_mlp.input_linear.weight"] = (f"{mlp}.mlp.gate_proj.weight",
                                                               f"{mlp}.mlp.up_proj.weight")

@@ -18,8 +18,8 @@ import math
 from ..config import ModelConfig
 from ..io.json_codec import decode
 from .family import (ATTENTION_TYPES, MAMBA_TYPES, PLAIN_MULTIPLIERS, Family, attention_keys, build_config,
-                     default_attention_scale, differences, first_eos, hf_reader, keep_present, linear_keys,
-                     mamba_keys, refuse_unsupported)
+                     default_attention_scale, differences, first_eos, gated_norm_problems, hf_reader, keep_present,
+                     linear_keys, mamba_keys, refuse_unsupported)
 
 # transformers' NemotronHConfig defaults for every key read here (tests check them against it)
 HF_DEFAULTS = {
@@ -94,10 +94,7 @@ def export_problems(config: ModelConfig) -> list[str]:
     problems += differences(config, {"rope_fraction": 0.0}, "its attention has no positional encoding")
     problems += differences(config, {"attention_bias": False, "tie_embeddings": False},
                             "its attention has no biases and its LM head is never tied")
-    problems += differences(config, {"mamba_rms_norm": True, "mamba_norm_before_gate": False},
-                            "its gated norm gates, then normalises")
-    problems += differences(config, {"projectors_bias": config.mamba_proj_bias},
-                            "one use_bias covers the Mamba in_proj and out_proj")
+    problems += gated_norm_problems(config, "use_bias")
     problems += differences(config, {"norm_weight_in_fp32": True}, "its RMSNorm applies the weight in fp32")
     problems += differences(config, PLAIN_MULTIPLIERS, "the format has no multipliers")
     if not default_attention_scale(config):

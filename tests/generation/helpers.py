@@ -49,3 +49,18 @@ def greedy_without_cache(model, input_ids: torch.Tensor, max_new_tokens: int) ->
 
 def distinct_new_tokens(ids: torch.Tensor, prompt_length: int) -> int:
     return len(set(ids[:, prompt_length:].flatten().tolist()))
+
+
+def assert_greedy_tokens_match(hf, ours, input_ids: torch.Tensor, new_tokens: int) -> None:
+    """hybridcore.generate's greedy tokens equal transformers' generate on the same prompts, and the
+    continuation is varied enough for the comparison to mean something."""
+    import hybridcore
+
+    with torch.no_grad():
+        expected = hf.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=new_tokens,
+                               do_sample=False)
+    got = hybridcore.generate(ours, input_ids, new_tokens)
+    assert got.shape == (input_ids.shape[0], input_ids.shape[1] + new_tokens)
+    assert distinct_new_tokens(got, input_ids.shape[1]) >= 5, "a degenerate model would make the comparison weak"
+    mismatch = (got != expected).nonzero()
+    assert mismatch.numel() == 0, f"first differing (row, position): {mismatch[0].tolist()}"

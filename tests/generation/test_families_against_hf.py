@@ -3,18 +3,16 @@ models in float64, weights copied through each family's key map)."""
 
 from __future__ import annotations
 
-import logging
 
 import pytest
 import torch
 
-import hybridcore
 from hybridcore.bridge.families import FAMILIES, model_config_from_hf
 from hybridcore.bridge.keys import ours_state_from_hf
 from hybridcore.model import HybridLM
 from tests.bridge.family_cases import CASES, random_model, skip_unless_grouped_norm
 
-from .helpers import distinct_new_tokens
+from .helpers import assert_greedy_tokens_match
 
 transformers = pytest.importorskip("transformers")
 
@@ -43,24 +41,8 @@ def hf_and_ours(name: str):
     return hf, ours
 
 
-@pytest.fixture(autouse=True)
-def quiet_transformers():
-    logger = logging.getLogger("transformers")
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # its "falling back to the reference implementation" notices
-    yield
-    logger.setLevel(level)
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_greedy_tokens_equal_transformers_generate(name):
     hf, ours = hf_and_ours(name)
     input_ids = torch.randint(0, hf.config.vocab_size, (2, PROMPT_LENGTH), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        expected = hf.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=NEW_TOKENS,
-                               do_sample=False)
-    got = hybridcore.generate(ours, input_ids, NEW_TOKENS)
-    assert got.shape == (2, PROMPT_LENGTH + NEW_TOKENS)
-    assert distinct_new_tokens(got, PROMPT_LENGTH) >= 5, "a degenerate model would make the comparison weak"
-    mismatch = (got != expected).nonzero()
-    assert mismatch.numel() == 0, f"first differing (row, position): {mismatch[0].tolist()}"
+    assert_greedy_tokens_match(hf, ours, input_ids, NEW_TOKENS)
