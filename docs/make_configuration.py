@@ -36,7 +36,8 @@ MEANINGS = {
     "TrainConfig.beta1": "AdamW's first-moment decay (no flag: set it in run_config.json)",
     "TrainConfig.beta2": "AdamW's second-moment decay (no flag: set it in run_config.json)",
     "TrainConfig.eps": "AdamW's epsilon (no flag: set it in run_config.json)",
-    "TrainConfig.compile": "torch.compile each layer (after activation checkpointing)",
+    "TrainConfig.compile": "torch.compile each layer, after activation checkpointing (default: on with CUDA, "
+                           "a layer that fails to compile then running eagerly with a warning; off on CPU)",
     "TrainConfig.doc_masking": "attention and the Mamba-2 state stay within each document of a packed row "
                                "(--no-doc-masking lets them cross document boundaries)",
     "TrainConfig.progress": "show a progress bar (--no-progress hides it)",

@@ -2,8 +2,8 @@
 
 A contender is one implementation of the same model, measured on the same config, token batch, shapes,
 precision, warm-up and timing (`--contender`):
-  ours        HybridLM (Triton kernels on CUDA), eager, or with each layer torch.compile'd (--compile,
-              --compile-mode reduce-overhead adds CUDA graphs)
+  ours        HybridLM (Triton kernels on CUDA) as `train` runs it: on CUDA each layer torch.compile'd
+              with CUDA graphs by default (train.config.fast_defaults), eager with --no-compile
   hf_torch    transformers' FalconH1ForCausalLM on its pure-PyTorch path
   hf_kernels  the same with mamba_ssm's Triton SSD and causal_conv1d's CUDA conv ("unavailable" when
               either does not import)
@@ -21,6 +21,7 @@ Result: one JSON file per figure and contender under --out, rewritten after ever
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
 import importlib
@@ -33,6 +34,7 @@ import traceback
 import torch
 
 from .bench_record import environment, kernel_times, matmul_tflops, median_and_spread, synchronize, versions
+from .train.config import fast_defaults
 
 HF_MODULE = "transformers.models.falcon_h1.modeling_falcon_h1"
 PEER_PACKAGES = ("mamba_ssm", "causal_conv1d")
@@ -61,9 +63,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--precision", choices=list(PRECISIONS), default="amp")
     parser.add_argument("--peak-tflops", type=float, default=989.0,
                         help="the GPU's datasheet dense bf16 TFLOP/s, MFU's denominator (989: H100 and H200 SXM)")
-    parser.add_argument("--compile", action="store_true", help="ours: each layer torch.compile'd")
-    parser.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
-                        help="ours, with --compile: torch.compile mode (reduce-overhead adds CUDA graphs)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="ours: each layer torch.compile'd (default: on with CUDA, off on CPU, as `train`)")
+    parser.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
+                        help="ours: torch.compile mode, implies --compile (reduce-overhead adds CUDA graphs; the "
+                        "default, as `train`: reduce-overhead on CUDA without --activation-checkpointing or --fp8)")
     parser.add_argument("--activation-checkpointing", action="store_true",
                         help="recompute each layer in backward, ours and the peers alike (long sequences)")
     parser.add_argument("--checkpoint-layers", type=int, default=None, metavar="N",
@@ -93,7 +97,7 @@ def add_arguments(parser) -> None:
 
 
 # flags that change how ours runs; the peers run as transformers ships them: (flag, attribute, its default)
-OURS_ONLY = [("--compile", "compile", False), ("--compile-mode", "compile_mode", "default"),
+OURS_ONLY = [("--compile", "compile", None), ("--compile-mode", "compile_mode", None),
              ("--checkpoint-layers", "checkpoint_layers", None), ("--loss", "loss", "chunked"),
              ("--no-kernels", "no_kernels", False), ("--sdpa-backend", "sdpa_backend", "auto"),
              ("--documents", "documents", 0), ("--check", "check", False)]
@@ -110,8 +114,8 @@ def check_arguments(args) -> None:
                          f"got {args.peak_tflops}")
     if args.documents < 0:
         raise ValueError(f"--documents must be >= 0 (0: one document per row), got {args.documents}")
-    if args.compile_mode != "default" and not args.compile:
-        raise ValueError(f"--compile-mode {args.compile_mode} needs --compile")
+    if args.compile_mode not in (None, "default") and args.compile is False:
+        raise ValueError(f"--compile-mode {args.compile_mode} compiles: it cannot go with --no-compile")
     if args.checkpoint_layers is not None and not args.activation_checkpointing:
         raise ValueError("--checkpoint-layers needs --activation-checkpointing")
     if args.contender != "ours":
@@ -386,7 +390,9 @@ def run(args) -> int:
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len + 1), generator=generator).to(device)
     if args.contender == "ours":
-        build = build_ours(config, ids, args, device, compiled=args.compile, mode=args.compile_mode)
+        compiled, mode = fast_defaults(args.compile, args.compile_mode, device.type, 1, args.activation_checkpointing,
+                                       args.fp8)
+        build = build_ours(config, ids, args, device, compiled=compiled, mode=mode)
     else:
         kernels = args.contender == "hf_kernels"
         if kernels:

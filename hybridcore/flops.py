@@ -48,16 +48,22 @@ def linear_weights(config: ModelConfig) -> int:
     return sum(per_kind[k] for k in c.layer_kinds) + c.d_model * c.vocab_size
 
 
-def layer_flops(config: ModelConfig, kind: str, seq_len: int) -> float:
-    """Forward FLOPs per token of one sub-layer of the given grammar kind (for pipeline balancing)."""
+def mixer_flops(config: ModelConfig, seq_len: int) -> dict[str, float]:
+    """Forward FLOPs per token of one attention and one Mamba-2 mixer (the two branches of a P layer)."""
     c = config
     attention = 2.0 * c.d_model * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads) \
         + 2.0 * c.num_heads * c.head_dim * seq_len
     chunk = min(c.mamba_chunk_size, seq_len)
     mamba = 2.0 * (c.d_model * c.mamba_in_proj_dim + c.d_ssm * c.d_model) + c.mamba_n_heads * (
         chunk * (c.mamba_d_state + c.mamba_d_head) + 4.0 * c.mamba_d_state * c.mamba_d_head)
-    mlp = 2.0 * mlp_matrices(c) * c.d_model * c.d_ff
-    return {"P": attention + mamba, "M": mamba, "*": attention, "-": mlp}[kind]
+    return {"attention": attention, "mamba": mamba}
+
+
+def layer_flops(config: ModelConfig, kind: str, seq_len: int) -> float:
+    """Forward FLOPs per token of one sub-layer of the given grammar kind (for pipeline balancing)."""
+    mixers = mixer_flops(config, seq_len)
+    mlp = 2.0 * mlp_matrices(config) * config.d_model * config.d_ff
+    return {"P": mixers["attention"] + mixers["mamba"], "M": mixers["mamba"], "*": mixers["attention"], "-": mlp}[kind]
 
 
 def head_flops(config: ModelConfig) -> float:

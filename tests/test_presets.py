@@ -98,8 +98,31 @@ def test_info_text_and_overrides(capsys):
     assert "2 mamba, 1 attention, 2 mlp" in out and "seq_len 512" in out
 
 
+def test_info_shows_each_ranks_share_under_tp_and_mixer_parallelism(capsys):
+    """The ranks' shares add up to the layers' FLOPs and weights; split mixer parallelism loads the Mamba-2
+    half more (its branch is the larger), the interleaved variant balances the halves over the layers."""
+    from hybridcore.flops import layer_flops
+
+    config = get_preset("falcon-h1-0.5b")
+    layers = sum(layer_flops(config, kind, 4096) for kind in config.layer_kinds)
+    shares = {}
+    # plain tp over 4 ranks would split 2 kv heads 4 ways: 2 ranks; mixer parallelism splits each branch 2 ways
+    for tp, mode in (("2", []), ("4", ["--mixer-parallel"]), ("4", ["--mixer-parallel", "interleaved"])):
+        assert main(["info", "falcon-h1-0.5b", "--tp", tp, "--json", *mode]) == 0
+        ranks = json.loads(capsys.readouterr().out)["tensor_parallel"]["ranks"]
+        assert sum(r["forward_flops_per_token"] for r in ranks) == pytest.approx(layers)
+        shares[mode[-1] if mode else "tp"] = [r["forward_flops_per_token"] for r in ranks]
+    assert shares["tp"] == pytest.approx([layers / 2] * 2)
+    assert shares["--mixer-parallel"][0] < shares["--mixer-parallel"][2]  # attention half, Mamba-2 half
+    assert shares["interleaved"] == pytest.approx([layers / 4] * 4)
+    assert main(["info", "falcon-h1-0.5b", "--tp", "2", "--mixer-parallel"]) == 0
+    assert "P mamba" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv, message", [
     (["info", "nope"], "unknown preset"),
+    (["info", "debug", "--tp", "3", "--mixer-parallel"], "even --tp"),
+    (["info", "debug", "--set", "layout=M-", "--tp", "2", "--mixer-parallel"], "has none"),
     (["info", "debug", "--set", "d_modle=3"], "unknown model config key 'd_modle'"),
     (["info", "debug", "--set", "layout=P-?"], "position 2"),
     (["info", "debug", "--set", "novalue"], "KEY=VALUE"),

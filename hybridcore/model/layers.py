@@ -8,7 +8,8 @@
 Each layer's branches run between `region.enter` and `region.exit` (model/parallelism.py): on one device
 both return their input; under tensor parallelism the branches compute this rank's heads and channels of
 the whole sequence, and exit adds their outputs over the ranks (once per layer, both branches of a P
-layer together) back onto the residual stream's share.
+layer together) back onto the residual stream's share. A layer may be given a region of its own
+(HybridLM.use_parallelism's layer_regions), as mixer parallelism gives the P layers.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class _Residual(nn.Module):
 
 class ParallelHybridLayer(_Residual):
     kind = "P"
+    # Independent branches of one input, summed on leaving the region: mixer parallelism may place them on
+    # different ranks (parallel/mixer.py), and a rank then holds one of them, the other None.
+    parallel_branches = ("attention", "mamba")
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
@@ -65,6 +69,10 @@ class ParallelHybridLayer(_Residual):
 
     def forward(self, h, inputs: LayerInputs, cache: LayerCache | None = None):
         u = inputs.region.enter(self.norm(h))
+        if self.attention is None:
+            return h + inputs.region.exit(self._mamba(u, inputs, cache))
+        if self.mamba is None:
+            return h + inputs.region.exit(self._attention(u, inputs, cache))
         return h + inputs.region.exit(self._mamba(u, inputs, cache) + self._attention(u, inputs, cache))
 
 

@@ -10,6 +10,7 @@ when this rank holds part of a longer sequence, as under context parallelism).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -38,7 +39,7 @@ class HybridLM(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.region, self.context = LOCAL_REGION, WHOLE_SEQUENCE
+        self.region, self.context, self.layer_regions = LOCAL_REGION, WHOLE_SEQUENCE, {}
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         # A ModuleDict keyed by global index: pipeline stages delete layers and keep their names.
         self.layers = nn.ModuleDict({str(i): build_layer(kind, config) for i, kind in enumerate(config.layer_kinds)})
@@ -46,11 +47,12 @@ class HybridLM(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.tie_weights()
 
-    def use_parallelism(self, region=None, context=None) -> None:
+    def use_parallelism(self, region=None, context=None, layer_regions: dict | None = None) -> None:
         """The strategies through which the layers reach other ranks (tensor parallelism's region, the
-        sequence's context); None keeps the current one."""
+        sequence's context, and regions of particular layers by name); None keeps the current one."""
         self.region = region or self.region
         self.context = context or self.context
+        self.layer_regions = layer_regions if layer_regions is not None else self.layer_regions
 
     def tie_weights(self) -> None:
         """Share the embedding with the LM head when configured (again after `to_empty`, which unties)."""
@@ -95,8 +97,9 @@ class HybridLM(nn.Module):
         else:  # a later pipeline stage: the previous stage's hidden states
             h = input_ids
         inputs = self.layer_inputs(input_ids, seq_idx, positions)
-        for i, layer in enumerate(self.layers.values()):
-            h = layer(h, inputs, caches[i] if caches is not None else None)
+        own = {name: dataclasses.replace(inputs, region=region) for name, region in self.layer_regions.items()}
+        for i, (name, layer) in enumerate(self.layers.items()):
+            h = layer(h, own.get(name, inputs), caches[i] if caches is not None else None)
         return self.final_norm(h) if self.final_norm is not None else h
 
     def layer_inputs(self, input_ids: torch.Tensor, seq_idx=None, positions=None) -> LayerInputs:

@@ -1,5 +1,5 @@
 """Scale-out on torch.distributed: device mesh, tensor + sequence parallel, FSDP2 (HSDP), pipeline and
-context parallel, and checkpoints that load under any layout.
+context parallel, mixer parallelism of P layers, and checkpoints that load under any layout.
 
 The model code knows nothing of this package: each module states its parallel plan as data
 (model/plan.py) and computes with the tensors it holds; `parallelize` applies a layout to an initialised
@@ -26,7 +26,8 @@ The training step (hybridcore.train.step) is the same for every layout. Launched
         save_sharded(checkpoint_dir, model, optimizers, extra={"step": step})   # every rank calls it
 
 Constraints (ValueError naming the field when broken): tp divides num_heads, num_kv_heads,
-mamba_n_heads, mamba_n_groups (or it is 1) and d_ff (of the layer kinds present); with
+mamba_n_heads, mamba_n_groups (or it is 1) and d_ff (of the layer kinds present; under mixer parallelism
+tp / 2 divides a P layer's, and the layout has a P layer); with
 sequence_parallel the sequence length (after cp) divides by tp; with cp the length divides by 2 x cp;
 local rows divide into the pipeline microbatches; no tied embeddings across pipeline stages.
 `check_layout` checks them all from the configs, before any work.

@@ -40,7 +40,7 @@ def _view(model: ParallelModel, name: str, tensor):
     """A parameter-shaped tensor of `name` as its global view (other values as they are)."""
     if not isinstance(tensor, torch.Tensor) or name not in model.layouts:
         return tensor
-    return global_view(tensor, model.layouts[name], model.view_mesh, model.fsdp)
+    return global_view(tensor, model.layouts[name], model.view_mesh_of(name), model.fsdp)
 
 
 def _optimizer_parameter(key: str) -> str | None:

@@ -20,7 +20,7 @@ def check_layout(config: ParallelConfig, model_config: ModelConfig, *, rows: int
     (Pipeline.step's `microbatches`), and evaluation the configured count."""
     if config.dp_shard < 1:
         raise ValueError("ParallelConfig.dp_shard=-1: resolve the layout against the world size first")
-    check_tensor_parallel(model_config, config.tp)
+    check_tensor_parallel(model_config, config.tp, config.mixer_parallel)
     if config.pp > 1:
         check_pipeline(model_config, config, length)
     if rows % config.dp:

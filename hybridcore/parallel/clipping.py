@@ -24,7 +24,7 @@ def _gradients(model) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
                 continue
             grad = local_tensor(param.grad)
             everything.append(grad)
-            if owned(model.layouts.get(clean_name(name)), model.view_mesh):
+            if owned(model.layouts.get(clean_name(name)), model.view_mesh_of(clean_name(name))):
                 counted.append(grad)
     return everything, counted
 

@@ -77,13 +77,15 @@ def _cache_kernel_autotuning() -> None:
 
 
 def compile_layers(model: nn.Module, mode: str = "default", cache_dir: str | os.PathLike | None = None,
-                   backend="inductor") -> Path:
+                   backend="inductor", fall_back_to_eager: bool = False) -> Path:
     """torch.compile every layer of `model.layers` in place (state-dict keys unchanged), identical layers
     sharing one graph, with the caches under `cache_dir` (see the module docstring); returns that directory.
 
     mode: one of COMPILE_MODES (reduce-overhead adds CUDA graphs, CUDA only). backend: Inductor, or any
     torch.compile backend (tests count graphs with their own). Apply it after activation checkpointing
-    and before FSDP, as hybridcore.parallel.parallelize orders the steps.
+    and before FSDP, as hybridcore.parallel.parallelize orders the steps. fall_back_to_eager: a layer that
+    fails to compile runs eagerly, with Dynamo's warning, instead of raising (Dynamo's suppress_errors,
+    process-wide; `failed_compilations` counts them).
     """
     if mode not in COMPILE_MODES:
         raise ValueError(f"--compile-mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
@@ -91,9 +93,21 @@ def compile_layers(model: nn.Module, mode: str = "default", cache_dir: str | os.
     options = {"backend": backend, "dynamic": False}
     if mode != "default":
         options["mode"] = mode
+    if fall_back_to_eager:
+        import torch._dynamo
+
+        torch._dynamo.config.suppress_errors = True
     for layer in model.layers.values():
         layer.compile(**options)
     return root
 
 
-__all__ = ["compile_layers", "configure_compile_cache", "default_cache_dir", "CACHE_ENV", "COMPILE_MODES"]
+def failed_compilations() -> int:
+    """Frames torch.compile gave up on in this process so far (run eagerly under fall_back_to_eager)."""
+    from torch._dynamo.utils import counters
+
+    return counters["frames"]["total"] - counters["frames"]["ok"]
+
+
+__all__ = ["compile_layers", "failed_compilations", "configure_compile_cache", "default_cache_dir", "CACHE_ENV",
+           "COMPILE_MODES"]

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 # Mesh dimension order, outermost first: pipeline stages talk least often, tensor parallel most.
 MESH_DIMS = ("pp", "dp_replicate", "dp_shard", "cp", "tp")
 PIPELINE_SCHEDULES = ("1f1b", "interleaved_1f1b", "gpipe")
+# Mixer parallelism of P layers (parallel/mixer.py): attention and Mamba-2 on the two halves of the tp group
+MIXER_MODES = ("split", "interleaved")
 
 
 @dataclass
@@ -25,6 +27,7 @@ class ParallelConfig:
     pp_schedule: str = "1f1b"
     pp_microbatches: int | None = None  # per step and data-parallel rank; None: pipeline.default_microbatches
     pp_stages_per_rank: int = 1  # > 1 with the interleaved schedule
+    mixer_parallel: str | None = None  # "split" or "interleaved": P layers' branches on the tp halves
 
     def __post_init__(self) -> None:
         self.validate()
@@ -49,6 +52,14 @@ class ParallelConfig:
         if self.pp_stages_per_rank > 1 and self.pp_schedule != "interleaved_1f1b":
             raise ValueError(f"ParallelConfig.pp_stages_per_rank={self.pp_stages_per_rank} needs "
                              f"pp_schedule='interleaved_1f1b', got {self.pp_schedule!r}")
+
+        if self.mixer_parallel is not None:
+            if self.mixer_parallel not in MIXER_MODES:
+                raise ValueError(f"ParallelConfig.mixer_parallel must be one of {MIXER_MODES} or None, "
+                                 f"got {self.mixer_parallel!r}")
+            if self.tp < 2 or self.tp % 2:
+                raise ValueError(f"ParallelConfig.mixer_parallel needs an even ParallelConfig.tp of at least 2 "
+                                 f"(attention on one half of the tp ranks, Mamba-2 on the other), got tp={self.tp}")
 
     @property
     def world_size(self) -> int:

@@ -36,6 +36,9 @@ class ParameterLayout:
     tp_dim: int | None = None  # the dimension split over the tp ranks; None: whole on each (or first only)
     partial_gradient: bool = False  # whole on every tp rank, each rank's gradient a partial sum
     first_rank_only: bool = False  # held by tp rank 0 alone (a row-parallel output's bias)
+    # Mixer parallelism: the half of the tp ranks that holds it (the others hold nothing of it), over
+    # which tp_dim, partial_gradient and first_rank_only then apply; None: the whole tp group.
+    branch: int | None = None
 
     def tp_placement(self):
         return Shard(self.tp_dim) if self.tp_dim is not None else Replicate()
@@ -48,7 +51,8 @@ def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
 
 def global_view(tensor: torch.Tensor, layout: ParameterLayout, view_mesh, fsdp: bool) -> torch.Tensor:
     """`tensor` (this rank's data of a parameter-shaped tensor) as a DTensor of the whole parameter over
-    `view_mesh` (ParallelLayout.view_mesh), sharing storage; the tensor itself without a mesh."""
+    `view_mesh` (ParallelModel.view_mesh_of: the ranks that hold the parameter), sharing storage; the
+    tensor itself without a mesh."""
     if view_mesh is None:
         return local_tensor(tensor)
     data_placement = Shard(0) if fsdp else Replicate()

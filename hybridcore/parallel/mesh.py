@@ -1,7 +1,8 @@
 """The device mesh: one named dimension per kind of parallelism, size-1 dimensions included.
 
 Besides the five named dimensions, `build_mesh` creates the flattened ones the rest of the package asks
-for by name, and `view_mesh` the (tp, dp_replicate, dp_shard x cp) mesh of layouts.global_view:
+for by name, and `view_mesh` the (tp, dp_replicate, dp_shard x cp) mesh of layouts.global_view (with
+mixer parallelism also `branch_view_mesh`, the same over this rank's half of the tp ranks):
     dp           dp_replicate x dp_shard       which slice of the global batch a rank reads
     dp_shard_cp  dp_shard x cp                 what FSDP shards over (context-parallel ranks hold
                                                the same weights, so they share the shards)
@@ -30,6 +31,11 @@ def build_mesh(parallel_config: ParallelConfig, device_type: str) -> DeviceMesh:
     ranks = mesh.mesh.permute(0, 4, 1, 2, 3).flatten(3)  # pp, tp, dp_replicate, dp_shard x cp
     views = DeviceMesh(device_type, ranks, mesh_dim_names=("pp", "tp", "dp_replicate", "dp_shard_cp"))
     flattened["view"] = views["tp", "dp_replicate", "dp_shard_cp"]
+    if config.mixer_parallel is not None:  # the same view over this rank's half of the tp ranks
+        pp, tp, replicate, shard = ranks.shape
+        halves = ranks.reshape(pp, 2, tp // 2, replicate, shard)
+        branch = DeviceMesh(device_type, halves, mesh_dim_names=("pp", "half", "tp", "dp_replicate", "dp_shard_cp"))
+        flattened["branch_view"] = branch["tp", "dp_replicate", "dp_shard_cp"]
     _FLATTENED[id(mesh)] = (mesh, flattened)
     return mesh
 
@@ -52,6 +58,15 @@ def mesh_dim(mesh: DeviceMesh, name: str) -> DeviceMesh:
 def view_mesh(mesh: DeviceMesh | None) -> DeviceMesh | None:
     """This pipeline stage's (tp, dp_replicate, dp_shard_cp) mesh of the same ranks (layouts.global_view)."""
     return None if mesh is None else mesh_dim(mesh, "view")
+
+
+def branch_view_mesh(mesh: DeviceMesh | None) -> DeviceMesh | None:
+    """Under mixer parallelism, the view mesh of this rank's half of the tp ranks: (tp / 2, dp_replicate,
+    dp_shard_cp), its tp dimension the group a branch of a P layer is split over (None without)."""
+    if mesh is None:
+        return None
+    entry = _FLATTENED.get(id(mesh))
+    return entry[1].get("branch_view") if entry is not None and entry[0] is mesh else None
 
 
 def data_parallel_rank(mesh: DeviceMesh | None) -> tuple[int, int]:

@@ -3,6 +3,7 @@
     0. pipeline stages (pp > 1)         this rank's stages cut from the model; each stage below
        float8 (optional)                 the large linears swapped for torchao's float8 ones (float8.py)
     1. tensor (+ sequence) parallel      the model's plans applied: each parameter replaced by its slice
+       (mixer parallel)                  a P layer's branches on the two halves of the tp ranks (mixer.py)
        context parallel                  the context strategy across the cp ranks
     2. activation checkpointing          per layer (the layout's first N), after TP so the recompute
                                          includes its collectives
@@ -31,7 +32,7 @@ from .compile import COMPILE_MODES, compile_layers
 from .config import MESH_DIMS, ParallelConfig
 from .context_parallel import ContextParallel
 from .layouts import ParameterLayout, clean_name
-from .mesh import view_mesh
+from .mesh import branch_view_mesh, view_mesh
 from .pipeline import Pipeline, check_pipeline, stage_module
 from .tensor_parallel import apply_tensor_parallel, reduce_partial_gradients
 
@@ -56,6 +57,12 @@ class ParallelModel:
     @property
     def view_mesh(self) -> DeviceMesh | None:
         return view_mesh(self.mesh)
+
+    def view_mesh_of(self, name: str) -> DeviceMesh | None:
+        """The view mesh of the ranks that hold parameter `name` (layouts.global_view): this rank's half
+        of the tp ranks for a branch of a mixer-parallel P layer, else all of them."""
+        layout = self.layouts.get(name)
+        return branch_view_mesh(self.mesh) if layout is not None and layout.branch is not None else self.view_mesh
 
     @property
     def device(self) -> torch.device:
@@ -86,8 +93,10 @@ class ParallelModel:
     def finish_gradients(self) -> None:
         """After backward: sum the gradients that are per-rank partial sums over the tp ranks."""
         if self.mesh is not None and self.mesh["tp"].size() > 1:
+            branches = branch_view_mesh(self.mesh)
+            branch_group = branches["tp"].get_group() if branches is not None else None
             for part in self.parts:
-                reduce_partial_gradients(part, self.layouts, self.mesh["tp"].get_group())
+                reduce_partial_gradients(part, self.layouts, self.mesh["tp"].get_group(), branch_group)
 
 
 def as_parallel_model(model) -> ParallelModel:
@@ -102,12 +111,14 @@ def as_parallel_model(model) -> ParallelModel:
 def parallelize(model: HybridLM, mesh: DeviceMesh | None = None, config: ParallelConfig | None = None, *,
                 activation_checkpointing: bool = False, checkpoint_layers: int | None = None,
                 compile: bool = False, compile_mode: str = "default", compile_cache_dir=None,
-                float8: str | None = None, float8_min_size: int = float8_training.DEFAULT_MIN_SIZE,
+                compile_fallback: bool = False, float8: str | None = None,
+                float8_min_size: int = float8_training.DEFAULT_MIN_SIZE,
                 seq_len: int = 4096, loss_chunk: int = 8192) -> ParallelModel:
     """Apply the layout `config` over `mesh` (None: one process) to the initialised `model`, in place.
 
     checkpoint_layers: with activation checkpointing, only the layout's first N layers (None: all).
     compile_cache_dir: where Inductor's and Triton's caches persist (compile.py's default when None).
+    compile_fallback: a layer that fails to compile runs eagerly instead of raising (compile.py).
     float8: a torchao float8 recipe (float8.RECIPES) for the linears with both weight dimensions of at
     least float8_min_size (the LM head stays in bf16); None trains in the autocast dtype only.
     seq_len: the training sequence length (balances pipeline stages by FLOPs when the layout has no '|').
@@ -116,6 +127,9 @@ def parallelize(model: HybridLM, mesh: DeviceMesh | None = None, config: Paralle
     config = (config or ParallelConfig(dp_shard=1)).resolve(mesh.size() if mesh is not None else 1)
     if mesh is not None:
         check_mesh(config, mesh)
+        if config.mixer_parallel is not None and branch_view_mesh(mesh) is None:
+            raise ValueError("ParallelConfig.mixer_parallel: the mesh has no halves of the tp ranks; build it "
+                             "with build_mesh from a ParallelConfig that sets mixer_parallel")
         devices = {p.device.type for p in model.parameters()} - {"meta"}  # a stage's others may be meta
         if devices != {mesh.device_type}:
             raise ValueError(f"model parameters are on {sorted(devices)} but the mesh is on "
@@ -132,7 +146,8 @@ def parallelize(model: HybridLM, mesh: DeviceMesh | None = None, config: Paralle
     all_gather8 = float8 == "tensorwise" and fsdp.applies(mesh)
     options = dict(activation_checkpointing=activation_checkpointing, checkpoint_layers=checkpoint_layers,
                    compile=compile, compile_mode=compile_mode, compile_cache_dir=compile_cache_dir,
-                   float8=float8, float8_min_size=float8_min_size, float8_all_gather=all_gather8)
+                   compile_fallback=compile_fallback, float8=float8, float8_min_size=float8_min_size,
+                   float8_all_gather=all_gather8)
     dtype = next(p for p in model.parameters() if not p.is_meta).dtype
     if config.pp == 1:
         layouts = _parallelize_part(model, mesh, config, **options)
@@ -152,12 +167,15 @@ def parallelize(model: HybridLM, mesh: DeviceMesh | None = None, config: Paralle
 
 def _parallelize_part(model: HybridLM, mesh: DeviceMesh | None, config: ParallelConfig, *,
                       activation_checkpointing: bool, checkpoint_layers: int | None, compile: bool,
-                      compile_mode: str, compile_cache_dir, float8: str | None, float8_min_size: int,
-                      float8_all_gather: bool, pipelined: bool = False) -> dict[str, ParameterLayout]:
+                      compile_mode: str, compile_cache_dir, compile_fallback: bool, float8: str | None,
+                      float8_min_size: int, float8_all_gather: bool,
+                      pipelined: bool = False) -> dict[str, ParameterLayout]:
     """The ordered steps on one model or one pipeline stage (a HybridLM holding some of the layers)."""
     if float8 is not None:
         float8_training.convert_to_float8(model, float8, float8_min_size, fsdp_float8_all_gather=float8_all_gather)
-    layouts = apply_tensor_parallel(model, mesh["tp"] if mesh is not None else None, config.sequence_parallel)
+    branches = branch_view_mesh(mesh)
+    layouts = apply_tensor_parallel(model, mesh["tp"] if mesh is not None else None, config.sequence_parallel,
+                                    config.mixer_parallel, branches["tp"] if branches is not None else None)
     if config.cp > 1:
         model.use_parallelism(context=ContextParallel(mesh["cp"]))
     if activation_checkpointing:
@@ -165,7 +183,7 @@ def _parallelize_part(model: HybridLM, mesh: DeviceMesh | None, config: Parallel
             use_sdpa_for_documents(model.layers[name])
             model.layers[name] = checkpoint_wrapper(model.layers[name], preserve_rng_state=False)
     if compile:
-        compile_layers(model, compile_mode, cache_dir=compile_cache_dir)
+        compile_layers(model, compile_mode, cache_dir=compile_cache_dir, fall_back_to_eager=compile_fallback)
     if fsdp.applies(mesh):
         fsdp.apply_fsdp(model, mesh, pipelined)
     return layouts

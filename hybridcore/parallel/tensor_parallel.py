@@ -24,6 +24,8 @@ of the group only, so it is added once.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,26 +36,35 @@ from ..model.plan import COLWISE, GROUPS, OUTPUT_BIAS, REPLICATE, ROWWISE
 from ..ops import chunked_cross_entropy
 from . import collectives
 from .layouts import ParameterLayout, chunk_bounds
+from .mixer import branch_halves, branch_of, check_mixer_parallel
 
 
-def check_tensor_parallel(config: ModelConfig, tp: int) -> None:
-    """ValueError naming the field when a layer cannot be split `tp` ways."""
+def check_tensor_parallel(config: ModelConfig, tp: int, mixer_parallel: str | None = None) -> None:
+    """ValueError naming the field when a layer cannot be split `tp` ways (under mixer parallelism the
+    branches of P layers tp / 2 ways)."""
     if tp == 1:
         return
+    check_mixer_parallel(config, mixer_parallel)
     kinds = set(config.layer_kinds)
+    branch_ways = tp // 2 if mixer_parallel is not None else tp
     needs = []
-    if kinds & {"P", "*"}:
-        needs += [("num_heads", config.num_heads), ("num_kv_heads", config.num_kv_heads)]
-    if kinds & {"P", "M"}:
-        needs += [("mamba_n_heads", config.mamba_n_heads), ("mamba_n_groups", config.mamba_n_groups)]
-    if "-" in kinds:
-        needs += [("d_ff", config.d_ff)]
-    for field, value in needs:
-        if field == "mamba_n_groups" and value == 1:
+    for kind, ways in (("P", branch_ways), ("*", tp), ("M", tp), ("-", tp)):
+        if kind not in kinds:
+            continue
+        if kind in "P*":
+            needs += [("num_heads", config.num_heads, ways), ("num_kv_heads", config.num_kv_heads, ways)]
+        if kind in "PM":
+            needs += [("mamba_n_heads", config.mamba_n_heads, ways), ("mamba_n_groups", config.mamba_n_groups, ways)]
+        if kind == "-":
+            needs += [("d_ff", config.d_ff, ways)]
+    for field, value, ways in needs:
+        if ways == 1 or (field == "mamba_n_groups" and value == 1):
             continue  # one group: B and C whole on every rank
-        if value % tp:
+        if value % ways:
             hint = " or be 1" if field == "mamba_n_groups" else ""
-            raise ValueError(f"ModelConfig.{field} ({value}) must be divisible by ParallelConfig.tp ({tp}){hint}")
+            over = f"ParallelConfig.tp ({tp})" if ways == tp else \
+                f"ParallelConfig.tp / 2 ({ways}: a P layer's branch under mixer parallelism)"
+            raise ValueError(f"ModelConfig.{field} ({value}) must be divisible by {over}{hint}")
 
 
 class TensorParallelRegion:
@@ -65,6 +76,13 @@ class TensorParallelRegion:
         self.sequence_parallel = sequence_parallel
         self.vocab_chunks = [chunk_bounds(vocab_size, self.size, rank) for rank in range(self.size)]
         self.vocab_start = self.vocab_chunks[self.rank][0]
+        self.statistics_group = self.group
+
+    def with_statistics_over(self, group) -> "TensorParallelRegion":
+        """The same region with `all_sum` over `group`: the ranks that share a branch's channels."""
+        region = copy.copy(self)
+        region.statistics_group = group
+        return region
 
     def embedding(self, input_ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         local = input_ids - self.vocab_start
@@ -83,7 +101,7 @@ class TensorParallelRegion:
         return collectives.sum_over_ranks(x, self.group)
 
     def all_sum(self, x: torch.Tensor) -> torch.Tensor:
-        return collectives.all_sum(x, self.group)
+        return collectives.all_sum(x, self.statistics_group)
 
     def _reduce_statistic(self, tensor: torch.Tensor, op: str) -> torch.Tensor:
         return collectives.all_reduce(tensor, op, self.group)
@@ -103,15 +121,25 @@ class TensorParallelRegion:
 
 
 # ---- applying the plans ------------------------------------------------------------------------------
-def apply_tensor_parallel(model: HybridLM, mesh, sequence_parallel: bool) -> dict[str, ParameterLayout]:
+def apply_tensor_parallel(model: HybridLM, mesh, sequence_parallel: bool, mixer_parallel: str | None = None,
+                          branch_mesh=None) -> dict[str, ParameterLayout]:
     """Replace every parameter of `model` by this rank's slice (see the module docstring) and give the
     model the region; returns each parameter's layout by name. `mesh`: the 1-D tp mesh (size 1 is a
-    no-op that still records the layouts)."""
+    no-op that still records the layouts). With `mixer_parallel`, the branches of P layers are split over
+    `branch_mesh`, this rank's half of the tp ranks, and dropped on the other half (parallel/mixer.py)."""
     tp, rank = mesh.size() if mesh is not None else 1, mesh.get_local_rank() if mesh is not None else 0
-    check_tensor_parallel(model.config, tp)
-    shared_groups = model.config.mamba_n_groups % tp != 0
-    layouts = {}
+    check_tensor_parallel(model.config, tp, mixer_parallel)
+    halves = branch_halves(model.config, mixer_parallel if tp > 1 else None)
+    half_size = tp // 2
+    layouts, elsewhere = {}, set()
     for module_name, module in model.named_modules():
+        branch = branch_of(module_name, halves)
+        ways, index, half = tp, rank, None
+        if branch is not None:
+            ways, index, half = half_size, rank % half_size, halves[branch]
+            if rank // half_size != half:  # the other half of the tp ranks computes this branch
+                elsewhere.add(branch)
+                continue
         for name, rule in getattr(type(module), "parallel_plan", {}).items():
             owner_name, _, leaf = name.rpartition(".")
             owner = getattr(module, owner_name, None) if owner_name else module  # a stage may lack the head
@@ -122,42 +150,52 @@ def apply_tensor_parallel(model: HybridLM, mesh, sequence_parallel: bool) -> dic
             if full_name in layouts:  # a tied head: the embedding's parameter, placed already
                 continue
             if rule == GROUPS:  # B and C: by groups, or whole on every rank with the groups shared
-                rule, partial = (REPLICATE, True) if shared_groups else (COLWISE, False)
+                rule, partial = (REPLICATE, True) if model.config.mamba_n_groups % ways else (COLWISE, False)
             else:  # a norm weight on the residual stream's sequence shard sees part of the tokens
                 partial = rule == REPLICATE and sequence_parallel
             layout = ParameterLayout(tuple(param.shape), tp_dim={COLWISE: 0, ROWWISE: 1}.get(rule),
-                                     partial_gradient=partial and tp > 1, first_rank_only=rule == OUTPUT_BIAS)
+                                     partial_gradient=partial and ways > 1, first_rank_only=rule == OUTPUT_BIAS,
+                                     branch=half)
             layouts[full_name] = layout
-            if tp == 1:
+            if ways == 1:
                 continue
-            if layout.first_rank_only and rank != 0:
+            if layout.first_rank_only and index != 0:
                 owner.register_parameter(leaf, None)
                 continue
             if layout.tp_dim is not None:
-                start, end = chunk_bounds(param.shape[layout.tp_dim], tp, rank)
+                start, end = chunk_bounds(param.shape[layout.tp_dim], ways, index)
                 local = param.detach().narrow(layout.tp_dim, start, end - start).clone()
                 owner.register_parameter(leaf, nn.Parameter(local, requires_grad=param.requires_grad))
+    for branch in elsewhere:
+        layer_name, _, attribute = branch.rpartition(".")
+        setattr(model.get_submodule(layer_name), attribute, None)
     unplanned = [name for name, _ in model.named_parameters() if name not in layouts]
     if unplanned:
         raise ValueError(f"parameter(s) {', '.join(unplanned[:4])} have no parallel plan: the module that owns "
                          f"them must list them in its parallel_plan (model/plan.py)")
     model.tie_weights()
     if tp > 1:
-        model.use_parallelism(region=TensorParallelRegion(mesh, sequence_parallel, model.config.vocab_size))
+        region = TensorParallelRegion(mesh, sequence_parallel, model.config.vocab_size)
+        branch_region = region.with_statistics_over(branch_mesh.get_group()) if halves else None
+        layers = {branch.split(".")[1] for branch in halves} & set(model.layers)
+        model.use_parallelism(region=region, layer_regions={name: branch_region for name in layers})
     return layouts
 
 
-def reduce_partial_gradients(model: nn.Module, layouts: dict[str, ParameterLayout], group) -> None:
-    """Sum over the tensor-parallel ranks the gradients that are per-rank partial sums, in one all-reduce."""
-    grads = [param.grad for name, param in named_parameters(model)
-             if param.grad is not None and layouts[name].partial_gradient]
-    if not grads:
-        return
-    local = [grad.to_local() if hasattr(grad, "to_local") else grad for grad in grads]
-    flat = torch.cat([g.reshape(-1) for g in local])
-    torch.distributed.all_reduce(flat, group=group)
-    for grad, piece in zip(local, flat.split([g.numel() for g in local])):
-        grad.copy_(piece.view_as(grad))
+def reduce_partial_gradients(model: nn.Module, layouts: dict[str, ParameterLayout], group,
+                             branch_group=None) -> None:
+    """Sum over the tensor-parallel ranks the gradients that are per-rank partial sums, in one all-reduce
+    (a second over `branch_group`, this rank's half of them, for those of mixer-parallel branches)."""
+    for in_branch, over in ((False, group), (True, branch_group)):
+        grads = [param.grad for name, param in named_parameters(model) if param.grad is not None
+                 and layouts[name].partial_gradient and (layouts[name].branch is not None) == in_branch]
+        if not grads:
+            continue
+        local = [grad.to_local() if hasattr(grad, "to_local") else grad for grad in grads]
+        flat = torch.cat([g.reshape(-1) for g in local])
+        torch.distributed.all_reduce(flat, group=over)
+        for grad, piece in zip(local, flat.split([g.numel() for g in local])):
+            grad.copy_(piece.view_as(grad))
 
 
 def named_parameters(model: nn.Module):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .config import COMPILE_MODES, DEVICES, DTYPES, FP8_RECIPES, PIPELINE_SCHEDULES, SCHEDULES, TrainConfig
+from .config import COMPILE_MODES, DEVICES, DTYPES, FP8_RECIPES, MIXER_MODES, PIPELINE_SCHEDULES, SCHEDULES, TrainConfig
 
 _DEFAULTS = TrainConfig()
 
@@ -71,14 +71,17 @@ def add_arguments(parser) -> None:
     _flag(execution, "--checkpoint-layers", type=int, metavar="N",
           help="with --activation-checkpointing, recompute only the first N layers of the layout (less "
                "recomputation where memory allows)")
-    execution.add_argument("--compile", action="store_true", default=None,
-                           help="torch.compile each layer (worth it on GPUs: 1.5x in benchmarks/README.md)")
+    execution.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                           help="torch.compile each layer (default: on with CUDA, where a layer that fails to "
+                           "compile runs eagerly with a warning; off on CPU). --compile makes a compile failure stop "
+                           "the run, --no-compile trains eagerly")
     _flag(execution, "--compile-mode", choices=COMPILE_MODES,
-          help="torch.compile mode with --compile, one process only; reduce-overhead adds CUDA graphs (CUDA "
-               "only: on CPU it is the default mode)")
+          help="torch.compile mode (implies --compile); reduce-overhead adds CUDA graphs, one process only "
+               "(CUDA only: on CPU it is the default mode). Default: reduce-overhead for one CUDA process without "
+               "--activation-checkpointing or --fp8, else default")
     _flag(execution, "--compile-cache-dir", metavar="DIR",
-          help="with --compile, where Inductor's and Triton's caches persist, so a resume or a second run with "
-               "the same shapes starts fast (default $HYBRIDCORE_COMPILE_CACHE or ~/.cache/hybridcore/compile)")
+          help="where Inductor's and Triton's caches persist, so a resume or a second run with the same shapes "
+               "starts fast (default $HYBRIDCORE_COMPILE_CACHE or ~/.cache/hybridcore/compile)")
     _flag(execution, "--fp8", choices=FP8_RECIPES,
           help="float8 matmuls through torchao (pip install 'hybridcore[fp8]'); the LM head and small linears "
                "stay in bf16, checkpoints keep fp32 weights")
@@ -113,6 +116,10 @@ def add_arguments(parser) -> None:
     _flag(parallel, "--microbatches", type=int, help="pipeline microbatches per data-parallel rank's rows "
           "(default 2 x pp x stages per rank; --grad-accum multiplies them)")
     _flag(parallel, "--pp-stages-per-rank", type=int, help="pipeline stages each rank holds (interleaved_1f1b)")
+    parallel.add_argument("--mixer-parallel", nargs="?", const="split", default=None, choices=MIXER_MODES,
+                          help="with an even --tp: each P layer's attention on one half of the tp ranks and its "
+                          "Mamba-2 on the other, at the same time; 'interleaved' alternates the halves from one "
+                          "P layer to the next (default when given alone: split)")
 
 
 def config_from_args(args) -> tuple[TrainConfig, object]:

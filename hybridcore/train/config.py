@@ -23,6 +23,7 @@ DEVICES = ("cpu", "cuda")
 DTYPES = ("fp32", "bf16")
 PARALLEL_FLAGS = ("tp", "pp", "cp", "dp_shard", "dp_replicate")
 PIPELINE_SCHEDULES = ("1f1b", "interleaved_1f1b", "gpipe")  # hybridcore.parallel's, without importing it
+MIXER_MODES = ("split", "interleaved")  # the same
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")  # torch.compile's, as --compile-mode
 FP8_RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")  # hybridcore.parallel.float8's, without importing it
 # Settings a resumed run cannot change without changing the data order or the meaning of a step.
@@ -64,8 +65,8 @@ class TrainConfig:
     dtype: str | None = None  # None: bf16 on cuda, fp32 on cpu; bf16 is autocast over fp32 master weights
     activation_checkpointing: bool = False
     checkpoint_layers: int | None = None  # with activation_checkpointing: only the first N layers (None: all)
-    compile: bool = False  # torch.compile each layer (after activation checkpointing)
-    compile_mode: str = "default"  # reduce-overhead adds CUDA graphs (one process on CUDA only)
+    compile: bool | None = None  # torch.compile each layer; None: on with CUDA, off on CPU (with_fast_defaults)
+    compile_mode: str | None = None  # None: reduce-overhead where CUDA graphs apply, else default
     # Inductor/Triton caches; None: $HYBRIDCORE_COMPILE_CACHE or ~/.cache/hybridcore/compile
     compile_cache_dir: str | None = None
     fp8: str | None = None  # float8 matmuls through torchao: one of FP8_RECIPES; None: bf16
@@ -89,6 +90,7 @@ class TrainConfig:
     pp_schedule: str = "1f1b"
     microbatches: int | None = None  # pipeline microbatches per data-parallel rank and micro-batch; None: 2 x pp
     pp_stages_per_rank: int = 1  # > 1 with pp_schedule interleaved_1f1b
+    mixer_parallel: str | None = None  # "split" or "interleaved": P layers' attention and Mamba-2 on the tp halves
 
     def __post_init__(self) -> None:
         self.overrides = list(self.overrides)
@@ -112,6 +114,8 @@ class TrainConfig:
             _check_int("microbatches", self.microbatches, minimum=1)
         if self.pp_schedule not in PIPELINE_SCHEDULES:
             raise ValueError(f"--pp-schedule must be one of {', '.join(PIPELINE_SCHEDULES)}, got {self.pp_schedule!r}")
+        if self.mixer_parallel is not None and self.mixer_parallel not in MIXER_MODES:
+            raise ValueError(f"--mixer-parallel must be one of {', '.join(MIXER_MODES)}, got {self.mixer_parallel!r}")
         if self.pp_stages_per_rank > 1 and self.pp_schedule != "interleaved_1f1b":
             raise ValueError(f"--pp-stages-per-rank {self.pp_stages_per_rank} needs --pp-schedule interleaved_1f1b")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -135,11 +139,11 @@ class TrainConfig:
             raise ValueError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.compile_mode not in COMPILE_MODES:
+        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"--compile-mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
-        if self.compile_mode != "default" and not self.compile:
-            raise ValueError(f"--compile-mode {self.compile_mode} needs --compile")
-        if self.compile_mode != "default" and any(getattr(self, name) > 1 for name in PARALLEL_FLAGS):
+        if self.compile_mode not in (None, "default") and self.compile is False:
+            raise ValueError(f"--compile-mode {self.compile_mode} compiles: it cannot go with --no-compile")
+        if self.compile_mode not in (None, "default") and any(getattr(self, name) > 1 for name in PARALLEL_FLAGS):
             raise ValueError(f"--compile-mode {self.compile_mode} is for one process: the parallel layouts "
                              f"compile each layer in the default mode")
         self._validate_fast_paths()
@@ -158,8 +162,8 @@ class TrainConfig:
             raise ValueError(f"--resume-from must name a step or a checkpoint directory, got {self.resume_from!r}")
 
     def _validate_fast_paths(self) -> None:
-        if self.compile_cache_dir is not None and not self.compile:
-            raise ValueError("--compile-cache-dir needs --compile")
+        if self.compile_cache_dir is not None and self.compile is False:
+            raise ValueError("--compile-cache-dir is where compiled code is kept: it cannot go with --no-compile")
         if self.fp8 is not None and self.fp8 not in FP8_RECIPES:
             raise ValueError(f"--fp8 must be one of {', '.join(FP8_RECIPES)}, got {self.fp8!r}")
         _check_int("fp8_min_size", self.fp8_min_size, minimum=16)
@@ -168,7 +172,13 @@ class TrainConfig:
 
     # ---- derived -------------------------------------------------------------------------------------
     def uses_cuda_graphs(self) -> bool:
-        return self.compile and self.compile_mode == "reduce-overhead"
+        return bool(self.compile) and self.compile_mode == "reduce-overhead"
+
+    def with_fast_defaults(self, device_type: str, world_size: int) -> "TrainConfig":
+        """A copy with compile and compile_mode decided where they were left unset (fast_defaults)."""
+        compile, mode = fast_defaults(self.compile, self.compile_mode, device_type, world_size,
+                                      self.activation_checkpointing, self.fp8)
+        return dataclasses.replace(self, compile=compile, compile_mode=mode)
 
     def parallel_sizes(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in PARALLEL_FLAGS}
@@ -179,7 +189,7 @@ class TrainConfig:
 
         return ParallelConfig(**self.parallel_sizes(), sequence_parallel=self.sequence_parallel,
                               pp_schedule=self.pp_schedule, pp_microbatches=self.microbatches,
-                              pp_stages_per_rank=self.pp_stages_per_rank)
+                              pp_stages_per_rank=self.pp_stages_per_rank, mixer_parallel=self.mixer_parallel)
 
     def resolved_device(self) -> str:
         import torch
@@ -201,11 +211,24 @@ class TrainConfig:
         return dataclass_from_dict(cls, data)
 
 
+def fast_defaults(compile: bool | None, mode: str | None, device_type: str, world_size: int,
+                  activation_checkpointing: bool, fp8: str | None) -> tuple[bool, str]:
+    """(compile, compile mode) with the unset ones (None) decided: the fastest configuration measured
+    (benchmarks/README.md) is each layer compiled on CUDA, with CUDA graphs (reduce-overhead) in one process
+    without activation checkpointing or FP8, as it was measured; on CPU no compile. A mode implies compile."""
+    if compile is None:
+        compile = device_type == "cuda" or mode is not None
+    if mode is None:
+        graphs = compile and device_type == "cuda" and world_size == 1 and not activation_checkpointing and fp8 is None
+        mode = "reduce-overhead" if graphs else "default"
+    return compile, mode
+
+
 def _check_int(name: str, value, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         flag = "--" + name.replace("_", "-")
         raise ValueError(f"{flag} must be an integer >= {minimum}, got {value!r}")
 
 
-__all__ = ["TrainConfig", "COMPILE_MODES", "FP8_RECIPES", "SCHEDULES", "FIXED_ON_RESUME", "PARALLEL_FLAGS",
-           "PIPELINE_SCHEDULES"]
+__all__ = ["TrainConfig", "fast_defaults", "COMPILE_MODES", "FP8_RECIPES", "SCHEDULES", "FIXED_ON_RESUME",
+           "PARALLEL_FLAGS", "PIPELINE_SCHEDULES", "MIXER_MODES"]

@@ -11,7 +11,8 @@ from .config import TrainConfig
 # hybridcore.parallel names fields; the user typed flags.
 FLAG_OF_FIELD = {"pp_microbatches": "--microbatches", "pp_stages_per_rank": "--pp-stages-per-rank",
                  "pp_schedule": "--pp-schedule", "sequence_parallel": "--sequence-parallel",
-                 "dp_replicate": "--dp-replicate", "dp_shard": "--dp-shard", "tp": "--tp", "pp": "--pp", "cp": "--cp"}
+                 "dp_replicate": "--dp-replicate", "dp_shard": "--dp-shard", "tp": "--tp", "pp": "--pp", "cp": "--cp",
+                 "mixer_parallel": "--mixer-parallel"}
 _DEFAULTS = TrainConfig()
 
 
@@ -24,7 +25,7 @@ def layout_flags(config: TrainConfig) -> str:
     """The layout flags that differ from their defaults, as typed: "--tp 2 --dp-shard 2"."""
     given = []
     for field in ("pp", "dp_replicate", "dp_shard", "cp", "tp", "sequence_parallel", "pp_schedule", "microbatches",
-                  "pp_stages_per_rank"):
+                  "pp_stages_per_rank", "mixer_parallel"):
         value = getattr(config, field)
         if value != getattr(_DEFAULTS, field):
             flag = "--" + field.replace("_", "-")
@@ -63,7 +64,7 @@ def resolve_layout(config: TrainConfig, model_config, world_size: int):
             raise ValueError(f"{error}{hint}") from None
     if world_size == 1:
         return None
-    if config.compile_mode != "default":  # CUDA graphs cannot hold the collectives; the layouts compile plainly
+    if config.compile_mode not in (None, "default"):  # CUDA graphs cannot hold the collectives
         raise ValueError(f"--compile-mode {config.compile_mode} is for one process ({world_size} here): the "
                          f"parallel layouts compile each layer in the default mode")
     with naming_flags(config, f" with --batch-size {config.batch_size} --seq-len {config.seq_len}"):

@@ -40,6 +40,7 @@ from .model_setup import build_train_model, resolve_model_config
 from .optim import set_hyperparameters
 from .parallel_layout import launched_world_size, resolve_layout
 from ..parallel import ParallelConfig, build_mesh, parallelize
+from ..parallel.compile import failed_compilations
 from ..parallel.pipeline import local_stage_filter
 from .resume import checkpoint_names, kept_in_run, resolve_resume_from, resume_checkpoint
 from .run_config import write_run_config
@@ -145,7 +146,8 @@ def train(config: TrainConfig, resume: bool = False, model_config: ModelConfig |
         lock = lock_run(run_dir)  # collective: a second process on this run is refused, on every rank
         heartbeats = Heartbeats.start(rank, world_size)
         layout = resolve_layout(config, model_config, world_size)
-        result = _Run(config, model_config, run_dir, device, rank, world_size, resume, layout).run()
+        fast = config.with_fast_defaults(device.type, world_size)
+        result = _Run(fast, model_config, run_dir, device, rank, world_size, resume, layout, requested=config).run()
     except BaseException as error:
         explained = _explain(error, config, run_dir, rank, heartbeats)
         distributed.shutdown(clean=False)  # no barrier: the other ranks may never reach it
@@ -189,8 +191,12 @@ def _kept(run_dir: Path) -> tuple[bool, str]:
 
 class _Run:
     def __init__(self, config: TrainConfig, model_config: ModelConfig, run_dir: Path, device: torch.device,
-                 rank: int, world_size: int, resume: bool, layout=None):
+                 rank: int, world_size: int, resume: bool, layout=None, requested: TrainConfig | None = None):
+        # config: the settings this run uses; requested: as given, what run_config.json keeps (a default
+        # such as compile's is decided again by each resume, on its own device)
         self.config, self.model_config, self.run_dir = config, model_config, run_dir
+        self.requested = requested or config
+        self.compile_falls_back = config.compile and self.requested.compile is None
         self.device, self.rank, self.world_size = device, rank, world_size
         self.is_main = rank == 0
         self.bar = None  # the progress bar while the loop runs (messages go through it)
@@ -214,6 +220,7 @@ class _Run:
                                  activation_checkpointing=config.activation_checkpointing,
                                  checkpoint_layers=config.checkpoint_layers, compile=config.compile,
                                  compile_mode=config.compile_mode, compile_cache_dir=config.compile_cache_dir,
+                                 compile_fallback=self.compile_falls_back,
                                  float8=config.fp8, float8_min_size=config.fp8_min_size, seq_len=config.seq_len,
                                  loss_chunk=self.loss_chunk)
         self.model.train()
@@ -243,7 +250,7 @@ class _Run:
             self._say(f"no complete checkpoint in {run_dir / 'checkpoints'}: starting from step 0")
         if self.is_main:
             truncate_metrics(run_dir, self.start_step)
-            write_run_config(run_dir, config, model_config)
+            write_run_config(run_dir, self.requested, model_config)
         distributed.barrier()
         self.metrics = MetricsLogger(run_dir, enabled=self.is_main, tensorboard=config.tensorboard,
                                      start_step=self.start_step)
@@ -350,6 +357,14 @@ class _Run:
             f"gradient (--max-bad-steps {config.max_bad_steps}). The run holds {checkpoint_names(self.run_dir)}; "
             f"{advice}")
 
+    def _report_compile_fallback(self) -> None:
+        """After the first step: say so when compile, on by default, gave up on some layers (they ran eagerly)."""
+        failed = failed_compilations() if self.compile_falls_back else 0
+        if failed:
+            self._say(f"warning: torch.compile failed on {failed} frame(s), which run eagerly (slower; the warning "
+                      f"above says why). --no-compile trains without compile, --compile stops at such a failure",
+                      error=True)
+
     # ---- the loop ------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         config = self.config
@@ -367,6 +382,8 @@ class _Run:
             for step in range(self.start_step + 1, config.steps + 1):
                 record = self.step(step)
                 self.metrics.log(record)
+                if step == self.start_step + 1:
+                    self._report_compile_fallback()
                 if record.get("skipped"):
                     bad_in_a_row += 1
                     if self.first_bad_step is None:

@@ -57,8 +57,8 @@ def test_flags_for_ours_only_are_refused_for_a_peer_naming_the_flag(tmp_path, ca
                         (["--sdpa-backend", "math"], "--sdpa-backend")):
         assert bench(tmp_path, "--contender", "hf_torch", *flags, name="refused") == (2, None)
         assert f"{flag} applies to --contender ours only" in capsys.readouterr().err
-    assert bench(tmp_path, "--compile-mode", "reduce-overhead", name="refused") == (2, None)
-    assert "--compile-mode reduce-overhead needs --compile" in capsys.readouterr().err
+    assert bench(tmp_path, "--no-compile", "--compile-mode", "reduce-overhead", name="refused") == (2, None)
+    assert "--compile-mode reduce-overhead compiles: it cannot go with --no-compile" in capsys.readouterr().err
     assert bench(tmp_path, "--checkpoint-layers", "1", name="refused") == (2, None)
     assert "needs --activation-checkpointing" in capsys.readouterr().err
 

@@ -1,7 +1,7 @@
 """Every layer compiles whole in every layout: one training step with each layer torch.compile'd (through
 dynamo and AOTAutograd, forward and backward) reports no graph break, in one process (every layer kind)
-and under fsdp2, tp2, pp2 and cp2 ("P-": the P layer holds the Mamba-2 mixer and attention that M and *
-layers hold), with and without activation checkpointing."""
+and under fsdp2, tp2, pp2, cp2 and mixer-parallel tp2 ("P-": the P layer holds the Mamba-2 mixer and
+attention that M and * layers hold), with and without activation checkpointing."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from .workers import compiled_graph_breaks, run_all
 
 pytestmark = pytest.mark.slow
 
-LAYOUTS = {"fsdp2": dict(dp_shard=2), "tp2": dict(tp=2), "pp2": dict(pp=2), "cp2": dict(cp=2)}
+LAYOUTS = {"fsdp2": dict(dp_shard=2), "tp2": dict(tp=2), "pp2": dict(pp=2), "cp2": dict(cp=2),
+           "mixer2": dict(tp=2, mixer_parallel="interleaved")}
 SCENARIOS = {f"{name}{'/ac' if ac else ''}": (fields, ac) for name, fields in LAYOUTS.items() for ac in (False, True)}
 
 

@@ -5,10 +5,11 @@ CI runs the ranks on CPU over gloo. On a machine with GPUs, `HYBRIDCORE_TEST_DEV
 NCCL, one GPU each, against one GPU, at 1e-4 (the 4-rank tests skip below 4 GPUs, the error paths on GPUs).
 
 Three process groups are started for the whole module (start-up dominates on a small CPU machine):
-2 ranks for tp2 / fsdp2 / pp2 / cp2 and the error paths, 4 ranks for their combinations and a
-checkpoint save, 4 ranks again for loading that checkpoint as tp4 and pp2 x tp2 after a
-single-process round trip. The models get long-memory Mamba weights (common.long_memory) so that a
-state lost at a rank border moves the loss well past the tolerance.
+2 ranks for tp2 / fsdp2 / pp2 / cp2 / mixer parallelism and the error paths, 4 ranks for their
+combinations and two checkpoint saves (tp2 x fsdp2, and the same with mixer parallelism), 4 ranks again
+for loading them as tp4, pp2 x tp2 and mixer-parallel tp4 after a single-process round trip. The models
+get long-memory Mamba weights (common.long_memory) so that a state lost at a rank border moves the loss
+well past the tolerance.
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ TWO_RANKS = {
     "tp2/M-*-M-/nemotron": (dict(tp=2), "M-*-M-/nemotron", False, {}),
     "cp2/M-*-M-/nemotron/documents": (dict(cp=2), "M-*-M-/nemotron", True, {}),
     "tp2/M*-/partial-rope-scaled": (dict(tp=2), "M*-/partial-rope-scaled", False, {}),
+    # mixer parallelism: a P layer's attention on one rank, its Mamba-2 on the other
+    "mixer2/P-": (dict(tp=2, mixer_parallel="split"), "P-", False, {}),
+    "mixer2-interleaved/M*-PP-/documents": (dict(tp=2, mixer_parallel="interleaved"), "M*-PP-", True, {}),
+    "mixer2-no-sp/P-/activation-checkpointing": (dict(tp=2, sequence_parallel=False, mixer_parallel="split"), "P-",
+                                                 False, {"activation_checkpointing": True}),
 }
 FOUR_RANKS = {
     **{f"tp2xfsdp2/{layout}": (dict(tp=2, dp_shard=2), layout, False, {}) for layout in LAYOUTS},
@@ -58,7 +64,15 @@ FOUR_RANKS = {
                                         pp_microbatches=2), "M*-P", False, {}),
     "pp2xcp2/M*-P/documents": (dict(pp=2, cp=2), "M*-P", True, {}),
     "cp2xtp2/M*-P/documents": (dict(cp=2, tp=2), "M*-P", True, {}),
+    # mixer parallelism over tp4: each branch split over two ranks (the one group's gated norm spans them)
+    "mixer4/P-/one-group/documents": (dict(tp=4, mixer_parallel="split"), "P-/groups1", True, {}),
+    "mixer4-interleaved/PMP-/one-group": (dict(tp=4, mixer_parallel="interleaved"), "PMP-/groups1", False, {}),
+    "mixer2xfsdp2-interleaved/M*-PP-/documents": (dict(tp=2, dp_shard=2, mixer_parallel="interleaved"), "M*-PP-",
+                                                  True, {}),
+    "pp2xmixer2/M*-P": (dict(pp=2, tp=2, mixer_parallel="split"), "M*-P", False, {}),
+    "cp2xmixer2-interleaved/M*-PP-/documents": (dict(cp=2, tp=2, mixer_parallel="interleaved"), "M*-PP-", True, {}),
 }
+MIXER_SAVE = dict(tp=2, dp_shard=2, mixer_parallel="interleaved")
 SAVE_STEPS, CONTINUE_STEPS = 2, 2
 
 
@@ -92,7 +106,8 @@ def two_rank_results(workdir):
 def four_rank_results(workdir):
     jobs = [("layouts", ("layout_scenarios", (FOUR_RANKS,))),
             ("save", ("checkpoint_save", (str(workdir / "ckpt-tp2xfsdp2"), dict(tp=2, dp_shard=2),
-                                          SAVE_STEPS, CONTINUE_STEPS)))]
+                                          SAVE_STEPS, CONTINUE_STEPS))),
+            ("save_mixer", ("checkpoint_save", (str(workdir / "ckpt-mixer"), MIXER_SAVE, SAVE_STEPS, CONTINUE_STEPS)))]
     return run_workers(run_all, 4, workdir / "four", jobs)
 
 
@@ -192,9 +207,15 @@ def test_export_after_tp2_x_fsdp2_equals_single_process_weights(four_rank_result
 
 
 def test_checkpoint_reshards_tp2xfsdp2_to_single_to_tp4_and_pp2xtp2(four_rank_results, checkpoint_reference, workdir):
-    saved = four_rank_results[0]["save"]
-    assert relative_error(saved["before"], checkpoint_reference["before"]) < TOLERANCE
-    assert relative_error(saved["after"], checkpoint_reference["after"]) < TOLERANCE
+    for job in ("save", "save_mixer"):
+        saved = four_rank_results[0][job]
+        assert relative_error(saved["before"], checkpoint_reference["before"]) < TOLERANCE, job
+        assert relative_error(saved["after"], checkpoint_reference["after"]) < TOLERANCE, job
+    # a mixer-parallel checkpoint loads into one process and continues with the same losses
+    model, optimizer = build_parallel_model(checkpoint_config(), seed=7, device=DEVICE)
+    assert load_sharded(workdir / "ckpt-mixer", model, optimizer) == {"step": SAVE_STEPS}
+    batches = [global_batch(seed=step) for step in range(SAVE_STEPS, SAVE_STEPS + CONTINUE_STEPS)]
+    assert relative_error(train_steps(model, optimizer, batches), checkpoint_reference["after"]) < TOLERANCE
 
     # tp2 x fsdp2 -> one process: continues with the same losses, then saves again.
     model, optimizer = build_parallel_model(checkpoint_config(), seed=123, device=DEVICE)
@@ -205,11 +226,15 @@ def test_checkpoint_reshards_tp2xfsdp2_to_single_to_tp4_and_pp2xtp2(four_rank_re
     single = train_steps(model, optimizer, batches)
     assert relative_error(single, checkpoint_reference["after"]) < TOLERANCE
 
-    # one process -> tp4, tp2 x fsdp2 -> tp4 directly, one process -> pp2 x tp2 (stages as model parts).
+    # one process -> tp4, tp2 x fsdp2 -> tp4 directly, one process -> pp2 x tp2 (stages as model parts);
+    # mixer-parallel tp2 x fsdp2 -> tp4, one process -> mixer-parallel tp4.
     single, sharded = str(workdir / "ckpt-single"), str(workdir / "ckpt-tp2xfsdp2")
+    mixer = str(workdir / "ckpt-mixer")
     jobs = [("tp4_from_single", ("checkpoint_load", (single, dict(tp=4), CONTINUE_STEPS))),
             ("tp4_from_tp2xfsdp2", ("checkpoint_load", (sharded, dict(tp=4), CONTINUE_STEPS))),
-            ("pp2xtp2_from_single", ("checkpoint_load", (single, dict(pp=2, tp=2), CONTINUE_STEPS)))]
+            ("pp2xtp2_from_single", ("checkpoint_load", (single, dict(pp=2, tp=2), CONTINUE_STEPS))),
+            ("tp4_from_mixer", ("checkpoint_load", (mixer, dict(tp=4), CONTINUE_STEPS))),
+            ("mixer4_from_single", ("checkpoint_load", (single, dict(tp=4, mixer_parallel="split"), CONTINUE_STEPS)))]
     results = run_workers(run_all, 4, workdir / "tp4", jobs)
     for rank, result in enumerate(results):
         for source, _ in jobs:

@@ -20,7 +20,9 @@ from .harness import build_parallel_model, train_steps
     (dict(sequence_parallel="yes"), "ParallelConfig.sequence_parallel"),
     (dict(pp_schedule="zigzag"), "ParallelConfig.pp_schedule"),
     (dict(pp_microbatches=0), "ParallelConfig.pp_microbatches"),
-    (dict(pp_stages_per_rank=2), "ParallelConfig.pp_stages_per_rank")])
+    (dict(pp_stages_per_rank=2), "ParallelConfig.pp_stages_per_rank"),
+    (dict(tp=2, mixer_parallel="alternate"), "ParallelConfig.mixer_parallel"),
+    (dict(mixer_parallel="split"), "even ParallelConfig.tp"), (dict(tp=3, mixer_parallel="split"), "tp=3")])
 def test_parallel_config_names_the_bad_field(fields, name):
     with pytest.raises(ValueError, match=name):
         ParallelConfig(**fields)
@@ -197,3 +199,26 @@ def test_local_stage_filter_keeps_a_ranks_stages_with_embedding_and_head_where_t
     assert first("embed") and first("layers.2") and not first("layers.3") and not first("lm_head")
     assert middle("layers.4.mixer.in_proj") and not middle("embed") and not middle("final_norm")
     assert last("layers.6") and last("final_norm") and last("lm_head") and not last("layers.5")
+
+
+def test_mixer_halves_split_or_alternate_over_the_p_layers_only():
+    from hybridcore.parallel.mixer import branch_halves
+
+    config = tiny_config("P-M-P-*P")
+    assert branch_halves(config, None) == {}
+    assert branch_halves(config, "split") == {f"layers.{i}.{branch}": half for i in (0, 4, 7)
+                                              for branch, half in (("attention", 0), ("mamba", 1))}
+    interleaved = branch_halves(config, "interleaved")
+    assert [interleaved[f"layers.{i}.attention"] for i in (0, 4, 7)] == [0, 1, 0]
+    assert all(interleaved[f"layers.{i}.mamba"] == 1 - interleaved[f"layers.{i}.attention"] for i in (0, 4, 7))
+
+
+def test_mixer_parallel_divisibility_is_per_branch_half():
+    """Under mixer parallelism a P layer's branch splits tp / 2 ways, the other kinds tp ways."""
+    check_tensor_parallel(tiny_config("P-", num_kv_heads=2), 4, "split")  # 2 kv heads over 2 ranks
+    with pytest.raises(ValueError, match=r"num_kv_heads \(2\) must be divisible by ParallelConfig.tp \(4\)"):
+        check_tensor_parallel(tiny_config("P-*", num_kv_heads=2), 4, "split")  # the * layer splits 4 ways
+    with pytest.raises(ValueError, match=r"num_kv_heads \(1\) must be divisible by ParallelConfig.tp / 2 \(2"):
+        check_tensor_parallel(tiny_config("P-", num_kv_heads=1), 4, "split")
+    with pytest.raises(ValueError, match="has none"):
+        check_tensor_parallel(tiny_config("M*-"), 2, "split")

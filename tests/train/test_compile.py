@@ -91,3 +91,32 @@ def test_cuda_graphs_train_like_eager(tmp_path, data_dir, grad_accum):
         eager, graphs = _column(tmp_path / "eager", key), _column(tmp_path / "graphs", key)
         assert len(eager) == len(graphs) == 4
         assert all(abs(a - b) <= tolerance * abs(a) for a, b in zip(eager, graphs)), (key, eager, graphs)
+
+
+@pytest.mark.skipif(not hasattr(torch.nn.Module, "compile"), reason="Module.compile needs torch >= 2.2")
+def test_default_compile_that_fails_trains_eagerly_and_says_so(tmp_path, data_dir, monkeypatch, capsys):
+    """Compile on by default (as on CUDA) with a compiler that fails: the layers run eagerly, the losses are
+    the eager run's and the run warns once; compile asked for with --compile stops at the failure."""
+    import torch._dynamo
+
+    from hybridcore.train import config as train_config
+
+    def broken_compiler(graph, example_inputs):
+        raise RuntimeError("this compiler always fails")
+
+    module_compile = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: module_compile(self, backend=broken_compiler))
+    monkeypatch.setattr(torch._dynamo.config, "suppress_errors", False)
+    monkeypatch.setattr(train_config, "fast_defaults",  # as on CUDA: compile unless told otherwise
+                        lambda compile, mode, *rest: (True if compile is None else compile, mode or "default"))
+    torch._dynamo.reset()
+    train(tiny_train_config(tmp_path / "eager", data_dir, steps=2, eval_every=0, compile=False))
+    train(tiny_train_config(tmp_path / "auto", data_dir, steps=2, eval_every=0, compile=None))
+    assert _column(tmp_path / "auto", "loss") == _column(tmp_path / "eager", "loss")
+    err = capsys.readouterr().err
+    assert err.count("torch.compile failed on") == 1 and "--no-compile" in err
+
+    monkeypatch.setattr(torch._dynamo.config, "suppress_errors", False)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="this compiler always fails"):
+        train(tiny_train_config(tmp_path / "asked", data_dir, steps=2, eval_every=0, compile=True))

@@ -1,8 +1,8 @@
 """`hybridcore train` under torchrun (CPU, gloo): every parallel layout trains like one process, and a
 checkpoint written under one layout resumes, exports and evaluates in one process.
 
-Three launches (process start-up dominates on a small CPU machine): tp2 x dp_shard2 and pp2 x cp2 on a
-mixed layout (4 ranks each, every dimension covered by one of them), and tp2 on 'P-' (the layout
+Four launches (process start-up dominates on a small CPU machine): tp2 x dp_shard2, pp2 x cp2 and
+mixer-parallel tp2 x dp_shard2 on a mixed layout (4 ranks each, every dimension covered), and tp2 on 'P-' (the layout
 Falcon-H1's format can hold) for the resume and the export. The single-process references run in this
 process. Validation covers a short last batch, which the layouts pad with ignored rows.
 """
@@ -51,8 +51,9 @@ def mixed_reference(tmp_path_factory, data_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flags", [["--tp", "2", "--dp-shard", "2"], ["--pp", "2", "--cp", "2"]],
-                         ids=["tp2xdp_shard2", "pp2xcp2"])
+@pytest.mark.parametrize("flags", [["--tp", "2", "--dp-shard", "2"], ["--pp", "2", "--cp", "2"],
+                                   ["--tp", "2", "--dp-shard", "2", "--mixer-parallel"]],
+                         ids=["tp2xdp_shard2", "pp2xcp2", "mixer-tp2xdp_shard2"])
 def test_layout_trains_like_one_process(tmp_path, data_dir, mixed_reference, flags):
     out = tmp_path / "run"
     torchrun(4, train_cli_args(out, data_dir, steps=3, model=MIXED,
