@@ -1,7 +1,7 @@
 """`hybridcore train` itself, timed: tokens/s on packed documents (the embedded corpus) and the time to the
 first completed step, in a cold process (an empty compile cache) and a warm one (the same cache again).
 
-    python benchmarks/train_bench.py                       # falcon-h1-0.5b, 4 x 4096, reduce-overhead, GPU
+    python benchmarks/train_bench.py                       # falcon-h1-0.5b, 4 x 4096, train's defaults, GPU
     python benchmarks/train_bench.py --smoke               # CPU, tiny, eager: what the tests run
 
 The corpus is prepared once before anything is timed, without a validation split (so no evaluation runs
@@ -35,8 +35,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=4096)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5, help="steps left out of the throughput median")
-    p.add_argument("--compile-mode", default="reduce-overhead",
-                   choices=["none", "default", "reduce-overhead", "max-autotune-no-cudagraphs"])
+    p.add_argument("--compile-mode", default="auto",
+                   choices=["auto", "none", "default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+                   help="auto: no compile flag, what `hybridcore train` chooses by default (on CUDA each layer "
+                   "compiled with CUDA graphs); none: --no-compile")
     p.add_argument("--runs", nargs="+", default=["cold", "warm"], choices=["cold", "warm"],
                    help="cold: an empty compile cache; warm: the cache the runs before it filled")
     p.add_argument("--timeout", type=int, default=300, help="seconds one run may take")
@@ -56,8 +58,12 @@ def train_command(args, data: Path, run_dir: Path, cache: Path) -> list[str]:
                "--no-progress", "--warmup", "0"]
     if args.smoke:
         command += ["--device", "cpu"]
-    if args.compile_mode != "none":
-        command += ["--compile", "--compile-mode", args.compile_mode, "--compile-cache-dir", str(cache)]
+    if args.compile_mode == "none":
+        command += ["--no-compile"]
+    else:
+        command += ["--compile-cache-dir", str(cache)]
+        if args.compile_mode != "auto":
+            command += ["--compile", "--compile-mode", args.compile_mode]
     return command
 
 
