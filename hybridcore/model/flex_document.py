@@ -11,7 +11,7 @@ activation checkpointing (attention.use_sdpa_for_documents).
 Forwards without gradients (evaluation) keep the SDPA paths too: on the H200 (torch 2.11), a 0.5B
 `hybridcore train --compile-mode reduce-overhead` run trained 12 steps through FlexAttention and then hit
 an illegal memory access in its final evaluation, the first no-grad forward of the compiled layers
-(benchmarks/README.md, sixth session). The same evaluation on the SDPA paths had passed. The cause is not
+(CHANGELOG.md, 2026-11-29). The same evaluation on the SDPA paths had passed. The cause is not
 found (upstream has open reports of illegal memory accesses from compiled FlexAttention and
 create_block_mask, e.g. pytorch/pytorch#174923 and #166070, none known to be this one); until it is,
 FlexAttention serves the training forward and backward only.
