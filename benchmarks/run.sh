@@ -45,7 +45,7 @@ if [ -n "${PEERS:-}" ]; then
   mkdir -p "$PEERS/stub" && touch "$PEERS/stub/selective_scan_cuda.py"
   for dir in "$PEERS"/*/; do PYTHONPATH=$PYTHONPATH:${dir%/}; done
   conv=$(ls -d "$PEERS"/causal_conv1d-*/ 2>/dev/null | head -1)
-  if [ -n "$conv" ] && ! python3 -c "import causal_conv1d_cuda" 2>/dev/null; then
+  if [ -n "$conv" ] && ! python3 -c "import torch, causal_conv1d_cuda" 2>/dev/null; then
     echo "== building causal_conv1d in $conv (several minutes)"
     (cd "$conv" && CAUSAL_CONV1D_FORCE_BUILD=TRUE MAX_JOBS=$(nproc) python3 setup.py build_ext --inplace \
       > /tmp/causal_conv1d_build.log 2>&1) || { echo "causal_conv1d build failed:"; tail -5 /tmp/causal_conv1d_build.log; }
