@@ -132,6 +132,12 @@ def launch(kind: str, cache_dir: Path, argv: list[str], timeout: int) -> dict:
         return result
 
 
+def _commit() -> str | None:
+    from hybridcore.bench_record import git_state
+
+    return git_state()["git_commit"]
+
+
 def versions() -> dict:
     from hybridcore.bench import versions as found
 
@@ -150,6 +156,7 @@ def main(argv=None) -> dict:
 
     report = {"benchmark": "compile_startup", "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
               "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "versions": versions(),
+              "git_commit": _commit(),
               "command": command,
               "preset": args.preset, "set": args.sets, "batch_size": args.batch_size, "seq_len": args.seq_len,
               "mode": args.mode, "smoke": args.smoke, "processes": {}}

@@ -226,6 +226,12 @@ def run_loss(args, argv, work_dir, report):
     write(report, args)
 
 
+def _commit() -> str | None:
+    from hybridcore.bench_record import git_state
+
+    return git_state()["git_commit"]
+
+
 def versions() -> dict:
     from hybridcore.bench import versions as found
 
@@ -251,7 +257,8 @@ def main(argv=None) -> dict:
 
     report = {"benchmark": "fp8", "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
               "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "versions": versions(),
-              "command": "python benchmarks/fp8_bench.py " + " ".join(argv), "smoke": args.smoke}
+              "git_commit": _commit(), "command": "python benchmarks/fp8_bench.py " + " ".join(argv),
+              "smoke": args.smoke}
     with tempfile.TemporaryDirectory(prefix="hybridcore-fp8-") as scratch:
         if args.part in ("throughput", "all"):
             run_throughput(args, argv, Path(scratch), report)

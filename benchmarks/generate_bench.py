@@ -280,6 +280,12 @@ def compare(report: dict) -> dict:
     return ratios
 
 
+def _commit() -> str | None:
+    from hybridcore.bench_record import git_state
+
+    return git_state()["git_commit"]
+
+
 def versions() -> dict:
     from hybridcore.bench import versions as found
 
@@ -294,7 +300,8 @@ def main(argv=None) -> dict:
     on_cuda = torch.device(args.device).type == "cuda"
     report = {"benchmark": "generate", "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
               "device": torch.cuda.get_device_name() if on_cuda else platform.processor() or "cpu",
-              "versions": versions(), "command": "python benchmarks/generate_bench.py " + " ".join(argv),
+              "versions": versions(), "git_commit": _commit(),
+              "command": "python benchmarks/generate_bench.py " + " ".join(argv),
               "preset": args.preset, "set": args.sets, "dtype": args.dtype, "contexts": args.contexts,
               "batches": args.batches, "new_tokens": args.new_tokens, "repeats": args.repeats,
               "smoke": args.smoke, "sides": {}}

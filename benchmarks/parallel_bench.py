@@ -18,13 +18,13 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from hybridcore.bench_record import git_state
 from hybridcore.config import apply_overrides
 from hybridcore.flops import flops_per_token, mfu
 from hybridcore.model import build_model
@@ -101,14 +101,6 @@ def matmul_ceiling_tflops(device_type: str, size: int, iterations: int = 20) -> 
     return 2 * size ** 3 * iterations / (time.perf_counter() - start) / 1e12
 
 
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def max_over_ranks(value: float) -> float:
     tensor = torch.tensor([value], dtype=torch.float64,
                           device="cuda" if dist.get_backend() == "nccl" else "cpu")
@@ -159,7 +151,7 @@ def main(argv=None) -> dict:
         "parallel": dataclasses.asdict(parallel_config),
         "world_size": world,
         "device": torch.cuda.get_device_name() if device_type == "cuda" else f"cpu ({platform.machine()})",
-        "backend": dist.get_backend(), "torch": torch.__version__, "commit": git_commit(),
+        "backend": dist.get_backend(), "torch": torch.__version__, "commit": git_state()["git_commit"],
         "seq_len": args.seq_len, "global_batch": args.global_batch, "warmup_steps": args.warmup,
         "timed_steps": args.steps, "activation_checkpointing": args.activation_checkpointing,
         "compile": args.compile, "dtype": dtype,

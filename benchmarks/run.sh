@@ -59,11 +59,9 @@ need_torchao() {  # the fp8 extra, from a wheel in .whl/ when it is not installe
 
 contender() {  # contender NAME BENCH_FLAGS...: one process, stopped after LIMIT seconds
   local name=$1; shift
-  local flags=()
-  # ours as it trains fastest: each layer compiled, with CUDA graphs (not on the CPU smoke run)
-  [ "$name" = ours ] && [ -z "$SMOKE_FLAG" ] && flags=(--compile --compile-mode reduce-overhead)
+  # ours with bench's defaults, as a user gets them (on CUDA each layer compiled, with CUDA graphs)
   echo "== hybridcore bench --contender $name $*"
-  timeout -k 20 "$LIMIT" python3 -m hybridcore bench --contender "$name" "${flags[@]}" "$@" \
+  timeout -k 20 "$LIMIT" python3 -m hybridcore bench --contender "$name" "$@" \
     --peak-tflops "$PEAK_TFLOPS" --out "$OUT" $SMOKE_FLAG || echo "   (exit status $?)"
 }
 

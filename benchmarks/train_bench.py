@@ -139,11 +139,9 @@ def main(argv=None) -> dict:
 
 
 def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
+    from hybridcore.bench_record import git_state
+
+    return git_state()["git_commit"]
 
 
 def _write(report: dict, args) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import importlib
+import os
 import statistics
 import subprocess
 import sys
@@ -28,8 +29,16 @@ def versions() -> dict:
     return found
 
 
+SOURCE_COMMIT_ENV = "HYBRIDCORE_SOURCE_COMMIT"
+
+
 def git_state(root: Path = ROOT) -> dict:
-    """The commit of the tree that ran, and whether tracked files differ from it (None outside git)."""
+    """The commit of the tree that ran, and whether tracked files differ from it (None outside git).
+    A machine that receives a copy of the files without their history names the commit they were copied
+    from in $HYBRIDCORE_SOURCE_COMMIT; its own git knows nothing of it (git_dirty is then not known)."""
+    if os.environ.get(SOURCE_COMMIT_ENV):
+        return {"git_commit": os.environ[SOURCE_COMMIT_ENV], "git_dirty": None}
+
     def git(*args):
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
 

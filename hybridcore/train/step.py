@@ -95,7 +95,11 @@ def build_optimizers(model, lr: float, weight_decay: float, betas=(0.9, 0.95), e
 class StepResult:
     loss: torch.Tensor  # mean over the step's tokens of the whole global batch (a device scalar)
     grad_norm: torch.Tensor  # before clipping
-    finite: bool  # False: the update was skipped
+    finite_flag: torch.Tensor  # a device bool: False when the update was skipped
+
+    @property
+    def finite(self) -> bool:
+        return bool(self.finite_flag)  # waits for the step, as reading the loss does
 
     @property
     def values(self) -> tuple[float, float]:
@@ -155,14 +159,26 @@ def train_step(model, optimizers, microbatches: list[Batch], *, max_norm: float 
     loss = forward_backward(model, microbatches, autocast_dtype=autocast_dtype, loss_chunk=loss_chunk,
                             cuda_graphs=cuda_graphs)
     grad_norm = clip_grad_norm_(model, max_norm)
-    finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
+    finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
+    # The fused AdamW skips a flagged update on the device (its step count included), so the host need
+    # not wait here for the backward to end; other optimizers are stepped after a look at the flag.
+    skips_on_device = all(skips_updates_on_device(optimizer) for optimizer in optimizers)
+    stepped = skips_on_device or bool(finite)
     for optimizer in optimizers:
-        if finite:
+        if skips_on_device:
+            optimizer.found_inf = (~finite).float()
+        if stepped:
             optimizer.step()
         optimizer.zero_grad(set_to_none=not cuda_graphs or len(microbatches) == 1)
-    if finite:
+    if stepped:  # after a skipped update the weights are unchanged, so this recomputes the same values
         model.after_optimizer_step()
     return StepResult(loss.detach(), grad_norm, finite)
+
+
+def skips_updates_on_device(optimizer) -> bool:
+    """Whether `optimizer.found_inf` (a device flag, 1.0 to skip) is honoured by its step: torch's fused
+    Adam and AdamW read it, as GradScaler relies on; the foreach and per-parameter loops refuse it."""
+    return isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW) and bool(optimizer.defaults.get("fused"))
 
 
 @torch.no_grad()

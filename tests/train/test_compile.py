@@ -106,17 +106,18 @@ def test_default_compile_that_fails_trains_eagerly_and_says_so(tmp_path, data_di
 
     module_compile = torch.nn.Module.compile
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: module_compile(self, backend=broken_compiler))
-    monkeypatch.setattr(torch._dynamo.config, "suppress_errors", False)
-    monkeypatch.setattr(train_config, "fast_defaults",  # as on CUDA: compile unless told otherwise
-                        lambda compile, mode, *rest: (True if compile is None else compile, mode or "default"))
-    torch._dynamo.reset()
-    train(tiny_train_config(tmp_path / "eager", data_dir, steps=2, eval_every=0, compile=False))
-    train(tiny_train_config(tmp_path / "auto", data_dir, steps=2, eval_every=0, compile=None))
-    assert _column(tmp_path / "auto", "loss") == _column(tmp_path / "eager", "loss")
-    err = capsys.readouterr().err
-    assert err.count("torch.compile failed on") == 1 and "--no-compile" in err
+    # config.patch, not monkeypatch: undoing a monkeypatch of a Dynamo config deletes the setting
+    with torch._dynamo.config.patch(suppress_errors=False):
+        monkeypatch.setattr(train_config, "fast_defaults",  # as on CUDA: compile unless told otherwise
+                            lambda compile, mode, *rest: (True if compile is None else compile, mode or "default"))
+        torch._dynamo.reset()
+        train(tiny_train_config(tmp_path / "eager", data_dir, steps=2, eval_every=0, compile=False))
+        train(tiny_train_config(tmp_path / "auto", data_dir, steps=2, eval_every=0, compile=None))
+        assert _column(tmp_path / "auto", "loss") == _column(tmp_path / "eager", "loss")
+        err = capsys.readouterr().err
+        assert err.count("torch.compile failed on") == 1 and "--no-compile" in err
 
-    monkeypatch.setattr(torch._dynamo.config, "suppress_errors", False)
-    torch._dynamo.reset()
-    with pytest.raises(Exception, match="this compiler always fails"):
-        train(tiny_train_config(tmp_path / "asked", data_dir, steps=2, eval_every=0, compile=True))
+        torch._dynamo.config.suppress_errors = False  # as compile_layers left it on
+        torch._dynamo.reset()
+        with pytest.raises(Exception, match="this compiler always fails"):
+            train(tiny_train_config(tmp_path / "asked", data_dir, steps=2, eval_every=0, compile=True))
