@@ -93,6 +93,7 @@ def main() -> None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             with open(args.out, "a") as handle:
                 handle.write(json.dumps(row) + "\n")
+    dist.barrier()  # leave together: a rank exiting first can abort in gloo's threads at exit
     dist.destroy_process_group()
 
 

@@ -135,6 +135,7 @@ def measure(args) -> dict:
     if distributed:
         everyone = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, result)
+        dist.barrier()  # leave together: a rank exiting first can abort in gloo's threads at exit
         dist.destroy_process_group()
     else:
         everyone = [result]

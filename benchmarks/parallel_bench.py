@@ -175,6 +175,7 @@ def main(argv=None) -> dict:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))
+    dist.barrier()  # leave together: a rank exiting first can abort in gloo's threads at exit
     dist.destroy_process_group()
     return result
 
