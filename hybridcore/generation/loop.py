@@ -20,7 +20,8 @@ def check_generate_arguments(model, input_ids, max_new_tokens, eos_token_id, att
     if input_ids.shape[1] > config.max_seq_len:
         raise ValueError(f"input_ids: the prompt has {input_ids.shape[1]} tokens, longer than the model's "
                          f"max_seq_len {config.max_seq_len}")
-    if int(input_ids.min()) < 0 or int(input_ids.max()) >= config.vocab_size:
+    low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one host sync for both bounds
+    if low < 0 or high >= config.vocab_size:
         raise ValueError(f"input_ids: token ids must lie in [0, {config.vocab_size}) (the model's vocab_size)")
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
@@ -58,11 +59,14 @@ def check_left_padding(attention_mask, shape) -> None:
     if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(shape):
         raise ValueError(f"attention_mask must be a tensor of the shape of input_ids {tuple(shape)}")
     mask = attention_mask.long()
-    if bool(((mask != 0) & (mask != 1)).any()):
+    # one host sync for the three checks
+    not_binary, not_left, no_real = torch.stack([((mask != 0) & (mask != 1)).any(), (mask[:, 1:] < mask[:, :-1]).any(),
+                                                 (mask[:, -1] == 0).any()]).tolist()
+    if not_binary:
         raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
-    if bool((mask[:, 1:] < mask[:, :-1]).any()):
+    if not_left:
         raise ValueError("attention_mask: padding must come first in each row (left padding)")
-    if bool((mask[:, -1] == 0).any()):
+    if no_real:
         raise ValueError("attention_mask: every row needs at least one real token")
 
 

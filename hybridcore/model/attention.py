@@ -24,7 +24,7 @@ from ..config import ModelConfig
 from .cache import AttentionCache
 from .flex_document import flex_document_attention, flex_document_attention_applies
 from .plan import COLWISE, ROWWISE, linear_plan
-from .rope import apply_rope
+from .rope import apply_rope, apply_rope_tables
 
 if TYPE_CHECKING:
     from .layers import LayerInputs
@@ -70,8 +70,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, inputs: LayerInputs, cache: AttentionCache | None = None) -> torch.Tensor:
         """x [B, L, d] -> [B, L, d]. The head counts are those of the projections this module holds."""
-        if cache is not None and cache.decode is not None:
-            return self.decode_token(x, inputs.cos, inputs.sin, cache)
+        if cache is not None:
+            if cache.decode is not None:
+                return self.decode_token(x, inputs, cache)
+            return self.prefill_tokens(x, inputs, cache)
         batch, length, _ = x.shape
         q = self.q_proj(x).view(batch, length, -1, self.head_dim)
         k = self.k_proj(x).view(batch, length, -1, self.head_dim) * self.key_multiplier
@@ -80,30 +82,46 @@ class Attention(nn.Module):
         if self.query_multiplier is not None:
             q = q * self.query_multiplier
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, L, head_dim]
-        if cache is None:
-            out = inputs.context.attend(q, k, v, inputs.seq_idx, self.flex_for_documents)
-        else:
-            out = attend_with_cache(q, k, v, inputs.seq_idx, cache)
+        out = inputs.context.attend(q, k, v, inputs.seq_idx, self.flex_for_documents)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
-    def decode_token(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                     cache: AttentionCache) -> torch.Tensor:
+    def _rotated_queries_keys(self, x: torch.Tensor, inputs: LayerInputs):
+        """The cache paths' queries and keys [B, L, heads, head_dim] and [B, L, kv_heads, head_dim], rotated
+        in one call over their concatenation with the forward's shared rope tables; forward's values."""
+        batch, length, _ = x.shape
+        heads = self.q_proj.weight.shape[0] // self.head_dim
+        qk = torch.cat([self.q_proj(x), self.k_proj(x) * self.key_multiplier], dim=-1)
+        qk = apply_rope_tables(qk.view(batch, length, -1, self.head_dim), *inputs.rope_tables())
+        return qk.split([heads, qk.shape[2] - heads], dim=2)
+
+    def prefill_tokens(self, x: torch.Tensor, inputs: LayerInputs, cache: AttentionCache) -> torch.Tensor:
+        """forward with a cache (prefill, or eager decoding without the decode step): append the keys and
+        values, attend over every filled slot of the query's documents."""
+        batch, length, _ = x.shape
+        q, k = self._rotated_queries_keys(x, inputs)
+        if self.query_multiplier is not None:
+            q = q * self.query_multiplier
+        v = self.v_proj(x).view(batch, length, -1, self.head_dim)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, L, head_dim]
+        out = attend_with_cache(q, k, v, inputs.seq_idx, cache, inputs.memo)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+
+    def decode_token(self, x: torch.Tensor, inputs: LayerInputs, cache: AttentionCache) -> torch.Tensor:
         """forward for one token per row [B, 1, d_model] against every slot of a static-shape cache, under
         the decode step's shared mask, in few tensor ops (decoding is bound by op launches): queries and
         keys rotate in one call, and the query heads of each key/value head ride in the query-length
         dimension, so attention needs no grouped-query support and the fused kernels with a mask apply."""
         batch, length, _ = x.shape
         assert length == 1, "static-shape decoding feeds one token per row"
-        head_dim = self.head_dim
-        heads, kv_heads = self.q_proj.weight.shape[0] // head_dim, self.k_proj.weight.shape[0] // head_dim
-        q = self.q_proj(x).view(batch, 1, heads, head_dim)
-        k = self.k_proj(x).view(batch, 1, kv_heads, head_dim) * self.key_multiplier
-        qk = apply_rope(torch.cat([q, k], dim=2), cos, sin)  # [B, 1, heads + kv_heads, head_dim]
-        cache.write_decode_token(qk[:, :, heads:].transpose(1, 2),
-                                 self.v_proj(x).view(batch, 1, kv_heads, head_dim).transpose(1, 2))
-        grouped = qk[:, 0, :heads].view(batch, kv_heads, heads // kv_heads, head_dim)
+        q, k = self._rotated_queries_keys(x, inputs)
+        heads, kv_heads = q.shape[2], k.shape[2]
+        if self.query_multiplier is not None:
+            q = q * self.query_multiplier
+        # [B, kv_heads, 1, head_dim]: a length-1 dimension moves by a view
+        cache.write_decode_token(k.transpose(1, 2), self.v_proj(x).view(batch, kv_heads, 1, self.head_dim))
+        grouped = q.view(batch, kv_heads, heads // kv_heads, self.head_dim)
         out = F.scaled_dot_product_attention(grouped, cache.keys, cache.values, attn_mask=cache.decode.mask)
-        return self.o_proj(out.view(batch, 1, heads * head_dim))
+        return self.o_proj(out.view(batch, 1, heads * self.head_dim))
 
 
 def attend_within_documents(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx: torch.Tensor,
@@ -121,17 +139,24 @@ def attend_within_documents(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s
 
 
 def attend_with_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx: torch.Tensor | None,
-                      cache: AttentionCache) -> torch.Tensor:
+                      cache: AttentionCache, memo: dict | None = None) -> torch.Tensor:
     """Generation (prefill, or eager decoding): append k, v to the cache and attend over every filled slot
-    of the query's documents."""
+    of the query's documents. Every layer of one forward appends at the same slots with the same documents,
+    so the mask is built once and kept in `memo` (LayerInputs.memo) for the others."""
     batch, _, length, _ = q.shape
-    docs = seq_idx if seq_idx is not None else cache_docs_for_new_tokens(cache, batch, length, q.device)
-    mask = None
+    memo = {} if memo is None else memo
     start = cache.filled
+    docs = seq_idx
+    if docs is None:
+        docs = memo.get(("cache_docs", start, length))
+        if docs is None:
+            docs = memo[("cache_docs", start, length)] = cache_docs_for_new_tokens(cache, batch, length, q.device)
     k, v, key_docs = cache.append(k, v, docs)
-    if start > 0 or seq_idx is not None:  # else: a prompt into an empty cache, plainly causal
+    key = ("cache_mask", start, length)
+    mask = memo.get(key)
+    if mask is None and (start > 0 or seq_idx is not None):  # else: a prompt into an empty cache, plainly causal
         slots = torch.arange(start + length, device=q.device)
-        mask = document_causal_mask(docs, key_docs, slots[start:], slots)
+        mask = memo[key] = document_causal_mask(docs, key_docs, slots[start:], slots)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and length > 1,
                                           enable_gqa=q.shape[1] != k.shape[1])
 

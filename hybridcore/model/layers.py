@@ -26,6 +26,7 @@ from .mamba2 import Mamba2Mixer
 from .mlp import build_mlp
 from .norm import RMSNorm
 from .parallelism import LOCAL_REGION, WHOLE_SEQUENCE, LocalRegion, WholeSequence
+from .rope import rope_tables
 
 
 @dataclass
@@ -36,6 +37,14 @@ class LayerInputs:
     seq_idx: torch.Tensor | None = None
     region: LocalRegion = field(default=LOCAL_REGION)
     context: WholeSequence = field(default=WHOLE_SEQUENCE)
+    # What the cache paths derive from the above once per forward and every layer reuses (rope tables,
+    # the prefill's attention mask); shared by the copies dataclasses.replace makes.
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def rope_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if "rope" not in self.memo:
+            self.memo["rope"] = rope_tables(self.cos, self.sin)
+        return self.memo["rope"]
 
 
 class _Residual(nn.Module):

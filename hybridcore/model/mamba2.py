@@ -160,14 +160,18 @@ class Mamba2Mixer(nn.Module):
         d_ssm, group_state, heads = widths[1], widths[2], widths[4]
         groups = group_state // self.d_state
         projected = self.in_proj(u)
+        if cache is not None:  # inference: the constants the decode step keeps, not rebuilt per layer call
+            mup, A, weight, _, bias = self._decode_constants(u, widths)
+        else:
+            mup = self.mup_vector(widths, u.device, u.dtype)
         # Under autocast u is fp32 and in_proj's output bf16: multiply by the exact fp32 multipliers, then
         # round once back to bf16, so that the conv and the scan run on bf16 (fp32 here doubled their time
         # and overflowed shared memory at 7B shapes). Without autocast the dtypes agree and this is HF's product.
-        zxbcdt = (projected * self.mup_vector(widths, u.device, u.dtype)).to(projected.dtype)
+        zxbcdt = (projected * mup).to(projected.dtype)
         z, xBC, dt = torch.split(zxbcdt, [d_ssm, d_ssm + 2 * group_state, heads], dim=-1)
 
-        weight, bias = self.conv_weight(), self.conv_bias()
         if cache is None:
+            weight, bias = self.conv_weight(), self.conv_bias()
             xBC = inputs.context.conv(xBC, weight, bias, inputs.seq_idx)
         else:
             xBC, conv_state = causal_conv1d(xBC, weight, bias, seq_idx=inputs.seq_idx, initial_state=cache.conv_state,
@@ -178,7 +182,8 @@ class Mamba2Mixer(nn.Module):
         x = x.view(batch, length, heads, self.head_dim)
         B, C = B.view(batch, length, groups, self.d_state), C.view(batch, length, groups, self.d_state)
 
-        A = -torch.exp(self.A_log.float())
+        if cache is None:
+            A = -torch.exp(self.A_log.float())
         options = dict(D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.time_step_limit)
         if cache is None:
             y = inputs.context.scan(x, dt, A, B, C, inputs.seq_idx, chunk_size=self.chunk_size, **options)
@@ -196,13 +201,14 @@ class Mamba2Mixer(nn.Module):
         batch = u.shape[0]
         widths = [w.shape[0] for w in self.in_proj.weights()]
         d_ssm, group_state, heads = widths[1], widths[2], widths[4]
-        mup, A, weight, bias = self._decode_constants(u, widths)
+        mup, A, _, weight, bias = self._decode_constants(u, widths)
         z, xBC, dt = torch.split(self.in_proj(u).mul_(mup), [d_ssm, d_ssm + 2 * group_state, heads], dim=-1)
         window = torch.cat([cache.conv_state, xBC.transpose(1, 2)], dim=-1)  # [B, conv_dim, d_conv]
         cache.conv_state.copy_(window[:, :, 1:])
-        # The depthwise conv over exactly one window is a grouped conv1d with one output position.
-        xBC = F.silu(F.conv1d(window, weight, bias, groups=window.shape[1])).view(batch, 1, -1)
-        x, B, C = torch.split(xBC, [d_ssm, group_state, group_state], dim=-1)
+        # The depthwise conv over exactly one window is a grouped conv1d with one output position, [B, C, 1]:
+        # split over channels there, the views below put the length-1 dimension where it belongs.
+        xBC = F.silu(F.conv1d(window, weight, bias, groups=window.shape[1]))
+        x, B, C = torch.split(xBC, [d_ssm, group_state, group_state], dim=1)
         groups = group_state // self.d_state
         y = ssd_step(x.view(batch, 1, heads, self.head_dim), dt, A, B.view(batch, 1, groups, self.d_state),
                      C.view(batch, 1, groups, self.d_state), cache.ssm_state, D=self.D, dt_bias=self.dt_bias,
@@ -210,15 +216,20 @@ class Mamba2Mixer(nn.Module):
         return self.out_proj(self.gate(y.view(batch, 1, d_ssm), z, inputs))
 
     def _decode_constants(self, like: torch.Tensor, widths: list[int]):
-        """(mup_vector, A = -exp(A_log), conv weight [C, 1, K], conv bias) for decoding, rebuilt only when
-        the device, dtype or a parameter's version changes (a plain attribute: not state, not saved)."""
+        """(mup_vector, A = -exp(A_log), conv weight [C, K] and its view [C, 1, K], conv bias) for prefill and
+        decoding, rebuilt only when the device, dtype or a parameter's version changes (a plain attribute:
+        not state, not saved)."""
         parameters = (self.A_log, *(getattr(self, f"conv_{kind}_{s}") for kind in ("weight", "bias")
                                     for s in CONV_SEGMENTS))
-        key = (like.device, like.dtype, *((p.data_ptr(), p._version) for p in parameters if p is not None))
-        if getattr(self, "_decode_key", None) != key:
-            self._decode_key = key
-            self._decode_values = (self.mup_vector(widths, like.device, like.dtype), -torch.exp(self.A_log.float()),
-                                   self.conv_weight().unsqueeze(1), self.conv_bias())
+        key = (like.device, like.dtype, torch.is_inference_mode_enabled(),
+               *((p.data_ptr(), p._version) for p in parameters if p is not None))
+        if torch.is_grad_enabled() or getattr(self, "_decode_key", None) != key:
+            weight = self.conv_weight()
+            values = (self.mup_vector(widths, like.device, like.dtype), -torch.exp(self.A_log.float()),
+                      weight, weight.unsqueeze(1), self.conv_bias())
+            if torch.is_grad_enabled():  # values on the autograd graph: never kept for another call
+                return values
+            self._decode_key, self._decode_values = key, values
         return self._decode_values
 
     def gate(self, y: torch.Tensor, z: torch.Tensor, inputs: LayerInputs) -> torch.Tensor:

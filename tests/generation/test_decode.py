@@ -28,6 +28,17 @@ def test_greedy_equals_cache_free_loop(layout):
     assert torch.equal(got, greedy_without_cache(model, input_ids, NEW_TOKENS))
 
 
+@pytest.mark.parametrize("changes", [dict(attention_scale=0.9), dict(rope_fraction=0.5), dict(rope_fraction=0.0)],
+                         ids=["attention_scale", "partial_rope", "no_rope"])
+def test_attention_options_decode_as_the_cache_free_loop(changes):
+    """The decode step applies a non-default softmax scale and rotates only the rotary channels, as forward does."""
+    model = random_model(tiny_config(layout="*-P-", **changes), seed=2)
+    input_ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
+    got = hybridcore.generate(model, input_ids, NEW_TOKENS)
+    assert distinct_new_tokens(got, 9) >= 5
+    assert torch.equal(got, greedy_without_cache(model, input_ids, NEW_TOKENS))
+
+
 def test_float32_model_equals_cache_free_loop():
     model = random_model(tiny_config(layout="P-M*-"), seed=2, dtype=torch.float32)
     input_ids = torch.randint(0, model.config.vocab_size, (1, 10), generator=torch.Generator().manual_seed(1))
