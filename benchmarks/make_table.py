@@ -29,14 +29,15 @@ STATUS_TEXT = {"oom": "out of memory", "unavailable": "not installed", "incomple
 
 
 def read_figures(results: Path) -> dict:
-    """{(figure, contender): figure JSON}, the newest file of each pair, from the one-contender results."""
+    """{(figure, contender): figure JSON}, the newest file of each pair, from the one-contender results. A
+    step measured on packed documents (no peer masks them) is its own contender, `<contender>_documents`."""
     found = {}
     for path in sorted(results.glob("*.json")):
         data = json.loads(path.read_text())
         if "kind" not in data:
             continue
         data["file"] = path.name
-        key = (data["figure"], data["contender"])
+        key = (data["figure"], data["contender"] + ("_documents" if data.get("documents") else ""))
         if key not in found or data["date"] > found[key]["date"]:
             found[key] = data
     return found
@@ -145,8 +146,11 @@ def train_run_rows(results: Path, figures: dict, files: list[str]) -> list[str]:
     warm = runs.get("warm") or runs.get("cold")
     if not warm or warm.get("status") != "ok":
         return []
-    step = figures.get((f"train_step-{data['preset']}-{data['batch_size']}x{data['seq_len']}", "ours"))
-    of_step = f"{warm['tokens_per_s'] / step['tokens_per_s']:.2f}x the bench's step" if step else ""
+    figure = f"train_step-{data['preset']}-{data['batch_size']}x{data['seq_len']}"
+    of_step = "; ".join(f"{warm['tokens_per_s'] / step['tokens_per_s']:.2f}x the bench's step{words}"
+                        for step, words in ((figures.get((figure, "ours")), ""),
+                                            (figures.get((figure, "ours_documents")), " on packed documents"))
+                        if step and step.get("status") == "ok")
     starts = ", ".join(f"{which} {runs[which]['to_first_step_s']:.0f} s" for which in ("cold", "warm")
                        if runs.get(which, {}).get("to_first_step_s"))
     low, high = warm["tokens_per_s_range"]

@@ -110,6 +110,13 @@ def test_the_trainer_and_generation_rows(tmp_path, make_table):
     trainer = found["`hybridcore train` falcon-h1-0.5b, 4 x 4096, packed documents, tokens/s (first step after "
                     "launch: cold 120 s, warm 20 s)"]
     assert trainer == ["**78,000** (77,000-79,000), MFU 27.0%", "no document masking", "", "0.97x the bench's step"]
+    write(tmp_path, "documents.json", train_step("ours", tokens=78_000.0, documents=3200,
+                                                 date="2026-12-06T00:00:00+00:00"))  # newer: must not win
+    found = rows(make_table.table(tmp_path))
+    assert found[next(name for name in found if name.startswith("falcon-h1-0.5b training step"))][0].startswith(
+        "**80,000**"), "a step on packed documents must not stand in for the bench's plain step"
+    assert found[next(name for name in found if name.startswith("`hybridcore train`"))][3] == (
+        "0.97x the bench's step; 1.00x the bench's step on packed documents")
     graph = found["generate falcon-h1-0.5b, 4096-token prompt, batch 1, CUDA graph (default): decode / prefill "
                   "tokens/s"]
     assert graph == ["**100.0** / 40,000", "10.0 / 20,000", "", "10.00x / 2.00x"]
