@@ -41,6 +41,8 @@ MEANINGS = {
     "TrainConfig.doc_masking": "attention and the Mamba-2 state stay within each document of a packed row "
                                "(--no-doc-masking lets them cross document boundaries)",
     "TrainConfig.progress": "show a progress bar (--no-progress hides it)",
+    "TrainConfig.parallel": "the parallel layout: the fields of [ParallelConfig](#parallelconfig), each set "
+                            "with its own flag",
     "ParallelConfig.pp_schedule": "pipeline schedule: 1f1b, interleaved_1f1b or gpipe",
     "ParallelConfig.pp_microbatches": "pipeline microbatches per step; None: 2 x pp x pp_stages_per_rank",
     "ParallelConfig.pp_stages_per_rank": "pipeline stages each rank holds; more than 1 needs pp_schedule "
@@ -52,20 +54,18 @@ UNITS = {
     "TrainConfig.keep_last": "checkpoints", "TrainConfig.eval_every": "steps", "TrainConfig.eval_batches": "batches",
     "TrainConfig.checkpoint_layers": "layers", "TrainConfig.loss_chunk": "tokens", "TrainConfig.peak_flops":
     "FLOP/s per device", "TrainConfig.max_bad_steps": "steps", "TrainConfig.sample_tokens": "tokens",
-    "TrainConfig.microbatches": "microbatches", "TrainConfig.pp_stages_per_rank": "stages",
     "ParallelConfig.pp_microbatches": "microbatches", "ParallelConfig.pp_stages_per_rank": "stages",
-    **{f"{cls}.{name}": "ranks" for cls in ("TrainConfig", "ParallelConfig")
-       for name in ("tp", "pp", "cp", "dp_shard", "dp_replicate")},
+    **{f"ParallelConfig.{name}": "ranks" for name in ("tp", "pp", "cp", "dp_shard", "dp_replicate")},
 }
-FLAG_NAMES = {"pp_microbatches": "microbatches"}  # ParallelConfig field -> the TrainConfig field of its flag
 INTRODUCTIONS = {
     ModelConfig: "The model: shapes, layout and µP multipliers (`hybridcore/config.py`). A preset fills every "
                  "field (`hybridcore info PRESET --json` prints them); `--set NAME=VALUE` changes one, on "
                  "`train`, `info` and `bench`. The defaults below are the dataclass's own.",
     TrainConfig: "A training run (`hybridcore/train/config.py`): every `hybridcore train` flag. A run directory "
                  "keeps it in `run_config.json`, so `--resume` needs no other flags.",
-    ParallelConfig: "The parallel layout (`hybridcore/parallel/config.py`), set through `hybridcore train`'s "
-                    "parallel flags; see [parallelism.md](parallelism.md).",
+    ParallelConfig: "The parallel layout (`hybridcore/parallel/config.py`): `TrainConfig.parallel`, set through "
+                    "`hybridcore train`'s parallel flags and kept under `train.parallel` in `run_config.json`; "
+                    "see [parallelism.md](parallelism.md).",
 }
 
 
@@ -112,6 +112,8 @@ def default_text(field: dataclasses.Field) -> str:
         value = field.default_factory()
     else:
         return "required"
+    if dataclasses.is_dataclass(value):
+        return f"{type(value).__name__}()"
     if isinstance(value, float):
         return "inf" if math.isinf(value) else f"{value:g}"
     if isinstance(value, tuple):
@@ -124,7 +126,7 @@ def rows(cls, flags: dict) -> list[str]:
     out = []
     for field in dataclasses.fields(cls):
         key = f"{cls.__name__}.{field.name}"
-        flag, help_text = flags.get(FLAG_NAMES.get(field.name, field.name), ("", ""))
+        flag, help_text = flags.get(field.name, ("", ""))
         if cls is ModelConfig:
             flag = f"`--set {field.name}=...`"
         elif flag:

@@ -14,7 +14,7 @@ The training step (hybridcore.train.step) is the same for every layout. Launched
 
     dist.init_process_group("nccl")                     # "gloo" on CPU
     torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    config = ParallelConfig(tp=2, dp_shard=-1)          # dp_shard=-1: the rest of the world
+    config = ParallelConfig(tp=2)                       # dp_shard: the rest of the world (-1)
     mesh = build_mesh(config, "cuda")
     model = parallelize(build_model(model_config, device="cuda", seed=seed), mesh, config, compile=True)
     optimizers = build_optimizers(model, lr=3e-4, weight_decay=0.1)   # one per pipeline stage

@@ -21,7 +21,7 @@ class ParallelConfig:
     tp: int = 1  # tensor parallel: heads / channels split across ranks
     pp: int = 1  # pipeline stages
     cp: int = 1  # context parallel: the sequence split across ranks
-    dp_shard: int = 1  # FSDP2: parameters, gradients and optimizer state sharded; -1 = the rest
+    dp_shard: int = -1  # FSDP2: parameters, gradients and optimizer state sharded; -1: the rest of the world
     dp_replicate: int = 1  # replicated data parallel on top of dp_shard (HSDP when both > 1)
     sequence_parallel: bool = True  # with tp > 1: norms and the residual stream split along the sequence
     pp_schedule: str = "1f1b"
@@ -51,7 +51,7 @@ class ParallelConfig:
                              f"got {self.pp_microbatches!r}")
         if self.pp_stages_per_rank > 1 and self.pp_schedule != "interleaved_1f1b":
             raise ValueError(f"ParallelConfig.pp_stages_per_rank={self.pp_stages_per_rank} needs "
-                             f"pp_schedule='interleaved_1f1b', got {self.pp_schedule!r}")
+                             f"ParallelConfig.pp_schedule='interleaved_1f1b', got {self.pp_schedule!r}")
 
         if self.mixer_parallel is not None:
             if self.mixer_parallel not in MIXER_MODES:

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 
-from .config import COMPILE_MODES, DEVICES, DTYPES, FP8_RECIPES, MIXER_MODES, PIPELINE_SCHEDULES, SCHEDULES, TrainConfig
+from .config import (COMPILE_MODES, DEVICES, DTYPES, FP8_RECIPES, MIXER_MODES, PARALLEL_FIELDS, PIPELINE_SCHEDULES,
+                     SCHEDULES, TrainConfig)
 
 _DEFAULTS = TrainConfig()
 
 
 def _flag(parser, name: str, type=None, help: str = "", **kwargs) -> None:
-    default = getattr(_DEFAULTS, name.lstrip("-").replace("-", "_"), None)
+    dest = kwargs.get("dest") or name.lstrip("-").replace("-", "_")
+    default = getattr(_DEFAULTS, dest, getattr(_DEFAULTS.parallel, dest, None))
     shown = f" (default {default})" if default not in (None, "", [], "default") else ""  # not "(default default)"
     if "choices" not in kwargs:
         kwargs.setdefault("metavar", {int: "N", float: "X"}.get(type, "TEXT"))
@@ -113,7 +115,7 @@ def add_arguments(parser) -> None:
     parallel.add_argument("--sequence-parallel", action=argparse.BooleanOptionalAction, default=None,
                           help="with --tp: split norms and the residual stream along the sequence (default on)")
     _flag(parallel, "--pp-schedule", choices=PIPELINE_SCHEDULES, help="pipeline schedule")
-    _flag(parallel, "--microbatches", type=int, help="pipeline microbatches per data-parallel rank's rows "
+    _flag(parallel, "--microbatches", dest="pp_microbatches", type=int, help="pipeline microbatches per data-parallel rank's rows "
           "(default 2 x pp x stages per rank; --grad-accum multiplies them)")
     _flag(parallel, "--pp-stages-per-rank", type=int, help="pipeline stages each rank holds (interleaved_1f1b)")
     parallel.add_argument("--mixer-parallel", nargs="?", const="split", default=None, choices=MIXER_MODES,
@@ -126,14 +128,17 @@ def config_from_args(args) -> tuple[TrainConfig, object]:
     """(TrainConfig, saved ModelConfig or None) for these arguments, merging with a saved run on --resume."""
     from .run_config import merge_for_resume, read_run_config
 
-    known = set(TrainConfig().to_dict())
-    explicit = {name: value for name, value in vars(args).items() if name in known and value is not None}
+    given = {name: value for name, value in vars(args).items() if value is not None}
+    explicit = {name: value for name, value in given.items() if name in TrainConfig.__dataclass_fields__}
+    layout = {name: value for name, value in given.items() if name in PARALLEL_FIELDS}
+    if layout:
+        explicit["parallel"] = layout  # only the layout flags given: a resumed run keeps the others
     saved = read_run_config(args.out) if args.resume or args.resume_from is not None else None
     if saved is not None:
         saved_train, saved_model = saved
         explicit["out"] = saved_train.out = args.out  # the directory may have moved
         return merge_for_resume(saved_train, explicit), saved_model
-    return TrainConfig(**explicit), None
+    return TrainConfig.from_dict(explicit), None
 
 
 def run(args) -> int:

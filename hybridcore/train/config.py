@@ -12,18 +12,18 @@ resume under another layout (give the new layout's flags with --resume).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 
 from ..config import dataclass_from_dict
+from ..parallel.config import MIXER_MODES, PIPELINE_SCHEDULES, ParallelConfig
 
 SCHEDULES = ("cosine", "wsd", "power")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("fp32", "bf16")
-PARALLEL_FLAGS = ("tp", "pp", "cp", "dp_shard", "dp_replicate")
-PIPELINE_SCHEDULES = ("1f1b", "interleaved_1f1b", "gpipe")  # hybridcore.parallel's, without importing it
-MIXER_MODES = ("split", "interleaved")  # the same
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")  # torch.compile's, as --compile-mode
 FP8_RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")  # hybridcore.parallel.float8's, without importing it
 # Settings a resumed run cannot change without changing the data order or the meaning of a step.
@@ -80,20 +80,14 @@ class TrainConfig:
     dist_timeout: float = 300.0  # seconds a collective may wait for the other ranks before the run stops
     sample_tokens: int = 200  # greedy sample printed at the end; 0 disables it
     sample_prompt: str = "def "
-    # parallel layout (hybridcore.parallel.ParallelConfig fields); their product is the world size
-    tp: int = 1
-    pp: int = 1
-    cp: int = 1
-    dp_shard: int = -1  # -1: the rest of the world (FSDP over every rank the other flags leave)
-    dp_replicate: int = 1
-    sequence_parallel: bool = True  # with tp > 1: norms and the residual stream split along the sequence
-    pp_schedule: str = "1f1b"
-    microbatches: int | None = None  # pipeline microbatches per data-parallel rank and micro-batch; None: 2 x pp
-    pp_stages_per_rank: int = 1  # > 1 with pp_schedule interleaved_1f1b
-    mixer_parallel: str | None = None  # "split" or "interleaved": P layers' attention and Mamba-2 on the tp halves
+    # the parallel layout (--tp, --pp, ... : FLAG_OF_FIELD); the product of its sizes is the world size
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def __post_init__(self) -> None:
         self.overrides = list(self.overrides)
+        if isinstance(self.parallel, dict):
+            with naming_flags():
+                self.parallel = dataclass_from_dict(ParallelConfig, self.parallel)
 
     def validate(self) -> None:
         """ValueError naming the flag for every setting that cannot work."""
@@ -106,18 +100,8 @@ class TrainConfig:
             _check_int(name, getattr(self, name), minimum=1)
         for name in ("warmup", "save_every", "eval_every", "loss_chunk", "sample_tokens"):
             _check_int(name, getattr(self, name), minimum=0)
-        for name in ("tp", "pp", "cp", "dp_replicate", "pp_stages_per_rank"):
-            _check_int(name, getattr(self, name), minimum=1)
-        if self.dp_shard != -1:  # -1: the rest of the world
-            _check_int("dp_shard", self.dp_shard, minimum=1)
-        if self.microbatches is not None:
-            _check_int("microbatches", self.microbatches, minimum=1)
-        if self.pp_schedule not in PIPELINE_SCHEDULES:
-            raise ValueError(f"--pp-schedule must be one of {', '.join(PIPELINE_SCHEDULES)}, got {self.pp_schedule!r}")
-        if self.mixer_parallel is not None and self.mixer_parallel not in MIXER_MODES:
-            raise ValueError(f"--mixer-parallel must be one of {', '.join(MIXER_MODES)}, got {self.mixer_parallel!r}")
-        if self.pp_stages_per_rank > 1 and self.pp_schedule != "interleaved_1f1b":
-            raise ValueError(f"--pp-stages-per-rank {self.pp_stages_per_rank} needs --pp-schedule interleaved_1f1b")
+        with naming_flags():
+            self.parallel.validate()
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -143,7 +127,7 @@ class TrainConfig:
             raise ValueError(f"--compile-mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
         if self.compile_mode not in (None, "default") and self.compile is False:
             raise ValueError(f"--compile-mode {self.compile_mode} compiles: it cannot go with --no-compile")
-        if self.compile_mode not in (None, "default") and any(getattr(self, name) > 1 for name in PARALLEL_FLAGS):
+        if self.compile_mode not in (None, "default") and self.parallel.world_size > 1:
             raise ValueError(f"--compile-mode {self.compile_mode} is for one process: the parallel layouts "
                              f"compile each layer in the default mode")
         self._validate_fast_paths()
@@ -180,17 +164,6 @@ class TrainConfig:
                                       self.activation_checkpointing, self.fp8)
         return dataclasses.replace(self, compile=compile, compile_mode=mode)
 
-    def parallel_sizes(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in PARALLEL_FLAGS}
-
-    def parallel_config(self):
-        """The flags as hybridcore.parallel's ParallelConfig (dp_shard may still be -1: resolve it)."""
-        from ..parallel.config import ParallelConfig
-
-        return ParallelConfig(**self.parallel_sizes(), sequence_parallel=self.sequence_parallel,
-                              pp_schedule=self.pp_schedule, pp_microbatches=self.microbatches,
-                              pp_stages_per_rank=self.pp_stages_per_rank, mixer_parallel=self.mixer_parallel)
-
     def resolved_device(self) -> str:
         import torch
 
@@ -208,7 +181,37 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        return dataclass_from_dict(cls, data)
+        """From to_dict's form; a run_config.json from before the layout had its own section (its fields at
+        the top, pipeline microbatches as `microbatches`) loads too."""
+        data = dict(data)
+        parallel = {FLAT_NAMES.get(name, name): data.pop(name) for name in list(data)
+                    if FLAT_NAMES.get(name, name) in PARALLEL_FIELDS}
+        parallel.update(data.pop("parallel", None) or {})
+        return dataclass_from_dict(cls, {**data, "parallel": parallel})
+
+
+PARALLEL_FIELDS = tuple(f.name for f in dataclasses.fields(ParallelConfig))
+FLAT_NAMES = {"microbatches": "pp_microbatches"}  # the older run configs' name -> ParallelConfig's
+# ParallelConfig's fields as `hybridcore train` spells them, in the order layout_flags prints them.
+FLAG_OF_FIELD = {"pp": "--pp", "dp_replicate": "--dp-replicate", "dp_shard": "--dp-shard", "cp": "--cp", "tp": "--tp",
+                 "sequence_parallel": "--sequence-parallel", "pp_schedule": "--pp-schedule",
+                 "pp_microbatches": "--microbatches", "pp_stages_per_rank": "--pp-stages-per-rank",
+                 "mixer_parallel": "--mixer-parallel"}
+assert set(FLAG_OF_FIELD) == set(PARALLEL_FIELDS), "every layout field has its flag"
+
+
+def in_flags(message: str) -> str:
+    """hybridcore.parallel's message in the terms the user typed: ParallelConfig.tp -> --tp."""
+    return re.sub(r"ParallelConfig\.(\w+)", lambda found: FLAG_OF_FIELD.get(found[1], found[0]), message)
+
+
+@contextlib.contextmanager
+def naming_flags(prefix: str = ""):
+    """Re-raise hybridcore.parallel's ValueErrors in terms of the flags, after `prefix`."""
+    try:
+        yield
+    except ValueError as error:
+        raise ValueError(f"{prefix}{in_flags(str(error))}") from None
 
 
 def fast_defaults(compile: bool | None, mode: str | None, device_type: str, world_size: int,
@@ -231,4 +234,4 @@ def _check_int(name: str, value, minimum: int) -> None:
 
 
 __all__ = ["TrainConfig", "fast_defaults", "COMPILE_MODES", "FP8_RECIPES", "SCHEDULES", "FIXED_ON_RESUME",
-           "PARALLEL_FLAGS", "PIPELINE_SCHEDULES", "MIXER_MODES"]
+           "PARALLEL_FIELDS", "FLAG_OF_FIELD", "PIPELINE_SCHEDULES", "MIXER_MODES", "in_flags", "naming_flags"]

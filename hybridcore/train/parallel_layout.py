@@ -6,14 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 
-from .config import TrainConfig
+from .config import FLAG_OF_FIELD, ParallelConfig, TrainConfig, in_flags
 
-# hybridcore.parallel names fields; the user typed flags.
-FLAG_OF_FIELD = {"pp_microbatches": "--microbatches", "pp_stages_per_rank": "--pp-stages-per-rank",
-                 "pp_schedule": "--pp-schedule", "sequence_parallel": "--sequence-parallel",
-                 "dp_replicate": "--dp-replicate", "dp_shard": "--dp-shard", "tp": "--tp", "pp": "--pp", "cp": "--cp",
-                 "mixer_parallel": "--mixer-parallel"}
-_DEFAULTS = TrainConfig()
+_DEFAULTS = ParallelConfig()
 
 
 def launched_world_size() -> int:
@@ -24,19 +19,11 @@ def launched_world_size() -> int:
 def layout_flags(config: TrainConfig) -> str:
     """The layout flags that differ from their defaults, as typed: "--tp 2 --dp-shard 2"."""
     given = []
-    for field in ("pp", "dp_replicate", "dp_shard", "cp", "tp", "sequence_parallel", "pp_schedule", "microbatches",
-                  "pp_stages_per_rank", "mixer_parallel"):
-        value = getattr(config, field)
+    for field, flag in FLAG_OF_FIELD.items():
+        value = getattr(config.parallel, field)
         if value != getattr(_DEFAULTS, field):
-            flag = "--" + field.replace("_", "-")
             given.append(f"--no-{flag[2:]}" if value is False else flag if value is True else f"{flag} {value}")
     return " ".join(given) or "the default layout (--dp-shard -1)"
-
-
-def _in_flags(message: str) -> str:
-    for field, flag in FLAG_OF_FIELD.items():
-        message = message.replace(f"ParallelConfig.{field}", flag)
-    return message
 
 
 @contextlib.contextmanager
@@ -45,7 +32,7 @@ def naming_flags(config: TrainConfig, context: str = ""):
     try:
         yield
     except ValueError as error:
-        raise ValueError(f"{layout_flags(config)}{context}: {_in_flags(str(error))}") from None
+        raise ValueError(f"{layout_flags(config)}{context}: {in_flags(str(error))}") from None
 
 
 def resolve_layout(config: TrainConfig, model_config, world_size: int):
@@ -54,7 +41,7 @@ def resolve_layout(config: TrainConfig, model_config, world_size: int):
     from ..parallel import check_layout
 
     with naming_flags(config):
-        parallel_config = config.parallel_config()
+        parallel_config = config.parallel
         try:
             resolved = parallel_config.resolve(world_size)
         except ValueError as error:
@@ -73,4 +60,4 @@ def resolve_layout(config: TrainConfig, model_config, world_size: int):
     return resolved
 
 
-__all__ = ["resolve_layout", "launched_world_size", "layout_flags", "naming_flags", "FLAG_OF_FIELD"]
+__all__ = ["resolve_layout", "launched_world_size", "layout_flags", "naming_flags"]

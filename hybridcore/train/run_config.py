@@ -41,5 +41,5 @@ def merge_for_resume(saved: TrainConfig, explicit: dict) -> TrainConfig:
             flag = "--set" if name == "overrides" else "--" + name.replace("_", "-")
             raise ValueError(f"{flag}: the run in {saved.out} was started with {merged[name]!r}, not {value!r}; "
                              "a resumed run keeps its model and data order (start a new --out instead)")
-        merged[name] = value
+        merged[name] = {**merged[name], **value} if name == "parallel" else value
     return TrainConfig.from_dict(merged)

@@ -124,14 +124,14 @@ def layout_error(data_dir, world_size: int, **changes) -> str:
 
 
 @pytest.mark.parametrize("world_size, changes, expected", [
-    (1, dict(tp=2), ["--tp 2", "torchrun --nproc-per-node 2"]),
-    (4, dict(tp=3), ["--tp 3", "world size 4"]),
-    (2, dict(tp=2, overrides=[*MIXED, "num_kv_heads=1"]), ["--tp 2", "num_kv_heads"]),
-    (8, dict(dp_shard=8), ["--dp-shard 8", "--batch-size 4", "4 rows"]),
-    (2, dict(pp=2, microbatches=3), ["--microbatches", "3"]),
-    (2, dict(pp=2, microbatches=1), ["--microbatches", "at least --pp = 2"]),
-    (2, dict(cp=2, seq_len=62), ["--cp 2", "--seq-len 62"]),
-    (2, dict(pp=2, overrides=[*MIXED, "tie_embeddings=true"]), ["--pp 2", "tie_embeddings"]),
+    (1, dict(parallel=dict(tp=2)), ["--tp 2", "torchrun --nproc-per-node 2"]),
+    (4, dict(parallel=dict(tp=3)), ["--tp 3", "world size 4"]),
+    (2, dict(parallel=dict(tp=2), overrides=[*MIXED, "num_kv_heads=1"]), ["--tp 2", "num_kv_heads"]),
+    (8, dict(parallel=dict(dp_shard=8)), ["--dp-shard 8", "--batch-size 4", "4 rows"]),
+    (2, dict(parallel=dict(pp=2, pp_microbatches=3)), ["--microbatches", "3"]),
+    (2, dict(parallel=dict(pp=2, pp_microbatches=1)), ["--microbatches", "at least --pp = 2"]),
+    (2, dict(parallel=dict(cp=2), seq_len=62), ["--cp 2", "--seq-len 62"]),
+    (2, dict(parallel=dict(pp=2), overrides=[*MIXED, "tie_embeddings=true"]), ["--pp 2", "tie_embeddings"]),
     (2, dict(compile=True, compile_mode="reduce-overhead"), ["--compile-mode reduce-overhead", "one process"]),
 ])
 def test_layouts_that_cannot_work_name_the_flag(data_dir, world_size, changes, expected):
@@ -144,8 +144,11 @@ def test_default_layout_is_fsdp_over_the_world(data_dir):
     from hybridcore.train.model_setup import resolve_model_config
 
     config = tiny_train_config("unused", data_dir, overrides=MIXED)
-    assert config.dp_shard == -1
+    assert config.parallel.dp_shard == -1
     assert resolve_layout(config, resolve_model_config(config), 1) is None  # one process: no parallel package
     layout = resolve_layout(config, resolve_model_config(config), 4)
     assert (layout.dp_shard, layout.tp, layout.pp) == (4, 1, 1)
-    assert TrainConfig.from_dict({**config.to_dict(), "dp_shard": 1}).dp_shard == 1  # older run configs load
+    older = {**config.to_dict(), "dp_shard": 1, "microbatches": 3, "pp": 1}  # the layout's fields at the top
+    del older["parallel"]
+    loaded = TrainConfig.from_dict(older).parallel  # run configs written before the layout had its section
+    assert (loaded.dp_shard, loaded.pp_microbatches, loaded.tp) == (1, 3, 1)
