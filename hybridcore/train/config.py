@@ -202,6 +202,7 @@ assert set(FLAG_OF_FIELD) == set(PARALLEL_FIELDS), "every layout field has its f
 
 def in_flags(message: str) -> str:
     """hybridcore.parallel's message in the terms the user typed: ParallelConfig.tp -> --tp."""
+    message = message.replace("ParallelConfig: ", "")  # a whole-layout message: the flags prefix it
     return re.sub(r"ParallelConfig\.(\w+)", lambda found: FLAG_OF_FIELD.get(found[1], found[0]), message)
 
 
