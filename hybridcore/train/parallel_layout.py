@@ -3,10 +3,10 @@ and the global batch before any work, with hybridcore.parallel's errors retold i
 
 from __future__ import annotations
 
-import contextlib
 import os
 
-from .config import FLAG_OF_FIELD, ParallelConfig, TrainConfig, in_flags
+from .config import FLAG_OF_FIELD, ParallelConfig, TrainConfig
+from .config import naming_flags as naming_layout_flags
 
 _DEFAULTS = ParallelConfig()
 
@@ -26,13 +26,9 @@ def layout_flags(config: TrainConfig) -> str:
     return " ".join(given) or "the default layout (--dp-shard -1)"
 
 
-@contextlib.contextmanager
 def naming_flags(config: TrainConfig, context: str = ""):
     """Re-raise hybridcore.parallel's ValueErrors prefixed with the layout flags and in their terms."""
-    try:
-        yield
-    except ValueError as error:
-        raise ValueError(f"{layout_flags(config)}{context}: {in_flags(str(error))}") from None
+    return naming_layout_flags(f"{layout_flags(config)}{context}: ")
 
 
 def resolve_layout(config: TrainConfig, model_config, world_size: int):
