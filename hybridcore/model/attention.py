@@ -87,7 +87,7 @@ class Attention(nn.Module):
 
     def _rotated_queries_keys(self, x: torch.Tensor, inputs: LayerInputs):
         """The cache paths' queries and keys [B, L, heads, head_dim] and [B, L, kv_heads, head_dim], rotated
-        in one call over their concatenation with the forward's shared rope tables; forward's values."""
+        in one call over their concatenation with the forward's shared rope tables."""
         batch, length, _ = x.shape
         heads = self.q_proj.weight.shape[0] // self.head_dim
         qk = torch.cat([self.q_proj(x), self.k_proj(x) * self.key_multiplier], dim=-1)
