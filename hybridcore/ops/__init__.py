@@ -13,7 +13,7 @@ import torch
 
 from .conv import causal_conv1d_ref
 from .cross_entropy import chunked_cross_entropy
-from .norm import gated_rms_norm_ref, gated_rms_norm_spanning
+from .norm import gated_rms_norm_ref, gated_rms_norm_spanning_ref
 from .ssd import ssd_chunked, ssd_recurrent, ssd_step_ref
 
 # "auto": kernels on CUDA; "off": reference everywhere; "on": kernels on any device (the CPU runs them
@@ -98,6 +98,15 @@ def gated_rms_norm(y, gate, weight, n_groups, eps, norm_before_gate):
     return gated_rms_norm_ref(y, gate, weight, n_groups, eps, norm_before_gate)
 
 
+def gated_rms_norm_spanning(y, gate, weight, group_width, eps, norm_before_gate, all_sum):
+    """The gated RMSNorm of one group wider than the channels y holds; `all_sum` adds a row statistic over
+    the ranks that hold the rest (see norm.py); fused where the kernels are active."""
+    if kernels_active(y) and y.dtype in _KERNEL_DTYPES:
+        return _fused()[1].gated_rms_norm_spanning(y, gate, weight, group_width, eps, norm_before_gate, all_sum)
+    return gated_rms_norm_spanning_ref(y, gate, weight, group_width, eps, norm_before_gate, all_sum)
+
+
 __all__ = ["ssd", "ssd_step", "causal_conv1d", "gated_rms_norm", "gated_rms_norm_ref", "gated_rms_norm_spanning",
+           "gated_rms_norm_spanning_ref",
            "chunked_cross_entropy", "kernels_active",
            "use_kernels", "ssd_chunked", "ssd_recurrent", "ssd_step_ref", "causal_conv1d_ref"]

@@ -115,3 +115,63 @@ gnorm_fwd.register_autograd(_gnorm_backward, setup_context=_gnorm_setup)
 def gated_rms_norm(y, gate, weight, n_groups, eps, norm_before_gate):
     """Drop-in for `norm.gated_rms_norm_ref`."""
     return gnorm_fwd(y, gate, weight, int(n_groups), float(eps), bool(norm_before_gate))[0]
+
+
+# ---- one gated-norm group spanning several ranks' channels (tensor parallelism) ---------------------
+@torch.library.custom_op("hybridcore::gated_rms_norm_row_sums", mutates_args=())
+def gnorm_row_sums(y: Tensor, gate: Tensor, norm_before_gate: bool, weight: Tensor | None = None,
+                   rstd: Tensor | None = None, dout: Tensor | None = None) -> Tensor:
+    return triton_norm.gnorm_row_sums(y, gate, norm_before_gate, weight, rstd, dout)
+
+
+@gnorm_row_sums.register_fake
+def _(y, gate, norm_before_gate, weight=None, rstd=None, dout=None):
+    return y.new_empty(y.numel() // y.shape[-1], dtype=torch.float32)
+
+
+@torch.library.custom_op("hybridcore::gated_rms_norm_spanning_fwd", mutates_args=())
+def gnorm_spanning_fwd(y: Tensor, gate: Tensor, weight: Tensor, sum_squares: Tensor, group_width: int, eps: float,
+                       norm_before_gate: bool) -> tuple[Tensor, Tensor]:
+    return triton_norm.gnorm_forward(y, gate, weight, 1, eps, norm_before_gate, sum_squares, group_width)
+
+
+@gnorm_spanning_fwd.register_fake
+def _(y, gate, weight, sum_squares, group_width, eps, norm_before_gate):
+    return y.new_empty(y.shape), y.new_empty(y.numel() // y.shape[-1], 1, dtype=torch.float32)
+
+
+@torch.library.custom_op("hybridcore::gated_rms_norm_spanning_bwd", mutates_args=())
+def gnorm_spanning_bwd(dout: Tensor, y: Tensor, gate: Tensor, weight: Tensor, rstd: Tensor, dot: Tensor,
+                       group_width: int, norm_before_gate: bool) -> tuple[Tensor, Tensor, Tensor]:
+    dy, dz, dw = triton_norm.gnorm_backward(dout, y, gate, weight, rstd, 1, norm_before_gate, dot, group_width)
+    return dy, dz, dw.to(weight.dtype)
+
+
+@gnorm_spanning_bwd.register_fake
+def _(dout, y, gate, weight, rstd, dot, group_width, norm_before_gate):
+    return y.new_empty(y.shape), gate.new_empty(gate.shape), weight.new_empty(weight.shape)
+
+
+class _SpanningGatedNorm(torch.autograd.Function):
+    """Two kernels and one small all-reduce each way: this rank's row sums, their sum over the ranks
+    (`all_sum`), then the kernel that normalises (forward) or forms the gradients (backward)."""
+
+    @staticmethod
+    def forward(ctx, y, gate, weight, group_width, eps, norm_before_gate, all_sum):
+        sum_squares = all_sum(gnorm_row_sums(y, gate, norm_before_gate))
+        out, rstd = gnorm_spanning_fwd(y, gate, weight, sum_squares, group_width, eps, norm_before_gate)
+        ctx.save_for_backward(y, gate, weight, rstd)
+        ctx.group_width, ctx.norm_before_gate, ctx.all_sum = group_width, norm_before_gate, all_sum
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        y, gate, weight, rstd = ctx.saved_tensors
+        dot = ctx.all_sum(gnorm_row_sums(y, gate, ctx.norm_before_gate, weight, rstd, dout))
+        dy, dz, dw = gnorm_spanning_bwd(dout, y, gate, weight, rstd, dot, ctx.group_width, ctx.norm_before_gate)
+        return dy, dz, dw, None, None, None, None
+
+
+def gated_rms_norm_spanning(y, gate, weight, group_width, eps, norm_before_gate, all_sum):
+    """Drop-in for `norm.gated_rms_norm_spanning`."""
+    return _SpanningGatedNorm.apply(y, gate, weight, int(group_width), float(eps), bool(norm_before_gate), all_sum)

@@ -5,7 +5,7 @@ Rows of d channels split into n_groups contiguous groups; each group is normalis
     norm_before_gate=False (released Falcon-H1 models): rmsnorm(y * silu(z)) * w
     norm_before_gate=True:                              rmsnorm(y) * w * silu(z)
 
-`gated_rms_norm_spanning` is the same norm when one group is wider than the channels this rank holds
+`gated_rms_norm_spanning_ref` is the same norm when one group is wider than the channels this rank holds
 (tensor parallelism with fewer groups than ranks): the sum of squares of the local channels goes through
 `all_sum`, which adds it over the ranks the group spans, and the mean is over the group's full width.
 """
@@ -32,7 +32,7 @@ def gated_rms_norm_ref(y: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor
     return y.to(dtype)
 
 
-def gated_rms_norm_spanning(y: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, group_width: int,
+def gated_rms_norm_spanning_ref(y: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, group_width: int,
                             eps: float, norm_before_gate: bool,
                             all_sum: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """One norm group of `group_width` channels of which this rank holds y's last dimension."""

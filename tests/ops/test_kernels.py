@@ -194,6 +194,57 @@ def check_gated_norm_case(norm_before_gate, groups, device):
         assert rel(a, b) < 1e-5
 
 
+@pytest.mark.parametrize("norm_before_gate", [False, True])
+def test_spanning_gated_norm_kernels_match_whole_group(norm_before_gate, device):
+    """One norm group split over two ranks (threads here, meeting at a barrier to add their row statistics):
+    each rank's fused output and gradients are its slice of the whole group's reference."""
+    import threading
+
+    g = torch.Generator().manual_seed(3)
+    y = torch.randn(2, 5, 40, generator=g).to(device)
+    z = torch.randn(2, 5, 40, generator=g).to(device)
+    w = torch.randn(40, generator=g).to(device)
+    go = torch.randn(2, 5, 40, generator=g).to(device)
+    whole = [t.clone().requires_grad_() for t in (y, z, w)]
+    ref = gated_rms_norm_ref(*whole, 1, 1e-5, norm_before_gate)
+    ref_grads = torch.autograd.grad((ref * go).sum(), whole)
+
+    barrier, slots = threading.Barrier(2), [None, None]
+
+    def all_sum(rank):
+        def add(x):
+            slots[rank] = x
+            barrier.wait()
+            total = slots[0] + slots[1]
+            barrier.wait()  # both have read the slots before either writes them again
+            return total
+        return add
+
+    results, errors = [None, None], []
+
+    def rank_main(rank):
+        try:
+            part = slice(20 * rank, 20 * rank + 20)
+            mine = [t[..., part].clone().requires_grad_() for t in (y, z, w)]
+            out = fused_conv.gated_rms_norm_spanning(*mine, 40, 1e-5, norm_before_gate, all_sum(rank))
+            results[rank] = (out, torch.autograd.grad((out * go[..., part]).sum(), mine))
+        except BaseException as error:  # noqa: BLE001 - reported below, with the barrier released
+            errors.append(error)
+            barrier.abort()
+
+    threads = [threading.Thread(target=rank_main, args=(rank,)) for rank in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    out = torch.cat([results[0][0], results[1][0]], dim=-1)
+    assert rel(out, ref) < 1e-6
+    for index, expected in enumerate(ref_grads):
+        got = torch.cat([results[0][1][index], results[1][1][index]], dim=-1)
+        assert rel(got, expected) < 1e-5, f"gradient {index}"
+
+
 def test_dispatch_modes():
     x = torch.zeros(1)
     with ops.use_kernels("off"):
