@@ -252,7 +252,7 @@ def build_ours(config, ids, args, device, compiled=False, mode="default"):
         optimizers = build_optimizers(model, lr=1e-4, weight_decay=0.1)
         seq_idx = None
         if args.documents:  # ids hold one more column than the rows train on: its document is the last one's
-            seq_idx = document_ids(ids.shape[0], ids.shape[1] - 1, args.documents).to(ids.device)
+            seq_idx = document_ids(ids.shape[0], ids.shape[1] - 1, args.documents)  # on the host, as a loader's
             seq_idx = torch.cat([seq_idx, seq_idx[:, -1:]], dim=1)
         batch = Batch.from_tokens(ids, seq_idx)
         kernel_mode = "off" if args.no_kernels else "auto"

@@ -1,0 +1,153 @@
+"""Packed-document attention alone, forward + backward: the causal SDPA kernel (no document masking, the
+speed to approach) against the document paths: FlashAttention's variable-length kernel over the documents
+as offsets (model/varlen.py), and FlexAttention's document mask with the block mask built inside the
+compiled region (as the model did) or once outside it, and with some of its kernel options.
+
+    python benchmarks/attention_bench.py                  # falcon-h1-0.5b's attention, 4 x 4096, GPU
+    python benchmarks/attention_bench.py --smoke          # CPU, tiny: the variants run (no timing claims)
+
+Each variant is compiled on its own (static shapes), warmed up, then timed with CUDA events over
+--iters iterations; the median and range are printed and written as JSON. One process runs every
+variant: these are kernel timings of one op at one shape, not a contender comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# FlexAttention kernel_options tried on top of the document mask (FlexAttention's own names). Not
+# ROWS_GUARANTEED_SAFE: a document mask leaves rows with no key inside some of the blocks visited, and
+# with that option set those rows came out NaN.
+VARIANTS = {
+    "flex": {},
+    "flex_fwd128x128w8": {"fwd_BLOCK_M": 128, "fwd_BLOCK_N": 128, "fwd_num_warps": 8, "fwd_num_stages": 3},
+    "flex_bwd64x64": {"bwd_BLOCK_M1": 64, "bwd_BLOCK_N1": 64, "bwd_BLOCK_M2": 64, "bwd_BLOCK_N2": 64,
+                      "bwd_num_warps": 4, "bwd_num_stages": 3},
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=4096)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--documents", type=int, default=3200, help="mean document length (bench.document_ids)")
+    p.add_argument("--iters", type=int, default=30)
+    p.add_argument("--variants", nargs="+", default=["sdpa_causal", "varlen", "flex_inside", *VARIANTS])
+    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.batch_size, args.seq_len, args.heads, args.kv_heads, args.head_dim = 1, 256, 2, 1, 16
+        args.documents, args.iters = 64, 2
+        args.variants = ["sdpa_causal", "varlen", "flex_inside", "flex"]
+    return args
+
+
+def make_variant(name: str, seq_idx: torch.Tensor, length: int, device):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    def causal_same_document(b, h, q_index, kv_index):
+        return (kv_index <= q_index) & (seq_idx[b, q_index] == seq_idx[b, kv_index])
+
+    if name == "sdpa_causal":
+        return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    if name == "varlen":
+        from hybridcore.model.varlen import cu_seqlens_for, varlen_causal_attention
+
+        offsets = cu_seqlens_for(seq_idx).to(device)
+        return lambda q, k, v: varlen_causal_attention(q, k, v, offsets)
+    if name == "flex_inside":  # as attention.py runs it: the block mask built in every compiled call
+        def inside(q, k, v):
+            mask = create_block_mask(causal_same_document, q.shape[0], None, length, length, device=q.device)
+            return flex_attention(q, k, v, block_mask=mask, enable_gqa=True)
+        return torch.compile(inside, dynamic=False)
+    options = VARIANTS[name]
+    mask = create_block_mask(causal_same_document, seq_idx.shape[0], None, length, length, device=device)
+    compiled = torch.compile(flex_attention, dynamic=False)
+    return lambda q, k, v: compiled(q, k, v, block_mask=mask, enable_gqa=True, kernel_options=dict(options) or None)
+
+
+def time_variant(fn, q, k, v, grad, iters: int, cuda: bool) -> list[float]:
+    def once():
+        out = fn(q, k, v)
+        out.backward(grad)
+        q.grad = k.grad = v.grad = None
+
+    for _ in range(3):
+        once()
+    times = []
+    for _ in range(iters):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            once()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t = time.perf_counter()
+            once()
+            times.append(1000 * (time.perf_counter() - t))
+    return times
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from hybridcore.bench import document_ids, versions
+
+    cuda = torch.cuda.is_available() and not args.smoke
+    device = torch.device("cuda" if cuda else "cpu")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    B, L, H, KV, D = args.batch_size, args.seq_len, args.heads, args.kv_heads, args.head_dim
+    seq_idx = document_ids(B, L, args.documents).to(device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(B, H, L, D, device=device, dtype=dtype, generator=gen).requires_grad_()
+    k = torch.randn(B, KV, L, D, device=device, dtype=dtype, generator=gen).requires_grad_()
+    v = torch.randn(B, KV, L, D, device=device, dtype=dtype, generator=gen).requires_grad_()
+    grad = torch.randn(B, H, L, D, device=device, dtype=dtype, generator=gen)
+    report = {"benchmark": "attention", "device": torch.cuda.get_device_name() if cuda else "cpu",
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "versions": versions(), "shape": dict(batch=B, seq_len=L, heads=H, kv_heads=KV, head_dim=D),
+              "mean_document": args.documents, "variants": {}}
+    reference = None
+    for name in args.variants:
+        started = time.perf_counter()
+        try:
+            fn = make_variant(name, seq_idx, L, device)
+            out = fn(q, k, v).detach().float()
+            if reference is None and name != "sdpa_causal":  # the first document path is the reference
+                reference = out
+            error = None if name == "sdpa_causal" else float((out - reference).norm() / reference.norm())
+            times = time_variant(fn, q, k, v, grad, args.iters, cuda)
+            row = {"ms": statistics.median(times), "ms_range": [min(times), max(times)], "rel_error_vs_first": error,
+                   "options": VARIANTS.get(name), "compile_and_warm_s": time.perf_counter() - started}
+        except Exception as exc:  # one variant's failure (an option the kernel rejects) leaves the others
+            row = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+        report["variants"][name] = row
+        print(f"{name:20s} " + (f"{row['ms']:.3f} ms ({row['ms_range'][0]:.3f}-{row['ms_range'][1]:.3f}) "
+                                f"err {row['rel_error_vs_first']}" if "ms" in row else row["error"]), flush=True)
+    if args.out is not None or not args.smoke:
+        out = args.out or RESULTS / f"attention-{B}x{L}-{H}h{KV}kv{D}-doc{args.documents}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"wrote {out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
