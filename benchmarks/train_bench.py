@@ -42,9 +42,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--runs", nargs="+", default=["cold", "warm"], choices=["cold", "warm"],
                    help="cold: an empty compile cache; warm: the cache the runs before it filled")
     p.add_argument("--timeout", type=int, default=300, help="seconds one run may take")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="a compile cache to start from (a run of `hybridcore bench` at the same shapes fills "
+                   "one): every run is then warm; default: an empty cache for the first run")
     p.add_argument("--smoke", action="store_true", help="CPU, debug preset, tiny, eager")
     p.add_argument("--out", type=Path, default=None, help="JSON file or folder (default benchmarks/results)")
     args = p.parse_args(argv)
+    if args.cache_dir is not None and "cold" in args.runs:
+        p.error("--cache-dir starts from a filled compile cache: give --runs warm")
     if args.smoke:
         args.preset, args.batch_size, args.seq_len, args.steps, args.warmup = "debug", 2, 64, 4, 1
         args.compile_mode = "none"
@@ -123,6 +128,8 @@ def main(argv=None) -> dict:
             cache = scratch / "cache" if name == "warm" else scratch / f"cache-{index}"
             if name == "cold" and "warm" in args.runs[index + 1:]:
                 cache = scratch / "cache"  # the warm run after it reuses what it fills
+            if args.cache_dir is not None:
+                cache = args.cache_dir
             run_dir = scratch / f"run-{index}-{name}"
             print(f"== {name}: {' '.join(train_command(args, data, run_dir, cache)[1:])}", flush=True)
             result = timed_run(train_command(args, data, run_dir, cache), run_dir, args.timeout)
