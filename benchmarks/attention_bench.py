@@ -68,7 +68,10 @@ def make_variant(name: str, seq_idx: torch.Tensor, length: int, device):
     if name == "varlen":
         from hybridcore.model.varlen import cu_seqlens_for, varlen_causal_attention
 
-        offsets = cu_seqlens_for(seq_idx).to(device)
+        offsets = cu_seqlens_for(seq_idx)
+        if offsets is None:
+            raise ValueError("more documents than model/varlen.py's capacity for this shape")
+        offsets = offsets.to(device)
         return lambda q, k, v: varlen_causal_attention(q, k, v, offsets)
     if name == "flex_inside":  # as attention.py runs it: the block mask built in every compiled call
         def inside(q, k, v):
@@ -109,6 +112,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from hybridcore.bench import document_ids, versions
+    from hybridcore.bench_record import git_state
 
     cuda = torch.cuda.is_available() and not args.smoke
     device = torch.device("cuda" if cuda else "cpu")
@@ -122,7 +126,8 @@ def main(argv=None) -> dict:
     grad = torch.randn(B, H, L, D, device=device, dtype=dtype, generator=gen)
     report = {"benchmark": "attention", "device": torch.cuda.get_device_name() if cuda else "cpu",
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "versions": versions(), "shape": dict(batch=B, seq_len=L, heads=H, kv_heads=KV, head_dim=D),
+              "versions": versions(), "git_commit": git_state()["git_commit"],
+              "shape": dict(batch=B, seq_len=L, heads=H, kv_heads=KV, head_dim=D),
               "mean_document": args.documents, "variants": {}}
     reference = None
     for name in args.variants:

@@ -1,24 +1,30 @@
 """Packed-document attention through FlashAttention-2's variable-length kernels, on CUDA in half precision.
+Opt-in (HYBRIDCORE_VARLEN_ATTENTION=1) until it has been checked and timed on a GPU: its GPU test
+(tests/model/test_varlen.py) and `benchmarks/attention_bench.py --variants varlen ...` are ready for that.
 
 The rows of a batch are laid end to end as one sequence of B x L tokens and every document is its own
 causal sequence, given by `cu_seqlens` (int32 [capacity + 1]): the offset of each document's first token,
-then B x L, repeated to the end. The kernel attends within each document exactly, at the speed of the
-plain causal kernel: on an H100, falcon-h1-0.5b's attention (4 x 4096, documents of about 3,200 tokens)
-took 0.77 ms forward and backward in the causal kernel and 1.23 ms through FlexAttention's block mask
-(benchmarks/attention_bench.py).
+then B x L, repeated to the end. The kernel attends within each document exactly. Why: on an H100,
+falcon-h1-0.5b's attention at 4 x 4096 took 0.77 ms forward and backward through SDPA's causal kernel
+(no document masking) and 1.23 ms through FlexAttention's document mask (documents of about 3,200
+tokens; benchmarks/results/attention-4x4096-8h2kv64-doc3200.json), about 7% of the training step.
 
 The capacity is fixed by the batch's shape (`document_capacity`), so compiled graphs and CUDA graphs
 see one shape every step: documents beyond it would not fit, and such a batch goes without `cu_seqlens`
-to the other document paths (FlexAttention, masks). Padding sequences are empty; the kernel skips them.
-The offsets are computed on the host from the loader's document ids (`cu_seqlens_for`), where the
-count is known without waiting for the device.
+to the other document paths (FlexAttention, masks). Padding sequences are empty. The offsets are
+computed on the host from the loader's document ids (`cu_seqlens_for`), where the count is known
+without waiting for the device.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import torch
+
+# HYBRIDCORE_VARLEN_ATTENTION=1 sends packed documents through the kernel (see the module's docstring).
+ENABLED = os.environ.get("HYBRIDCORE_VARLEN_ATTENTION", "0") == "1"
 
 # One sequence slot for every this many tokens of a row (and at least one per row): rows whose documents
 # average fewer tokens than this take the other document paths.
@@ -47,7 +53,7 @@ def cu_seqlens_for(seq_idx: torch.Tensor) -> torch.Tensor | None:
 
 
 def varlen_attention_applies(q: torch.Tensor, cu_seqlens: torch.Tensor | None) -> bool:
-    return (cu_seqlens is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+    return (ENABLED and cu_seqlens is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
             and q.shape[-1] <= 256 and q.shape[-1] % 8 == 0)
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..model.varlen import cu_seqlens_for
+from ..model import varlen
 from ..parallel import ParallelModel, as_parallel_model, mesh_dim
 from ..parallel.context_parallel import global_positions, shard_sequence
 from ..parallel.clipping import clip_grad_norm_
@@ -73,7 +73,8 @@ def local_batch(model: ParallelModel, batch: Batch, device) -> LocalBatch:
     # the variable-length attention kernel takes whole rows: not under context parallelism or a pipeline
     # (whose schedule splits the rows into microbatches)
     whole_rows = model.pipeline is None and (mesh is None or mesh["cp"].size() == 1)
-    cu_seqlens = cu_seqlens_for(tensors[2]) if tensors[2] is not None and whole_rows else None
+    wanted = varlen.ENABLED and tensors[2] is not None and whole_rows
+    cu_seqlens = varlen.cu_seqlens_for(tensors[2]) if wanted else None
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(device, non_blocking=True)
     input_ids, labels, seq_idx = (t.to(device, non_blocking=True) if t is not None else None for t in tensors)

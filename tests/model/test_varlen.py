@@ -58,3 +58,25 @@ def test_varlen_kernel_matches_the_masked_path_on_cuda(gqa):
     assert float((out - ref).float().norm() / ref.float().norm()) < 1e-2
     for a, b in zip(got, expected):
         assert float((a - b).float().norm() / b.float().norm()) < 2e-2
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_the_step_brings_offsets_only_when_the_kernel_is_wanted(monkeypatch, enabled):
+    from hybridcore.model import build_model
+    from hybridcore.parallel import as_parallel_model
+    from hybridcore.train.step import Batch, local_batch
+
+    from .conftest import tiny_config
+
+    monkeypatch.setattr(varlen, "ENABLED", enabled)
+    model = as_parallel_model(build_model(tiny_config(layout="*-"), seed=0))
+    tokens = torch.randint(0, 64, (2, 2 * TOKENS_PER_DOCUMENT_SLOT + 1))
+    seq_idx = torch.zeros_like(tokens)
+    seq_idx[:, 100:] = 1
+    local = local_batch(model, Batch.from_tokens(tokens, seq_idx), torch.device("cpu"))
+    if enabled:
+        assert local.cu_seqlens.tolist()[:4] == [0, 100, 2 * TOKENS_PER_DOCUMENT_SLOT,
+                                                 2 * TOKENS_PER_DOCUMENT_SLOT + 100]
+    else:
+        assert local.cu_seqlens is None
+    assert local_batch(model, Batch.from_tokens(tokens), torch.device("cpu")).cu_seqlens is None

@@ -1,0 +1,25 @@
+"""benchmarks/attention_bench.py runs every variant it is given and records, per variant, a time or the
+reason it could not run (on a CPU: the CUDA-only kernels), without one failure stopping the others."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "attention_bench.py"
+
+
+def test_smoke_records_a_time_or_a_reason_for_each_variant(tmp_path):
+    spec = importlib.util.spec_from_file_location("attention_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "attention.json"
+    module.main(["--smoke", "--out", str(out)])
+    report = json.loads(out.read_text())
+    variants = report["variants"]
+    assert set(variants) == {"sdpa_causal", "varlen", "flex_inside", "flex"}
+    assert variants["sdpa_causal"]["ms"] > 0
+    for name, row in variants.items():
+        assert ("ms" in row) != ("error" in row), name
+    assert report["shape"] == dict(batch=1, seq_len=256, heads=2, kv_heads=1, head_dim=16)
