@@ -3,7 +3,7 @@
 # then the README's speed table regenerated from benchmarks/results/. See benchmarks/README.md.
 #
 #   bash benchmarks/run.sh [FIGURE ...]      FIGURE: train-4x4096 train-2x16384 ssd generate train-run
-#                                            fp8-throughput fp8-loss (default: all)
+#                                            fp8-throughput fp8-loss documents (default: all)
 #
 #   train-4x4096, train-2x16384  the training step of `hybridcore bench`: ours, transformers + kernels, transformers
 #   ssd             the SSD scan alone: ours, mamba_ssm
@@ -11,6 +11,9 @@
 #   train-run       `hybridcore train` on packed documents: tokens/s, and the first step cold and warm
 #   fp8-throughput  8 falcon-h1-7b blocks at 2 x 4096: bf16, float8 tensorwise, rowwise (torchao from .whl/)
 #   fp8-loss        300 steps of falcon-h1-0.5b, bf16 against float8 tensorwise
+#   documents       packed-document attention: the varlen kernel's GPU test, attention alone (attention_bench.py),
+#                   and ours at 4 x 4096 on documents of about 3,200 tokens, as shipped (-documents.json) and
+#                   with HYBRIDCORE_VARLEN_ATTENTION=1 (-documents-varlen.json, kept out of the table)
 #
 # Environment:
 #   OUT=DIR          where the JSON goes (default benchmarks/results)
@@ -28,13 +31,13 @@ OUT=${OUT:-benchmarks/results}
 CONTENDERS=${CONTENDERS:-ours hf_kernels hf_torch}
 PEAK_TFLOPS=${PEAK_TFLOPS:-989}
 LIMIT=${LIMIT:-540}
-FIGURES=${*:-train-4x4096 train-2x16384 ssd generate train-run fp8-throughput fp8-loss}
+FIGURES=${*:-train-4x4096 train-2x16384 ssd generate train-run fp8-throughput fp8-loss documents}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 for figure in $FIGURES; do
   case $figure in
-    train-4x4096|train-2x16384|ssd|generate|train-run|fp8-throughput|fp8-loss) ;;
+    train-4x4096|train-2x16384|ssd|generate|train-run|fp8-throughput|fp8-loss|documents) ;;
     *) echo "unknown figure '$figure': use train-4x4096, train-2x16384, ssd, generate, train-run," \
-            "fp8-throughput or fp8-loss" >&2; exit 2 ;;
+            "fp8-throughput, fp8-loss or documents" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$OUT"
@@ -81,6 +84,16 @@ for figure in $FIGURES; do
     train-run)
       echo "== train_bench.py"
       timeout -k 20 "$LIMIT" python3 benchmarks/train_bench.py --out "$OUT" $SMOKE_FLAG || echo "   (exit status $?)" ;;
+    documents)
+      if [ -z "${SMOKE:-}" ]; then
+        echo "== tests/model/test_varlen.py"
+        python3 -m pytest -q -p no:cacheprovider tests/model/test_varlen.py || echo "   (exit status $?)"
+        echo "== attention_bench.py"
+        timeout -k 20 "$LIMIT" python3 benchmarks/attention_bench.py \
+          --out "$OUT/attention-4x4096-8h2kv64-doc3200.json" || echo "   (exit status $?)"
+      fi
+      contender ours --batch-size 4 --seq-len 4096 --documents 3200
+      HYBRIDCORE_VARLEN_ATTENTION=1 contender ours --batch-size 4 --seq-len 4096 --documents 3200 ;;
     fp8-throughput|fp8-loss)
       need_torchao
       echo "== fp8_bench.py --part ${figure#fp8-}"
