@@ -173,5 +173,5 @@ class _SpanningGatedNorm(torch.autograd.Function):
 
 
 def gated_rms_norm_spanning(y, gate, weight, group_width, eps, norm_before_gate, all_sum):
-    """Drop-in for `norm.gated_rms_norm_spanning`."""
+    """Drop-in for `norm.gated_rms_norm_spanning_ref`."""
     return _SpanningGatedNorm.apply(y, gate, weight, int(group_width), float(eps), bool(norm_before_gate), all_sum)

@@ -33,8 +33,8 @@ def gated_rms_norm_ref(y: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor
 
 
 def gated_rms_norm_spanning_ref(y: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, group_width: int,
-                            eps: float, norm_before_gate: bool,
-                            all_sum: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+                                eps: float, norm_before_gate: bool,
+                                all_sum: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """One norm group of `group_width` channels of which this rank holds y's last dimension."""
     dtype = y.dtype
     y = y.float()
