@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
 import sys
 import time
@@ -113,6 +112,7 @@ def main(argv=None) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from hybridcore.bench import document_ids, versions
     from hybridcore.bench_record import git_state
+    from hybridcore.io.json_codec import write_json
 
     cuda = torch.cuda.is_available() and not args.smoke
     device = torch.device("cuda" if cuda else "cpu")
@@ -149,7 +149,7 @@ def main(argv=None) -> dict:
     if args.out is not None or not args.smoke:
         out = args.out or RESULTS / f"attention-{B}x{L}-{H}h{KV}kv{D}-doc{args.documents}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=1) + "\n")
+        write_json(out, report, indent=1)
         print(f"wrote {out}")
     return report
 

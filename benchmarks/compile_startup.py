@@ -179,10 +179,10 @@ def write(report: dict, args) -> None:
     out = args.out or RESULTS
     if out.suffix != ".json":
         out = out / f"compile_startup_{args.preset}_{args.mode}_{report['time'][:19].replace(':', '')}.json"
+    from hybridcore.io.json_codec import write_json
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".tmp")
-    partial.write_text(json.dumps(report, indent=1) + "\n")
-    partial.replace(out)
+    write_json(out, report, indent=1)
     report["written_to"] = str(out)
 
 

@@ -315,16 +315,15 @@ def main(argv=None) -> dict:
 
 
 def write(report: dict, args) -> None:
-    text = json.dumps(report, indent=1)
+    from hybridcore.io.json_codec import write_json
+
     if args.smoke and args.out is None:
         return
     out = args.out or RESULTS
     if out.suffix != ".json":
         out = out / f"generate_{args.preset}_{args.dtype}_{report['time'][:19].replace(':', '')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".tmp")
-    partial.write_text(text + "\n")
-    partial.replace(out)
+    write_json(out, report, indent=1)
     report["written_to"] = str(out)
 
 

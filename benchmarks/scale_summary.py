@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hybridcore.flops import mfu  # noqa: E402
+from hybridcore.io.json_codec import loads  # noqa: E402
 
 # layout file -> its one-GPU baseline file (parallel_NAME.json, the names benchmarks/README.md's commands give)
 BASELINES = {
@@ -41,7 +42,7 @@ def compare(run: dict, baseline: dict) -> dict:
 
 
 def summarise(results: Path) -> dict:
-    found = {path.stem.removeprefix("parallel_"): json.loads(path.read_text())
+    found = {path.stem.removeprefix("parallel_"): loads(path.read_text())
              for path in sorted(results.glob("parallel_*.json"))}
     summary = {}
     for name, baseline_name in BASELINES.items():

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -152,15 +151,13 @@ def _commit() -> str | None:
 
 
 def _write(report: dict, args) -> None:
-    from hybridcore.io.json_codec import dumps
+    from hybridcore.io.json_codec import write_json
 
     out = args.out or RESULTS
     if out.suffix != ".json":
         out = out / f"train-{args.preset}-{args.batch_size}x{args.seq_len}-{args.compile_mode}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".tmp")
-    partial.write_text(dumps(report, indent=1) + "\n")
-    os.replace(partial, out)
+    write_json(out, report, indent=1)
 
 
 if __name__ == "__main__":
