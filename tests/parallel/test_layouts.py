@@ -34,6 +34,8 @@ TWO_RANKS = {
     "tp2-no-sp/M*-P": (dict(tp=2, sequence_parallel=False), "M*-P", False, {}),
     "tp2/M*-P/documents": (dict(tp=2), "M*-P", True, {}),
     "tp2/P-/one-group": (dict(tp=2), "P-/groups1", False, {}),
+    # the fused kernels against one process on the reference ops: the gated norm's group spans the ranks
+    "tp2/P-/one-group/kernels": (dict(tp=2), "P-/groups1", False, {"kernels": "on"}),
     "tp2-no-sp/M*-P/one-group-no-norm": (dict(tp=2, sequence_parallel=False), "M*-P/groups1-no-norm", False, {}),
     "tp2/M*-P/activation-checkpointing": (dict(tp=2), "M*-P", False, {"activation_checkpointing": True}),
     **{f"fsdp2/{layout}": (dict(dp_shard=2), layout, False, {}) for layout in LAYOUTS},

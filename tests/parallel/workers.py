@@ -10,6 +10,7 @@ import torch.distributed as dist
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 from torch.distributed.tensor import DTensor
 
+from hybridcore import ops
 from hybridcore.model import HybridLM, attention, build_model
 from hybridcore.parallel import ParallelConfig, build_mesh, full_state_dict, load_sharded, parallelize, save_sharded
 from hybridcore.parallel.context_parallel import shard_sequence
@@ -29,6 +30,9 @@ def _layout_losses(parallel: dict, layout: str, docs: bool, options: dict) -> di
             return _layout_losses(parallel, layout, docs, options)
         finally:
             attention.DOCUMENT_MASK_LIMIT = limit
+    if "kernels" in options:  # the fused kernels on these ranks (the CPU runs them under TRITON_INTERPRET=1)
+        with ops.use_kernels(options.pop("kernels")):
+            return _layout_losses(parallel, layout, docs, options)
     config = named_config(layout)
     parallel_config = ParallelConfig(**parallel)
     mesh = build_mesh(parallel_config, DEVICE)
