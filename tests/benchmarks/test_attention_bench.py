@@ -3,17 +3,13 @@ reason it could not run (on a CPU: the CUDA-only kernels), without one failure s
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "attention_bench.py"
+from ..benchmark_scripts import load_script
 
 
 def test_smoke_records_a_time_or_a_reason_for_each_variant(tmp_path):
-    spec = importlib.util.spec_from_file_location("attention_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("attention_bench")
     out = tmp_path / "attention.json"
     module.main(["--smoke", "--out", str(out)])
     report = json.loads(out.read_text())

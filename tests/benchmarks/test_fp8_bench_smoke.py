@@ -3,22 +3,18 @@ per contender, the linears converted, a loss curve for each run."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torchao.float8")
+from ..benchmark_scripts import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "fp8_bench.py"
+pytest.importorskip("torchao.float8")
 
 
 @pytest.mark.slow
 def test_smoke_run_writes_a_complete_report(tmp_path):
-    spec = importlib.util.spec_from_file_location("fp8_bench", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("fp8_bench")
     out = tmp_path / "fp8.json"
     bench.main(["--smoke", "--out", str(out)])
     report = json.loads(out.read_text())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,15 +9,14 @@ import pytest
 
 from hybridcore.flops import mfu
 
+from ..benchmark_scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def make_table():
-    spec = importlib.util.spec_from_file_location("make_table", ROOT / "benchmarks" / "make_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("make_table")
 
 
 ENVIRONMENT = {"gpu": "NVIDIA H200", "date": "2026-12-05T10:00:00+00:00", "git_commit": "0123456789abcdef",

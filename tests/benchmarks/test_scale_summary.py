@@ -1,20 +1,15 @@
 """benchmarks/scale_summary.py: the ratios it reports for a layout against its one-GPU baseline."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "scale_summary.py"
+from ..benchmark_scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def scale_summary():
-    spec = importlib.util.spec_from_file_location("scale_summary", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scale_summary")
 
 
 def _write(folder, name, tok_s, peak, losses, pp=1):

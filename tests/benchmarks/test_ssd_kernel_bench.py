@@ -10,14 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from ..benchmark_scripts import load_script
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "ssd_kernel_bench.py"
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("ssd_kernel_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("ssd_kernel_bench")
 
 
 def test_a_side_must_be_chosen():

@@ -3,7 +3,6 @@ own process, a complete report, the ratios between them."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,16 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from ..benchmark_scripts import load_script
+
 pytest.importorskip("transformers")
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "generate_bench.py"
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("generate_bench", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+    return load_script("generate_bench")
 
 
 def test_smoke_run_writes_a_complete_report(tmp_path, monkeypatch):

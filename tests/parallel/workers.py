@@ -16,6 +16,7 @@ from hybridcore.parallel import ParallelConfig, build_mesh, full_state_dict, loa
 from hybridcore.parallel.context_parallel import shard_sequence
 from hybridcore.train.step import Batch, train_step
 
+from ..benchmark_scripts import load_script
 from .harness import build_parallel_model, train_steps
 
 from .common import (DEVICE, SEQ_LEN, STEPS, checkpoint_config, document_index, global_batch, long_memory, named_config,
@@ -191,7 +192,7 @@ def compiled_graph_breaks(scenarios: dict[str, tuple], layout: str = "M*-P") -> 
 def host_step_counts(layouts: dict[str, dict], layout: str, rows: int, length: int) -> dict:
     """name -> ParallelConfig fields: the aten ops and DTensor ops of one training step's forward and
     backward on this rank (benchmarks/host_overhead.py's counter), at the same global batch."""
-    counter = _load_benchmark("host_overhead")
+    counter = load_script("host_overhead")
     tokens = torch.randint(0, 1024, (rows, length + 1), generator=torch.Generator().manual_seed(0))
     out = {}
     for name, fields in layouts.items():
@@ -202,14 +203,3 @@ def host_step_counts(layouts: dict[str, dict], layout: str, rows: int, length: i
         train_step(model, optimizer, [Batch.from_tokens(tokens)])  # first-step work (FSDP's lazy set-up) aside
         out[name] = counter.count_step(model, optimizer, [Batch.from_tokens(tokens)])
     return out
-
-
-def _load_benchmark(name: str):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
