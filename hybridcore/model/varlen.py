@@ -39,11 +39,11 @@ def cu_seqlens_for(seq_idx: torch.Tensor) -> torch.Tensor | None:
     """Document offsets over the flattened rows of seq_idx [B, L] (a document is a run of equal ids, and
     every row starts one), padded to `document_capacity`; None when the documents exceed it. Reads
     seq_idx on the host (a copy, and so a wait, if it lives on a device)."""
+    from .attention import run_starts  # attention.py imports this module
+
     ids = seq_idx.detach().cpu()
     rows, length = ids.shape
-    starts = torch.ones_like(ids, dtype=torch.bool)
-    starts[:, 1:] = ids[:, 1:] != ids[:, :-1]
-    offsets = starts.flatten().nonzero().flatten()
+    offsets = run_starts(ids).flatten().nonzero().flatten()
     capacity = document_capacity(rows, length)
     if offsets.numel() > capacity:
         return None
