@@ -26,7 +26,9 @@ from ..config import ModelConfig
 from .cache import AttentionCache
 from .flex_document import flex_document_attention, flex_document_attention_applies
 from .plan import COLWISE, ROWWISE, linear_plan
-from .rope import apply_rope, apply_rope_tables
+from ..ops import rope_cache_write
+from ..ops.rope import apply_rope_tables
+from .rope import apply_rope
 from .varlen import varlen_attention_applies, varlen_causal_attention
 
 if TYPE_CHECKING:
@@ -111,17 +113,15 @@ class Attention(nn.Module):
 
     def decode_token(self, x: torch.Tensor, inputs: LayerInputs, cache: AttentionCache) -> torch.Tensor:
         """forward for one token per row [B, 1, d_model] against every slot of a static-shape cache, under
-        the decode step's shared mask, in few tensor ops (decoding is bound by op launches): queries and
-        keys rotate in one call, and the query heads of each key/value head ride in the query-length
-        dimension, so attention needs no grouped-query support and the fused kernels with a mask apply."""
+        the decode step's shared mask, in few tensor ops (decoding is bound by op launches): one op rotates
+        queries and keys and writes keys and values at the decode slot, and the query heads of each
+        key/value head ride in the query-length dimension, so attention needs no grouped-query support and
+        the fused kernels with a mask apply."""
         batch, length, _ = x.shape
         assert length == 1, "static-shape decoding feeds one token per row"
-        q, k = self._rotated_queries_keys(x, inputs)
-        heads, kv_heads = q.shape[2], k.shape[2]
-        if self.query_multiplier is not None:
-            q = q * self.query_multiplier
-        # [B, kv_heads, 1, head_dim]: a length-1 dimension moves by a view
-        cache.write_decode_token(k.transpose(1, 2), self.v_proj(x).view(batch, kv_heads, 1, self.head_dim))
+        q = rope_cache_write(self.q_proj(x), self.k_proj(x), self.v_proj(x), *inputs.rope_tables(),
+                             self.key_multiplier, self.query_multiplier, cache.keys, cache.values, cache.decode.slot)
+        heads, kv_heads = q.shape[2], cache.keys.shape[1]
         grouped = q.view(batch, kv_heads, heads // kv_heads, self.head_dim)
         out = F.scaled_dot_product_attention(grouped, cache.keys, cache.values, attn_mask=cache.decode.mask)
         return self.o_proj(out.view(batch, 1, heads * self.head_dim))

@@ -40,11 +40,6 @@ class AttentionCache:
         self.filled = end
         return self.keys[:, :, :end], self.values[:, :, :end], self.key_docs[:, :end]
 
-    def write_decode_token(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Write one token per row [B, kv_heads, 1, head_dim] at the decode slot (no Python-side shapes)."""
-        self.keys.index_copy_(2, self.decode.slot, keys)
-        self.values.index_copy_(2, self.decode.slot, values)
-
 
 @dataclass
 class DecodeSlots:

@@ -20,13 +20,13 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..ops.rope import rope_tables
 from .attention import Attention
 from .cache import LayerCache
 from .mamba2 import Mamba2Mixer
 from .mlp import build_mlp
 from .norm import RMSNorm
 from .parallelism import LOCAL_REGION, WHOLE_SEQUENCE, LocalRegion, WholeSequence
-from .rope import rope_tables
 
 
 @dataclass

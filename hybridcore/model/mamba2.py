@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..ops import causal_conv1d, gated_rms_norm, gated_rms_norm_spanning, ssd, ssd_step
+from ..ops import causal_conv1d, causal_conv1d_step, gated_rms_norm, gated_rms_norm_spanning, ssd, ssd_step
 from .cache import MambaCache
 from .plan import COLWISE, GROUPS, OUTPUT_BIAS, ROWWISE
 
@@ -161,7 +161,7 @@ class Mamba2Mixer(nn.Module):
         groups = group_state // self.d_state
         projected = self.in_proj(u)
         if cache is not None:  # inference: the constants the decode step keeps, not rebuilt per layer call
-            mup, A, weight, _, bias = self._decode_constants(u, widths)
+            mup, A, weight, bias = self._decode_constants(u, widths)
         else:
             mup = self.mup_vector(widths, u.device, u.dtype)
         # Under autocast u is fp32 and in_proj's output bf16: multiply by the exact fp32 multipliers, then
@@ -201,13 +201,9 @@ class Mamba2Mixer(nn.Module):
         batch = u.shape[0]
         widths = [w.shape[0] for w in self.in_proj.weights()]
         d_ssm, group_state, heads = widths[1], widths[2], widths[4]
-        mup, A, _, weight, bias = self._decode_constants(u, widths)
+        mup, A, weight, bias = self._decode_constants(u, widths)
         z, xBC, dt = torch.split(self.in_proj(u).mul_(mup), [d_ssm, d_ssm + 2 * group_state, heads], dim=-1)
-        window = torch.cat([cache.conv_state, xBC.transpose(1, 2)], dim=-1)  # [B, conv_dim, d_conv]
-        cache.conv_state.copy_(window[:, :, 1:])
-        # The depthwise conv over exactly one window is a grouped conv1d with one output position, [B, C, 1]:
-        # split over channels there, the views below put the length-1 dimension where it belongs.
-        xBC = F.silu(F.conv1d(window, weight, bias, groups=window.shape[1]))
+        xBC = causal_conv1d_step(xBC.view(batch, -1), cache.conv_state, weight, bias, silu=True)  # [B, conv_dim]
         x, B, C = torch.split(xBC, [d_ssm, group_state, group_state], dim=1)
         groups = group_state // self.d_state
         y = ssd_step(x.view(batch, 1, heads, self.head_dim), dt, A, B.view(batch, 1, groups, self.d_state),
@@ -216,7 +212,7 @@ class Mamba2Mixer(nn.Module):
         return self.out_proj(self.gate(y.view(batch, 1, d_ssm), z, inputs))
 
     def _decode_constants(self, like: torch.Tensor, widths: list[int]):
-        """(mup_vector, A = -exp(A_log), conv weight [C, K] and its view [C, 1, K], conv bias) for prefill and
+        """(mup_vector, A = -exp(A_log), conv weight [C, K], conv bias) for prefill and
         decoding, rebuilt only when the device, dtype or a parameter's version changes (a plain attribute:
         not state, not saved)."""
         parameters = (self.A_log, *(getattr(self, f"conv_{kind}_{s}") for kind in ("weight", "bias")
@@ -224,9 +220,8 @@ class Mamba2Mixer(nn.Module):
         key = (like.device, like.dtype, torch.is_inference_mode_enabled(),
                *((p.data_ptr(), p._version) for p in parameters if p is not None))
         if torch.is_grad_enabled() or getattr(self, "_decode_key", None) != key:
-            weight = self.conv_weight()
             values = (self.mup_vector(widths, like.device, like.dtype), -torch.exp(self.A_log.float()),
-                      weight, weight.unsqueeze(1), self.conv_bias())
+                      self.conv_weight(), self.conv_bias())
             if torch.is_grad_enabled():  # values on the autograd graph: never kept for another call
                 return values
             self._decode_key, self._decode_values = key, values

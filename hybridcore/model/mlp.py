@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..ops import swiglu
 from .plan import COLWISE, ROWWISE, linear_plan
 
 
@@ -26,7 +27,7 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(config.d_ff, config.d_model, bias=config.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.up_proj(x) * F.silu(self.gate_proj(x) * self.gate_multiplier)
+        hidden = swiglu(self.gate_proj(x), self.up_proj(x), self.gate_multiplier)
         return self.down_proj(hidden) * self.down_multiplier
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..ops import rms_norm
 from .plan import REPLICATE
 
 
@@ -21,9 +22,5 @@ class RMSNorm(nn.Module):
         nn.init.ones_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_fp32 = x.float()
-        x_fp32 = x_fp32 * torch.rsqrt(x_fp32.pow(2).mean(-1, keepdim=True) + self.eps)
-        if self.weight_in_fp32:  # Nemotron-H (Megatron's fused norm): weight in fp32, then round once
-            return (self.weight.float() * x_fp32).to(x.dtype)
-        # Cast back before the weight, as Falcon-H1 (and Llama) do.
-        return self.weight * x_fp32.to(x.dtype)
+        # weight_in_fp32: Nemotron-H (Megatron's fused norm); else cast back before the weight (Falcon-H1)
+        return rms_norm(x, self.weight, self.eps, self.weight_in_fp32)

@@ -1,6 +1,8 @@
 """Rotary position embedding (rotate-half style), cos/sin in fp32, on the first `rotary_dim` channels of
 each head: all of them (Falcon-H1), a part (Bamba's partial RoPE: the rest pass unrotated) or none.
 
+The cache paths rotate from tables built once per forward (ops/rope.py).
+
 Frequencies are computed as transformers does (fp32 exponent of a float base, over the rotated width)
 so that logits agree with it bit for bit where possible, also at theta = 1e11.
 """
@@ -34,25 +36,4 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     half = x.shape[-1] // 2
     rotated = torch.cat((-x_fp32[..., half:], x_fp32[..., :half]), dim=-1)
     out = x_fp32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]
-    return out.to(x.dtype)
-
-
-def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The cache paths' form of rope_cos_sin's output, built once per forward for every attention layer:
-    cos and sin [B, L, 1, rotary_dim], sin negated on its first half, so that `apply_rope_tables` rotates
-    with one roll where apply_rope takes two slices, a negation and a concatenation."""
-    half = sin.shape[-1] // 2
-    return cos[:, :, None, :], torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)[:, :, None, :]
-
-
-def apply_rope_tables(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """apply_rope's result, bit for bit, from `rope_tables`: cat(-x2, x1) * sin = roll(x) * signed sin,
-    as (-a) * b and a * (-b) round alike."""
-    rotary = cos.shape[-1]
-    if rotary == 0:
-        return x
-    if rotary < x.shape[-1]:
-        return torch.cat((apply_rope_tables(x[..., :rotary], cos, signed_sin), x[..., rotary:]), dim=-1)
-    x_fp32 = x.float()
-    out = x_fp32 * cos + torch.roll(x_fp32, rotary // 2, dims=-1) * signed_sin
     return out.to(x.dtype)

@@ -1,4 +1,5 @@
-"""Compute ops of the Mamba-2 path. Each name dispatches to a fused Triton kernel where one applies
+"""Compute ops of the Mamba-2 path, and inference ops that fuse a run of small ones (the pre-norm, the
+conv step, rope with the cache write, SwiGLU). Each name dispatches to a fused Triton kernel where one applies
 (CUDA tensors, Triton importable, supported shapes), else to the pure-PyTorch reference twin with the
 same signature. HYBRIDCORE_KERNELS=0 forces the reference, HYBRIDCORE_KERNELS=on the kernels on any device
 (on CPU they run only under TRITON_INTERPRET=1: a way to check the kernels' paths under the parallel layouts
@@ -11,9 +12,11 @@ import os
 
 import torch
 
-from .conv import causal_conv1d_ref
+from .activation import swiglu_ref
+from .conv import causal_conv1d_ref, causal_conv1d_step_ref
 from .cross_entropy import chunked_cross_entropy
-from .norm import gated_rms_norm_ref, gated_rms_norm_spanning_ref
+from .norm import gated_rms_norm_ref, gated_rms_norm_spanning_ref, rms_norm_ref
+from .rope import rope_cache_write_ref
 from .ssd import ssd_chunked, ssd_recurrent, ssd_step_ref
 
 # "auto": kernels on CUDA; "off": reference everywhere; "on": kernels on any device (the CPU runs them
@@ -36,8 +39,8 @@ def _fused():
     global _FUSED
     if _FUSED is None:
         try:
-            from . import fused_conv, fused_ssd
-            _FUSED = (fused_ssd, fused_conv)
+            from . import fused_conv, fused_decode, fused_ssd
+            _FUSED = (fused_ssd, fused_conv, fused_decode)
         except ImportError:  # no Triton: the reference it is
             _FUSED = False
     return _FUSED
@@ -60,6 +63,13 @@ def use_kernels(mode: str | bool):
         yield
     finally:
         _MODE = previous
+
+
+def inference_kernels_active(t) -> bool:
+    """Would an inference-only op (no autograd: gradients off, outside torch.compile, which fuses the
+    reference itself) on tensor t run its kernel?"""
+    return (not torch.compiler.is_compiling() and not torch.is_grad_enabled() and t.dtype in _KERNEL_DTYPES
+            and kernels_active(t))
 
 
 def ssd(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=False, dt_limit=(0.0, float("inf")),
@@ -106,7 +116,38 @@ def gated_rms_norm_spanning(y, gate, weight, group_width, eps, norm_before_gate,
     return gated_rms_norm_spanning_ref(y, gate, weight, group_width, eps, norm_before_gate, all_sum)
 
 
+def rms_norm(x, weight, eps, weight_in_fp32):
+    """RMSNorm with fp32 statistics (see norm.rms_norm_ref); one kernel in inference."""
+    if inference_kernels_active(x) and _fused()[2].rms_norm_supported(x, weight):
+        return _fused()[2].rms_norm(x, weight, eps, weight_in_fp32)
+    return rms_norm_ref(x, weight, eps, weight_in_fp32)
+
+
+def causal_conv1d_step(x, state, weight, bias, silu):
+    """One decoding token of the causal conv (see conv.causal_conv1d_step_ref), state updated in place."""
+    if inference_kernels_active(x) and _fused()[2].conv_step_supported(x, state, weight):
+        return _fused()[2].conv_step(x, state, weight, bias, silu)
+    return causal_conv1d_step_ref(x, state, weight, bias, silu)
+
+
+def rope_cache_write(q, k, v, cos, signed_sin, key_multiplier, query_multiplier, keys, values, slot):
+    """The decode step's queries and keys rotated, keys and values cached (see rope.rope_cache_write_ref)."""
+    if inference_kernels_active(q) and _fused()[2].rope_cache_write_supported(q, k, v, keys):
+        return _fused()[2].rope_cache_write(q, k, v, cos, signed_sin, key_multiplier, query_multiplier, keys,
+                                            values, slot)
+    return rope_cache_write_ref(q, k, v, cos, signed_sin, key_multiplier, query_multiplier, keys, values, slot)
+
+
+def swiglu(gate, up, multiplier):
+    """up * silu(gate * multiplier) (see activation.swiglu_ref); one kernel in inference."""
+    if inference_kernels_active(up) and _fused()[2].swiglu_supported(gate, up):
+        return _fused()[2].swiglu(gate, up, multiplier)
+    return swiglu_ref(gate, up, multiplier)
+
+
 __all__ = ["ssd", "ssd_step", "causal_conv1d", "gated_rms_norm", "gated_rms_norm_ref", "gated_rms_norm_spanning",
            "gated_rms_norm_spanning_ref",
-           "chunked_cross_entropy", "kernels_active",
+           "chunked_cross_entropy", "kernels_active", "inference_kernels_active", "rms_norm", "rms_norm_ref",
+           "causal_conv1d_step", "causal_conv1d_step_ref", "rope_cache_write", "rope_cache_write_ref", "swiglu",
+           "swiglu_ref",
            "use_kernels", "ssd_chunked", "ssd_recurrent", "ssd_step_ref", "causal_conv1d_ref"]

@@ -4,11 +4,13 @@ x [B, L, C] (channels last, as the in_proj produces it), weight [C, K], bias [C]
 initial_state [B, C, K-1] (the K-1 inputs before x, belonging to the first token's document),
 seq_idx [B, L] or None. Returns y [B, L, C] (no activation) and, when asked, the final state: the
 last K-1 inputs, with those of earlier documents zeroed so a decode step never sees them.
+`causal_conv1d_step_ref` is one decoding token of it from that state (twin of triton_decode.conv_step).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def causal_conv1d_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -37,3 +39,13 @@ def causal_conv1d_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     if seq_idx is not None and width > 1:
         final = final * (padded_docs[:, -(width - 1):] == seq_idx[:, -1:])[..., None].to(x.dtype)
     return y, final.transpose(1, 2).contiguous()
+
+
+def causal_conv1d_step_ref(x: torch.Tensor, state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                           silu: bool) -> torch.Tensor:
+    """One token x [B, C] from state [B, C, K-1] (updated in place: the window moves by one) with weight
+    [C, K] -> y [B, C], through SiLU if `silu`. The conv over one window is a grouped conv1d with one output."""
+    window = torch.cat([state, x.unsqueeze(-1)], dim=-1)  # [B, C, K]
+    state.copy_(window[:, :, 1:])
+    y = F.conv1d(window, weight.unsqueeze(1), bias, groups=window.shape[1]).squeeze(-1)
+    return F.silu(y) if silu else y

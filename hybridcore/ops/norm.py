@@ -1,5 +1,7 @@
-"""The grouped, gated RMSNorm of the Mamba-2 output in plain PyTorch: the twin of the Triton kernel
-(triton_norm.py), statistics in fp32.
+"""RMSNorm in plain PyTorch, statistics in fp32: the twins of the Triton kernels.
+
+`rms_norm_ref` is the pre-norm of every layer (twin of triton_decode.rms_norm); `gated_rms_norm_ref` the
+grouped, gated norm of the Mamba-2 output (twin of triton_norm.py).
 
 Rows of d channels split into n_groups contiguous groups; each group is normalised on its own:
     norm_before_gate=False (released Falcon-H1 models): rmsnorm(y * silu(z)) * w
@@ -16,6 +18,15 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+
+def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float, weight_in_fp32: bool) -> torch.Tensor:
+    x_fp32 = x.float()
+    x_fp32 = x_fp32 * torch.rsqrt(x_fp32.pow(2).mean(-1, keepdim=True) + eps)
+    if weight_in_fp32:  # Nemotron-H (Megatron's fused norm): weight in fp32, then round once
+        return (weight.float() * x_fp32).to(x.dtype)
+    # Cast back before the weight, as Falcon-H1 (and Llama) do.
+    return weight * x_fp32.to(x.dtype)
 
 
 def gated_rms_norm_ref(y: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, n_groups: int, eps: float,
