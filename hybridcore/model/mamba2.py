@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..ops import causal_conv1d, causal_conv1d_step, gated_rms_norm, gated_rms_norm_spanning, ssd, ssd_step
+from ..ops import (causal_conv1d, causal_conv1d_step, gated_rms_norm, gated_rms_norm_spanning, ssd, ssd_step,
+                   swiglu)
 from .cache import MambaCache
 from .plan import COLWISE, GROUPS, OUTPUT_BIAS, ROWWISE
 
@@ -229,7 +230,7 @@ class Mamba2Mixer(nn.Module):
 
     def gate(self, y: torch.Tensor, z: torch.Tensor, inputs: LayerInputs) -> torch.Tensor:
         if not self.use_rms_norm:
-            return y * F.silu(z)
+            return swiglu(z, y, 1.0)  # y * silu(z)
         if y.shape[-1] < self.norm_group_width:  # one norm group spans this rank's channels and others'
             return gated_rms_norm_spanning(y, z, self.norm_weight, self.norm_group_width, self.norm_eps,
                                            self.norm_before_gate, inputs.region.all_sum)

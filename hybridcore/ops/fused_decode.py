@@ -69,4 +69,5 @@ def rope_cache_write_supported(q: Tensor, k: Tensor, v: Tensor, keys: Tensor) ->
 
 
 def swiglu_supported(gate: Tensor, up: Tensor) -> bool:
-    return gate.is_contiguous() and up.is_contiguous() and gate.shape == up.shape and gate.dtype == up.dtype
+    return (gate.shape == up.shape and gate.dtype == up.dtype and gate.stride(-1) == 1 and up.stride(-1) == 1
+            and gate.numel() > 0)

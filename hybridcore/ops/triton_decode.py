@@ -141,20 +141,26 @@ def rope_cache_write(q, k, v, cos, signed_sin, key_multiplier, query_multiplier,
 
 
 @triton.jit
-def _swiglu_kernel(gate_ptr, up_ptr, out_ptr, N, multiplier, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < N
+def _swiglu_kernel(gate_ptr, up_ptr, out_ptr, D, s_gate, s_up, s_out, multiplier, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < D
     dtype = out_ptr.dtype.element_ty
-    gate = (tl.load(gate_ptr + offs, mask=ok, other=0.0).to(tl.float32) * multiplier).to(dtype).to(tl.float32)
+    gate = tl.load(gate_ptr + row * s_gate + offs, mask=ok, other=0.0).to(tl.float32)
+    gate = (gate * multiplier).to(dtype).to(tl.float32)
     activated = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
-    up = tl.load(up_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offs, (up * activated).to(dtype), mask=ok)
+    up = tl.load(up_ptr + row * s_up + offs, mask=ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * s_out + offs, (up * activated).to(dtype), mask=ok)
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor, multiplier: float) -> torch.Tensor:
-    """gate and up contiguous, of one shape and dtype -> up * silu(gate * multiplier)."""
-    out = torch.empty_like(up)
-    n = up.numel()
-    block = 1024
-    _swiglu_kernel[(triton.cdiv(n, block),)](gate, up, out, n, float(multiplier), BLOCK=block, num_warps=4)
+    """gate and up of one shape and dtype, unit stride on the last dimension (rows may be slices of a
+    wider tensor) -> up * silu(gate * multiplier), contiguous."""
+    width = up.shape[-1]
+    gate_rows, up_rows = gate.reshape(-1, width), up.reshape(-1, width)
+    out = torch.empty(up.shape, device=up.device, dtype=up.dtype)
+    block = min(1024, triton.next_power_of_2(width))
+    _swiglu_kernel[(up_rows.shape[0], triton.cdiv(width, block))](
+        gate_rows, up_rows, out, width, gate_rows.stride(0), up_rows.stride(0), width, float(multiplier),
+        BLOCK=block, num_warps=4)
     return out

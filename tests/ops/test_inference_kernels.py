@@ -85,10 +85,14 @@ def test_rope_cache_write(dtype, rotary, query_multiplier):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_swiglu(dtype):
-    gate, up = randn(2, 3, 1500, dtype=dtype, scale=2.0), randn(2, 3, 1500, dtype=dtype, seed=1)
-    torch.testing.assert_close(triton_decode.swiglu(gate, up, 0.6), ops.swiglu_ref(gate, up, 0.6),
-                               **TOLERANCE[dtype])
+@pytest.mark.parametrize("multiplier", [0.6, 1.0])
+def test_swiglu(dtype, multiplier):
+    # gate as the Mamba-2 gate gets z: a slice of a wider projection
+    gate = randn(2, 3, 1600, dtype=dtype, scale=2.0)[..., 40:1540]
+    up = randn(2, 3, 1500, dtype=dtype, seed=1)
+    got = triton_decode.swiglu(gate, up, multiplier)
+    torch.testing.assert_close(got, ops.swiglu_ref(gate, up, multiplier), **TOLERANCE[dtype])
+    assert got.is_contiguous()
 
 
 def test_dispatch_only_without_gradients(monkeypatch):
