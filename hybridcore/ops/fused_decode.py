@@ -1,14 +1,25 @@
 """The inference kernels (triton_decode.py) as drop-ins for their twins. Eager calls launch a kernel
 directly (a custom op costs host time on every call); Triton's CPU interpreter goes through a custom op
-each, so that a kernel counts as one op in the launch tests, as `fused_ssd.ssd_step` does."""
+each, so that a kernel counts as one op in the launch tests, as `fused_ssd.ssd_step` does.
+
+A kernel that fails to build or launch on this machine (a Triton or GPU it was not made for) warns once
+and leaves its twin to do the work from then on: generation goes on, slower."""
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import Tensor
 
 from . import triton_decode
+from .activation import swiglu_ref
+from .conv import causal_conv1d_step_ref
+from .norm import rms_norm_ref
+from .rope import rope_cache_write_ref
 from .triton_ssd import INTERPRET
+
+_FAILED: set[str] = set()  # kernels that failed here: their twins run instead
 
 
 @torch.library.custom_op("hybridcore::rms_norm", mutates_args=())
@@ -33,25 +44,38 @@ def swiglu_op(gate: Tensor, up: Tensor, multiplier: float) -> Tensor:
     return triton_decode.swiglu(gate, up, multiplier)
 
 
+def _launch(name, kernel, op, twin, *args):
+    if name in _FAILED:
+        return twin(*args)
+    try:
+        return (op if INTERPRET else kernel)(*args)
+    except Exception as error:  # any build or launch failure: the twin is always right
+        if isinstance(error, torch.OutOfMemoryError):
+            raise
+        _FAILED.add(name)
+        warnings.warn(f"hybridcore: the {name} inference kernel failed on this machine ({type(error).__name__}: "
+                      f"{error}); its PyTorch twin runs instead (slower)", stacklevel=3)
+        return twin(*args)
+
+
 def rms_norm(x, weight, eps, weight_in_fp32):
-    launch = rms_norm_op if INTERPRET else triton_decode.rms_norm
-    return launch(x, weight, float(eps), bool(weight_in_fp32))
+    return _launch("rms_norm", triton_decode.rms_norm, rms_norm_op, rms_norm_ref, x, weight, float(eps),
+                   bool(weight_in_fp32))
 
 
 def conv_step(x, state, weight, bias, silu):
-    launch = conv_step_op if INTERPRET else triton_decode.conv_step
-    return launch(x, state, weight, bias, bool(silu))
+    return _launch("conv_step", triton_decode.conv_step, conv_step_op, causal_conv1d_step_ref, x, state, weight,
+                   bias, bool(silu))
 
 
 def rope_cache_write(q, k, v, cos, signed_sin, key_multiplier, query_multiplier, keys, values, slot):
-    launch = rope_cache_write_op if INTERPRET else triton_decode.rope_cache_write
-    return launch(q, k, v, cos, signed_sin, float(key_multiplier),
-                  None if query_multiplier is None else float(query_multiplier), keys, values, slot)
+    return _launch("rope_cache_write", triton_decode.rope_cache_write, rope_cache_write_op, rope_cache_write_ref,
+                   q, k, v, cos, signed_sin, float(key_multiplier),
+                   None if query_multiplier is None else float(query_multiplier), keys, values, slot)
 
 
 def swiglu(gate, up, multiplier):
-    launch = swiglu_op if INTERPRET else triton_decode.swiglu
-    return launch(gate, up, float(multiplier))
+    return _launch("swiglu", triton_decode.swiglu, swiglu_op, swiglu_ref, gate, up, float(multiplier))
 
 
 def rms_norm_supported(x: Tensor, weight: Tensor) -> bool:

@@ -108,3 +108,21 @@ def test_dispatch_only_without_gradients(monkeypatch):
         with torch.no_grad():
             ops.swiglu(gate, up, 0.5)
     assert calls == [1]
+
+
+def test_a_kernel_that_fails_here_leaves_the_work_to_its_twin(monkeypatch):
+    """A kernel that does not build on this machine warns once; its twin answers then and from then on."""
+    calls = []
+
+    def broken(*args):
+        calls.append(1)
+        raise RuntimeError("no such instruction")
+    monkeypatch.setattr(fused_decode, "_FAILED", set())
+    monkeypatch.setattr(fused_decode, "INTERPRET", False)
+    monkeypatch.setattr(triton_decode, "swiglu", broken)
+    gate, up = randn(3, 8), randn(3, 8, seed=1)
+    with pytest.warns(UserWarning, match="swiglu inference kernel failed"):
+        first = fused_decode.swiglu(gate, up, 0.5)
+    second = fused_decode.swiglu(gate, up, 0.5)
+    assert calls == [1]
+    assert torch.equal(first, ops.swiglu_ref(gate, up, 0.5)) and torch.equal(second, first)
