@@ -27,7 +27,6 @@ from .cache import AttentionCache
 from .flex_document import flex_document_attention, flex_document_attention_applies
 from .plan import COLWISE, ROWWISE, linear_plan
 from ..ops import rope_cache_write
-from ..ops.rope import apply_rope_tables
 from .rope import apply_rope
 from .varlen import varlen_attention_applies, varlen_causal_attention
 
@@ -90,25 +89,15 @@ class Attention(nn.Module):
         out = inputs.context.attend(q, k, v, inputs.seq_idx, self.flex_for_documents, inputs.cu_seqlens)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
-    def _rotated_queries_keys(self, x: torch.Tensor, inputs: LayerInputs):
-        """The cache paths' queries and keys [B, L, heads, head_dim] and [B, L, kv_heads, head_dim], rotated
-        in one call over their concatenation with the forward's shared rope tables."""
-        batch, length, _ = x.shape
-        heads = self.q_proj.weight.shape[0] // self.head_dim
-        qk = torch.cat([self.q_proj(x), self.k_proj(x) * self.key_multiplier], dim=-1)
-        qk = apply_rope_tables(qk.view(batch, length, -1, self.head_dim), *inputs.rope_tables())
-        return qk.split([heads, qk.shape[2] - heads], dim=2)
-
     def prefill_tokens(self, x: torch.Tensor, inputs: LayerInputs, cache: AttentionCache) -> torch.Tensor:
-        """forward with a cache (prefill, or eager decoding without the decode step): append the keys and
-        values, attend over every filled slot of the query's documents."""
+        """forward with a cache (prefill, or eager decoding without the decode step): one op rotates queries
+        and keys and writes keys and values at the next slots; attend over every filled slot of the query's
+        documents."""
         batch, length, _ = x.shape
-        q, k = self._rotated_queries_keys(x, inputs)
-        if self.query_multiplier is not None:
-            q = q * self.query_multiplier
-        v = self.v_proj(x).view(batch, length, -1, self.head_dim)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, L, head_dim]
-        out = attend_with_cache(q, k, v, inputs.seq_idx, cache, inputs.memo)
+        slots = cache.next_slots(length, inputs.memo)
+        q = rope_cache_write(self.q_proj(x), self.k_proj(x), self.v_proj(x), *inputs.rope_tables(),
+                             self.key_multiplier, self.query_multiplier, cache.keys, cache.values, slots)
+        out = attend_with_cache(q.transpose(1, 2), inputs.seq_idx, cache, inputs.memo)  # [B, heads, L, head_dim]
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
     def decode_token(self, x: torch.Tensor, inputs: LayerInputs, cache: AttentionCache) -> torch.Tensor:
@@ -144,11 +133,12 @@ def attend_within_documents(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
-def attend_with_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx: torch.Tensor | None,
-                      cache: AttentionCache, memo: dict | None = None) -> torch.Tensor:
-    """Generation (prefill, or eager decoding): append k, v to the cache and attend over every filled slot
-    of the query's documents. Every layer of one forward appends at the same slots with the same documents,
-    so the mask is built once and kept in `memo` (LayerInputs.memo) for the others."""
+def attend_with_cache(q: torch.Tensor, seq_idx: torch.Tensor | None, cache: AttentionCache,
+                      memo: dict | None = None) -> torch.Tensor:
+    """Generation (prefill, or eager decoding): the new tokens' keys and values are in the cache at its next
+    slots; record their documents and attend over every filled slot of the query's documents. Every layer of
+    one forward appends at the same slots with the same documents, so the mask is built once and kept in
+    `memo` (LayerInputs.memo) for the others."""
     batch, _, length, _ = q.shape
     memo = {} if memo is None else memo
     start = cache.filled
@@ -157,7 +147,7 @@ def attend_with_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx
         docs = memo.get(("cache_docs", start, length))
         if docs is None:
             docs = memo[("cache_docs", start, length)] = cache_docs_for_new_tokens(cache, batch, length, q.device)
-    k, v, key_docs = cache.append(k, v, docs)
+    k, v, key_docs = cache.commit(docs)
     key = ("cache_mask", start, length)
     mask = memo.get(key)
     if mask is None and (start > 0 or seq_idx is not None):  # else: a prompt into an empty cache, plainly causal

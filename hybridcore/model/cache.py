@@ -18,7 +18,7 @@ class AttentionCache:
     values: torch.Tensor  # [B, kv_heads, max_len, head_dim]
     key_docs: torch.Tensor  # [B, max_len] document id of each filled slot
     filled: int = 0  # slots written so far (the same for every row)
-    # While decoding with static shapes (CUDA-graph capture) the decode step sets this: appends then
+    # While decoding with static shapes (CUDA-graph capture) the decode step sets this: tokens then
     # write at a device-side slot and attention reads every slot through the shared mask (key_docs then
     # keeps describing the slots filled before decoding).
     decode: DecodeSlots | None = None
@@ -29,13 +29,21 @@ class AttentionCache:
                    values=torch.zeros(batch, kv_heads, max_len, head_dim, device=device, dtype=dtype),
                    key_docs=torch.full((batch, max_len), -1, device=device, dtype=torch.long))
 
-    def append(self, keys: torch.Tensor, values: torch.Tensor, docs: torch.Tensor):
-        """Write [B, kv_heads, L, head_dim] at the next slots; return all filled keys, values and docs."""
-        start, end = self.filled, self.filled + keys.shape[2]
+    def next_slots(self, length: int, memo: dict) -> torch.Tensor:
+        """The slots [length] (long, on the cache's device) that the next `length` tokens' keys and values go
+        to; every layer of one forward shares the tensor through `memo`. Raises when they do not fit."""
+        start, end = self.filled, self.filled + length
         if end > self.keys.shape[2]:
             raise ValueError(f"attention cache holds {self.keys.shape[2]} tokens; {end} requested")
-        self.keys[:, :, start:end] = keys
-        self.values[:, :, start:end] = values
+        key = ("cache_slots", start, length)
+        if key not in memo:
+            memo[key] = torch.arange(start, end, device=self.keys.device)
+        return memo[key]
+
+    def commit(self, docs: torch.Tensor):
+        """After the keys and values of the next docs.shape[1] tokens are written at `next_slots`: record
+        their documents [B, L]; return every filled slot's keys, values and documents."""
+        start, end = self.filled, self.filled + docs.shape[1]
         self.key_docs[:, start:end] = docs
         self.filled = end
         return self.keys[:, :, :end], self.values[:, :, :end], self.key_docs[:, :end]

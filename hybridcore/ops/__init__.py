@@ -130,12 +130,12 @@ def causal_conv1d_step(x, state, weight, bias, silu):
     return causal_conv1d_step_ref(x, state, weight, bias, silu)
 
 
-def rope_cache_write(q, k, v, cos, signed_sin, key_multiplier, query_multiplier, keys, values, slot):
-    """The decode step's queries and keys rotated, keys and values cached (see rope.rope_cache_write_ref)."""
+def rope_cache_write(q, k, v, cos, signed_sin, key_multiplier, query_multiplier, keys, values, slots):
+    """Queries and keys rotated, keys and values written into the cache (see rope.rope_cache_write_ref)."""
     if inference_kernels_active(q) and _fused()[2].rope_cache_write_supported(q, k, v, keys):
         return _fused()[2].rope_cache_write(q, k, v, cos, signed_sin, key_multiplier, query_multiplier, keys,
-                                            values, slot)
-    return rope_cache_write_ref(q, k, v, cos, signed_sin, key_multiplier, query_multiplier, keys, values, slot)
+                                            values, slots)
+    return rope_cache_write_ref(q, k, v, cos, signed_sin, key_multiplier, query_multiplier, keys, values, slots)
 
 
 def swiglu(gate, up, multiplier):

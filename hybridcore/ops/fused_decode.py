@@ -34,9 +34,9 @@ def conv_step_op(x: Tensor, state: Tensor, weight: Tensor, bias: Tensor | None, 
 
 @torch.library.custom_op("hybridcore::rope_cache_write", mutates_args=("keys", "values"))
 def rope_cache_write_op(q: Tensor, k: Tensor, v: Tensor, cos: Tensor, signed_sin: Tensor, key_multiplier: float,
-                        query_multiplier: float | None, keys: Tensor, values: Tensor, slot: Tensor) -> Tensor:
+                        query_multiplier: float | None, keys: Tensor, values: Tensor, slots: Tensor) -> Tensor:
     return triton_decode.rope_cache_write(q, k, v, cos, signed_sin, key_multiplier, query_multiplier, keys, values,
-                                          slot)
+                                          slots)
 
 
 @torch.library.custom_op("hybridcore::swiglu", mutates_args=())
@@ -68,10 +68,10 @@ def conv_step(x, state, weight, bias, silu):
                    bias, bool(silu))
 
 
-def rope_cache_write(q, k, v, cos, signed_sin, key_multiplier, query_multiplier, keys, values, slot):
+def rope_cache_write(q, k, v, cos, signed_sin, key_multiplier, query_multiplier, keys, values, slots):
     return _launch("rope_cache_write", triton_decode.rope_cache_write, rope_cache_write_op, rope_cache_write_ref,
                    q, k, v, cos, signed_sin, float(key_multiplier),
-                   None if query_multiplier is None else float(query_multiplier), keys, values, slot)
+                   None if query_multiplier is None else float(query_multiplier), keys, values, slots)
 
 
 def swiglu(gate, up, multiplier):
@@ -88,8 +88,8 @@ def conv_step_supported(x: Tensor, state: Tensor, weight: Tensor) -> bool:
 
 
 def rope_cache_write_supported(q: Tensor, k: Tensor, v: Tensor, keys: Tensor) -> bool:
-    return (all(t.stride(-1) == 1 for t in (q, k, v, keys)) and q.shape[1] == 1 and keys.stride(-1) == 1
-            and keys.shape[-1] <= 1024)
+    return (all(t.stride(-1) == 1 for t in (q, k, v, keys)) and keys.shape[-1] <= 1024 and q.shape[0] <= 65535
+            and keys.shape[1] + q.shape[-1] // keys.shape[-1] <= 65535 and q.numel() > 0)
 
 
 def swiglu_supported(gate: Tensor, up: Tensor) -> bool:

@@ -30,16 +30,16 @@ def apply_rope_tables(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tens
 
 def rope_cache_write_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
                          signed_sin: torch.Tensor, key_multiplier: float, query_multiplier: float | None,
-                         keys: torch.Tensor, values: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-    """One token per row: q [B, 1, Hq * D], k and v [B, 1, Hkv * D] as the projections give them; k times
+                         keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """L tokens per row: q [B, L, Hq * D], k and v [B, L, Hkv * D] as the projections give them; k times
     the key multiplier, q and k rotated in one call over their concatenation, q times the query multiplier
-    (if any); k and v written into keys and values [B, Hkv, S, D] at `slot` [1]. Returns q [B, 1, Hq, D]."""
-    batch, head_dim = q.shape[0], keys.shape[-1]
+    (if any); k and v written into keys and values [B, Hkv, S, D] at `slots` [L]. Returns q [B, L, Hq, D]."""
+    batch, length, head_dim = q.shape[0], q.shape[1], keys.shape[-1]
     q_heads, kv_heads = q.shape[-1] // head_dim, keys.shape[1]
-    qk = torch.cat([q, k * key_multiplier], dim=-1).view(batch, 1, -1, head_dim)
+    qk = torch.cat([q, k * key_multiplier], dim=-1).view(batch, length, -1, head_dim)
     q, k = apply_rope_tables(qk, cos, signed_sin).split([q_heads, kv_heads], dim=2)
     if query_multiplier is not None:
         q = q * query_multiplier
-    keys.index_copy_(2, slot, k.transpose(1, 2))  # [B, Hkv, 1, D]: a length-1 dimension moves by a view
-    values.index_copy_(2, slot, v.view(batch, kv_heads, 1, head_dim))
+    keys.index_copy_(2, slots, k.transpose(1, 2))
+    values.index_copy_(2, slots, v.view(batch, length, kv_heads, head_dim).transpose(1, 2))
     return q

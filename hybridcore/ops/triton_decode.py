@@ -3,7 +3,7 @@ launch, rounding where the PyTorch ops round, so the results match their twins u
 
     rms_norm          norm.rms_norm_ref             cast, square, mean, add, rsqrt, mul, cast, mul
     conv_step         conv.causal_conv1d_step_ref   one token of the depthwise conv + SiLU, window shifted in place
-    rope_cache_write  rope.rope_cache_write_ref     key multiplier, rope of q and k, k and v into the cache slot
+    rope_cache_write  rope.rope_cache_write_ref     key multiplier, rope of q and k, k and v into their cache slots
     swiglu            activation.swiglu_ref         up * silu(gate * multiplier)
 
 No autograd: the dispatchers (ops/__init__.py) use them only where gradients are off.
@@ -87,53 +87,56 @@ def conv_step(x: torch.Tensor, state: torch.Tensor, weight: torch.Tensor, bias: 
 
 
 @triton.jit
-def _rope_cache_write_kernel(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, q_out_ptr, keys_ptr, values_ptr, slot_ptr,
-                             HQ, D, R, s_q_b, s_k_b, s_v_b, s_cos_b, s_sin_b, s_qo_b,
-                             s_cache_b, s_cache_h, s_cache_s, key_multiplier, query_multiplier,
+def _rope_cache_write_kernel(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, q_out_ptr, keys_ptr, values_ptr, slots_ptr,
+                             HQ, D, R, s_q_b, s_q_l, s_k_b, s_k_l, s_v_b, s_v_l, s_cos_b, s_cos_l, s_sin_b, s_sin_l,
+                             s_qo_b, s_qo_l, s_cache_b, s_cache_h, s_cache_s, key_multiplier, query_multiplier,
                              HAS_QUERY_MULTIPLIER: tl.constexpr, BLOCK_D: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    head = tl.program_id(1)
+    token = tl.program_id(0).to(tl.int64)
+    b = tl.program_id(1).to(tl.int64)
+    head = tl.program_id(2)
     offs = tl.arange(0, BLOCK_D)
     ok = offs < D
     rotary = offs < R
     partner = tl.where(rotary, (offs + R // 2) % tl.maximum(R, 1), offs)  # roll by half the rotated width
-    cos = tl.load(cos_ptr + b * s_cos_b + offs, mask=ok & rotary, other=1.0)
-    sin = tl.load(sin_ptr + b * s_sin_b + offs, mask=ok & rotary, other=0.0)
+    cos = tl.load(cos_ptr + b * s_cos_b + token * s_cos_l + offs, mask=ok & rotary, other=1.0)
+    sin = tl.load(sin_ptr + b * s_sin_b + token * s_sin_l + offs, mask=ok & rotary, other=0.0)
     if head < HQ:
-        row = q_ptr + b * s_q_b + head * D
+        row = q_ptr + b * s_q_b + token * s_q_l + head * D
         x = tl.load(row + offs, mask=ok, other=0.0).to(tl.float32)
         x_partner = tl.load(row + partner, mask=ok, other=0.0).to(tl.float32)
         out = tl.where(rotary, x * cos + x_partner * sin, x).to(q_out_ptr.dtype.element_ty)
         if HAS_QUERY_MULTIPLIER:
             out = (out.to(tl.float32) * query_multiplier).to(q_out_ptr.dtype.element_ty)
-        tl.store(q_out_ptr + b * s_qo_b + head * D + offs, out, mask=ok)
+        tl.store(q_out_ptr + b * s_qo_b + token * s_qo_l + head * D + offs, out, mask=ok)
     else:
         kv_head = head - HQ
-        row = k_ptr + b * s_k_b + kv_head * D
+        row = k_ptr + b * s_k_b + token * s_k_l + kv_head * D
         dtype = keys_ptr.dtype.element_ty
         # the key multiplier rounds before the rotation, as the reference's separate product does
         x = (tl.load(row + offs, mask=ok, other=0.0).to(tl.float32) * key_multiplier).to(dtype).to(tl.float32)
         x_partner = (tl.load(row + partner, mask=ok, other=0.0).to(tl.float32) * key_multiplier)
         x_partner = x_partner.to(dtype).to(tl.float32)
         out = tl.where(rotary, x * cos + x_partner * sin, x).to(dtype)
-        slot = tl.load(slot_ptr)
+        slot = tl.load(slots_ptr + token)
         at = b * s_cache_b + kv_head * s_cache_h + slot * s_cache_s + offs
         tl.store(keys_ptr + at, out, mask=ok)
-        v = tl.load(v_ptr + b * s_v_b + kv_head * D + offs, mask=ok, other=0.0)
+        v = tl.load(v_ptr + b * s_v_b + token * s_v_l + kv_head * D + offs, mask=ok, other=0.0)
         tl.store(values_ptr + at, v.to(dtype), mask=ok)
 
 
-def rope_cache_write(q, k, v, cos, signed_sin, key_multiplier, query_multiplier, keys, values, slot):
-    """q [B, 1, Hq * D], k and v [B, 1, Hkv * D] (unit stride within a row), cos and signed_sin [B, 1, 1, R]
-    fp32 (rope.rope_tables), keys and values [B, Hkv, S, D] with unit stride on D, slot [1] long.
-    Writes the rotated keys and the values at `slot`; returns the rotated queries [B, 1, Hq, D]."""
-    batch, head_dim = q.shape[0], keys.shape[-1]
+def rope_cache_write(q, k, v, cos, signed_sin, key_multiplier, query_multiplier, keys, values, slots):
+    """q [B, L, Hq * D], k and v [B, L, Hkv * D] (unit stride within a token), cos and signed_sin
+    [B, L, 1, R] fp32 (rope.rope_tables), keys and values [B, Hkv, S, D] with unit stride on D, slots [L]
+    long (in the cache's range). Writes the rotated keys and the values at `slots`; returns the rotated
+    queries [B, L, Hq, D]."""
+    batch, length, head_dim = q.shape[0], q.shape[1], keys.shape[-1]
     q_heads, kv_heads = q.shape[-1] // head_dim, keys.shape[1]
     rotary = cos.shape[-1]
-    q_out = torch.empty(batch, 1, q_heads, head_dim, device=q.device, dtype=q.dtype)
-    _rope_cache_write_kernel[(batch, q_heads + kv_heads)](
-        q, k, v, cos, signed_sin, q_out, keys, values, slot, q_heads, head_dim, rotary,
-        q.stride(0), k.stride(0), v.stride(0), cos.stride(0), signed_sin.stride(0), q_out.stride(0),
+    q_out = torch.empty(batch, length, q_heads, head_dim, device=q.device, dtype=q.dtype)
+    _rope_cache_write_kernel[(length, batch, q_heads + kv_heads)](
+        q, k, v, cos, signed_sin, q_out, keys, values, slots, q_heads, head_dim, rotary,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), cos.stride(0), cos.stride(1),
+        signed_sin.stride(0), signed_sin.stride(1), q_out.stride(0), q_out.stride(1),
         keys.stride(0), keys.stride(1), keys.stride(2), float(key_multiplier),
         float(query_multiplier) if query_multiplier is not None else 1.0,
         HAS_QUERY_MULTIPLIER=query_multiplier is not None, BLOCK_D=triton.next_power_of_2(head_dim), num_warps=1)

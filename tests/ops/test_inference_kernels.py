@@ -63,24 +63,25 @@ def test_conv_step(dtype, bias, silu, width):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rotary,query_multiplier", [(16, None), (8, 0.7), (0, None)])
-def test_rope_cache_write(dtype, rotary, query_multiplier):
-    batch, q_heads, kv_heads, head_dim, slots = 2, 4, 2, 16, 9
-    q = randn(batch, 1, q_heads * head_dim, dtype=dtype)
-    k = randn(batch, 1, kv_heads * head_dim, dtype=dtype, seed=1)
-    v = randn(batch, 1, kv_heads * head_dim, dtype=dtype, seed=2)
-    angles = randn(batch, 1, rotary, seed=3, scale=3.0)
+@pytest.mark.parametrize("rotary,query_multiplier,length", [(16, None, 1), (8, 0.7, 1), (0, None, 1), (16, 0.7, 3)])
+def test_rope_cache_write(dtype, rotary, query_multiplier, length):
+    """One decoded token at a slot, or a prompt's tokens at the next slots of a cache."""
+    batch, q_heads, kv_heads, head_dim, capacity = 2, 4, 2, 16, 9
+    q = randn(batch, length, q_heads * head_dim, dtype=dtype)
+    k = randn(batch, length, kv_heads * head_dim, dtype=dtype, seed=1)
+    v = randn(batch, length, kv_heads * head_dim, dtype=dtype, seed=2)
+    angles = randn(batch, length, rotary, seed=3, scale=3.0)
     cos, signed_sin = rope_tables(angles.cos(), angles.sin())
-    keys, values = (randn(batch, kv_heads, slots, head_dim, dtype=dtype, seed=s) for s in (4, 5))
+    keys, values = (randn(batch, kv_heads, capacity, head_dim, dtype=dtype, seed=s) for s in (4, 5))
     keys_ref, values_ref = keys.clone(), values.clone()
-    slot = torch.tensor([5], device=DEVICE)
-    got = triton_decode.rope_cache_write(q, k, v, cos, signed_sin, 0.8, query_multiplier, keys, values, slot)
-    want = ops.rope_cache_write_ref(q, k, v, cos, signed_sin, 0.8, query_multiplier, keys_ref, values_ref, slot)
-    assert got.shape == want.shape == (batch, 1, q_heads, head_dim)
+    slots = torch.arange(5, 5 + length, device=DEVICE)
+    got = triton_decode.rope_cache_write(q, k, v, cos, signed_sin, 0.8, query_multiplier, keys, values, slots)
+    want = ops.rope_cache_write_ref(q, k, v, cos, signed_sin, 0.8, query_multiplier, keys_ref, values_ref, slots)
+    assert got.shape == want.shape == (batch, length, q_heads, head_dim)
     torch.testing.assert_close(got, want, **TOLERANCE[dtype])
     torch.testing.assert_close(keys, keys_ref, **TOLERANCE[dtype])
     assert torch.equal(values, values_ref)
-    untouched = [s for s in range(slots) if s != 5]
+    untouched = [s for s in range(capacity) if s not in slots.tolist()]
     assert torch.equal(keys[:, :, untouched], keys_ref[:, :, untouched])
 
 
