@@ -62,9 +62,14 @@ def causal_conv1d(x, weight, bias=None, seq_idx=None, initial_state=None, return
     # the final state is a copy of the last K-1 inputs: plain (differentiable) tensor ops
     width = weight.shape[-1]
     batch, length, channels = x.shape
-    history = (x.new_zeros(batch, width - 1, channels) if initial_state is None
-               else initial_state.transpose(1, 2))
-    tail = torch.cat([history, x[:, -(width - 1):]], dim=1)[:, -(width - 1):] if width > 1 else x[:, :0]
+    if width == 1:
+        tail = x[:, :0]
+    elif length >= width - 1:  # the inputs alone fill the window (a prompt): no history to join
+        tail = x[:, length - (width - 1):]
+    else:
+        history = (x.new_zeros(batch, width - 1, channels) if initial_state is None
+                   else initial_state.transpose(1, 2))
+        tail = torch.cat([history, x], dim=1)[:, -(width - 1):]
     if seq_idx is not None and width > 1:
         docs = torch.cat([seq_idx[:, :1].expand(batch, width - 1), seq_idx], dim=1)[:, -(width - 1):]
         tail = tail * (docs == seq_idx[:, -1:])[..., None].to(x.dtype)
