@@ -101,6 +101,7 @@ def test_dispatch_only_without_gradients(monkeypatch):
     calls = []
     monkeypatch.setattr(triton_decode, "swiglu", lambda *a: calls.append(1) or ops.swiglu_ref(*a))
     monkeypatch.setattr(fused_decode, "INTERPRET", False)  # launch the (patched) kernel directly
+    monkeypatch.setattr(fused_decode, "SWIGLU_MIN_ELEMENTS", 1)
     gate = randn(4, 8).requires_grad_()
     up = randn(4, 8, seed=1)
     with ops.use_kernels("on"):
@@ -108,6 +109,10 @@ def test_dispatch_only_without_gradients(monkeypatch):
         assert calls == [] and gate.grad is not None
         with torch.no_grad():
             ops.swiglu(gate, up, 0.5)
+    assert calls == [1]
+    monkeypatch.setattr(fused_decode, "SWIGLU_MIN_ELEMENTS", 64)  # a decoding token's few: the PyTorch ops
+    with torch.no_grad():
+        ops.swiglu(gate, up, 0.5)
     assert calls == [1]
 
 
