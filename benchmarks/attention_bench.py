@@ -1,7 +1,6 @@
 """Packed-document attention alone, forward + backward: the causal SDPA kernel (no document masking, the
-speed to approach) against the document paths: FlashAttention's variable-length kernel over the documents
-as offsets (model/varlen.py), and FlexAttention's document mask with the block mask built inside the
-compiled region (as the model did) or once outside it, and with some of its kernel options.
+speed to approach) against FlexAttention's document mask, with the block mask built inside the compiled
+region (as the model does) or once outside it, and with some of its kernel options.
 
     python benchmarks/attention_bench.py                  # falcon-h1-0.5b's attention, 4 x 4096, GPU
     python benchmarks/attention_bench.py --smoke          # CPU, tiny: the variants run (no timing claims)
@@ -45,14 +44,14 @@ def parse_args(argv=None):
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--documents", type=int, default=3200, help="mean document length (bench.document_ids)")
     p.add_argument("--iters", type=int, default=30)
-    p.add_argument("--variants", nargs="+", default=["sdpa_causal", "varlen", "flex_inside", *VARIANTS])
+    p.add_argument("--variants", nargs="+", default=["sdpa_causal", "flex_inside", *VARIANTS])
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     if args.smoke:
         args.batch_size, args.seq_len, args.heads, args.kv_heads, args.head_dim = 1, 256, 2, 1, 16
         args.documents, args.iters = 64, 2
-        args.variants = ["sdpa_causal", "varlen", "flex_inside", "flex"]
+        args.variants = ["sdpa_causal", "flex_inside", "flex"]
     return args
 
 
@@ -64,14 +63,6 @@ def make_variant(name: str, seq_idx: torch.Tensor, length: int, device):
 
     if name == "sdpa_causal":
         return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-    if name == "varlen":
-        from hybridcore.model.varlen import cu_seqlens_for, varlen_causal_attention
-
-        offsets = cu_seqlens_for(seq_idx)
-        if offsets is None:
-            raise ValueError("more documents than model/varlen.py's capacity for this shape")
-        offsets = offsets.to(device)
-        return lambda q, k, v: varlen_causal_attention(q, k, v, offsets)
     if name == "flex_inside":  # as attention.py runs it: the block mask built in every compiled call
         def inside(q, k, v):
             mask = create_block_mask(causal_same_document, q.shape[0], None, length, length, device=q.device)

@@ -36,8 +36,6 @@ def read_figures(results: Path) -> dict:
         data = loads(path.read_text())
         if "kind" not in data:
             continue
-        if data.get("varlen_attention") and data.get("documents"):
-            continue  # the opt-in varlen kernel: recorded beside the table, not in it
         data["file"] = path.name
         key = (data["figure"], data["contender"] + ("_documents" if data.get("documents") else ""))
         if key not in found or data["date"] > found[key]["date"]:

@@ -11,9 +11,8 @@
 #   train-run       `hybridcore train` on packed documents: tokens/s, and the first step cold and warm
 #   fp8-throughput  8 falcon-h1-7b blocks at 2 x 4096: bf16, float8 tensorwise, rowwise (torchao from .whl/)
 #   fp8-loss        300 steps of falcon-h1-0.5b, bf16 against float8 tensorwise
-#   documents       packed-document attention: the varlen kernel's GPU test, attention alone (attention_bench.py),
-#                   and ours at 4 x 4096 on documents of about 3,200 tokens, as shipped (-documents.json) and
-#                   with HYBRIDCORE_VARLEN_ATTENTION=1 (-documents-varlen.json, kept out of the table)
+#   documents       packed-document attention alone (attention_bench.py), and ours at 4 x 4096 on documents
+#                   of about 3,200 tokens (-documents.json)
 #
 # Environment:
 #   OUT=DIR          where the JSON goes (default benchmarks/results)
@@ -86,14 +85,11 @@ for figure in $FIGURES; do
       timeout -k 20 "$LIMIT" python3 benchmarks/train_bench.py --out "$OUT" $SMOKE_FLAG || echo "   (exit status $?)" ;;
     documents)
       if [ -z "${SMOKE:-}" ]; then
-        echo "== tests/model/test_varlen.py"
-        python3 -m pytest -q -p no:cacheprovider tests/model/test_varlen.py || echo "   (exit status $?)"
         echo "== attention_bench.py"
         timeout -k 20 "$LIMIT" python3 benchmarks/attention_bench.py \
           --out "$OUT/attention-4x4096-8h2kv64-doc3200.json" || echo "   (exit status $?)"
       fi
-      contender ours --batch-size 4 --seq-len 4096 --documents 3200
-      HYBRIDCORE_VARLEN_ATTENTION=1 contender ours --batch-size 4 --seq-len 4096 --documents 3200 ;;
+      contender ours --batch-size 4 --seq-len 4096 --documents 3200 ;;
     fp8-throughput|fp8-loss)
       need_torchao
       echo "== fp8_bench.py --part ${figure#fp8-}"

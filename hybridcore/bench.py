@@ -349,7 +349,6 @@ def run(args) -> int:
     from .config import apply_overrides
     from .flops import flops_per_token, mfu
     from .model.flex_document import ENABLED as flex_enabled
-    from .model.varlen import ENABLED as varlen_enabled
     from .presets import get_preset
     from .train.files import write_json_atomic
 
@@ -371,7 +370,6 @@ def run(args) -> int:
         "checkpoint_layers": args.checkpoint_layers,  # None: every layer (with activation_checkpointing)
         "documents": args.documents,
         "flex_attention": flex_enabled,  # packed documents in compiled CUDA layers (HYBRIDCORE_FLEX_ATTENTION)
-        "varlen_attention": varlen_enabled,  # packed documents through the varlen kernel (HYBRIDCORE_VARLEN_ATTENTION)
         "flops_per_token": flops, "num_gpus": 1, "peak_tflops": args.peak_tflops,
         **environment(device), "process_id": os.getpid(),  # one contender per process: a new id each
         "command": "hybridcore bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
@@ -379,8 +377,8 @@ def run(args) -> int:
     print(f"hybridcore bench: {CONTENDERS[args.contender]}, {args.preset} {args.batch_size}x{args.seq_len} "
           f"{args.precision} on {record['gpu']}", flush=True)
     os.makedirs(args.out, exist_ok=True)
-    # a step on packed documents (and through the opt-in varlen kernel) is filed apart from the plain step's
-    variant = ("-documents" + ("-varlen" if varlen_enabled else "")) if args.documents else ""
+    # a step on packed documents is filed apart from the plain step's
+    variant = "-documents" if args.documents else ""
     path = os.path.join(args.out, f"{record['figure']}-{args.contender}{variant}.json")
 
     def save(result):

@@ -1,9 +1,7 @@
 """Grouped-query attention with RoPE on scaled_dot_product_attention.
 
 Causal, and when `seq_idx` is given (packed documents) a token attends only to its own document:
-on CUDA in half precision through FlashAttention's variable-length kernel when the batch brings the
-documents as offsets (varlen.py), else inside a compiled layer on CUDA through FlexAttention's block
-mask (flex_document.py), else through a
+inside a compiled layer on CUDA through FlexAttention's block mask (flex_document.py), else through a
 boolean [B, 1, Lq, Lk] mask while that is small, else (long sequences, where the mask and the bias kept
 for backward would grow as L^2) one call per document run without a mask. Training calls attend through
 the layer's context strategy (model.parallelism; context parallelism supplies another); generation's
@@ -28,7 +26,6 @@ from .flex_document import flex_document_attention, flex_document_attention_appl
 from .plan import COLWISE, ROWWISE, linear_plan
 from ..ops import rope_cache_write
 from .rope import apply_rope
-from .varlen import varlen_attention_applies, varlen_causal_attention
 
 if TYPE_CHECKING:
     from .layers import LayerInputs
@@ -86,7 +83,7 @@ class Attention(nn.Module):
         if self.query_multiplier is not None:
             q = q * self.query_multiplier
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, L, head_dim]
-        out = inputs.context.attend(q, k, v, inputs.seq_idx, self.flex_for_documents, inputs.cu_seqlens)
+        out = inputs.context.attend(q, k, v, inputs.seq_idx, self.flex_for_documents)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
     def prefill_tokens(self, x: torch.Tensor, inputs: LayerInputs, cache: AttentionCache) -> torch.Tensor:
@@ -117,13 +114,10 @@ class Attention(nn.Module):
 
 
 def attend_within_documents(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx: torch.Tensor,
-                            flex: bool, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
-    """Causal attention inside the documents of seq_idx [B, L], the whole sequence on this rank; through
-    the variable-length kernel where cu_seqlens (the same documents as offsets) is given and it applies."""
+                            flex: bool) -> torch.Tensor:
+    """Causal attention inside the documents of seq_idx [B, L], the whole sequence on this rank."""
     batch, _, length, _ = q.shape
     gqa = q.shape[1] != k.shape[1]
-    if varlen_attention_applies(q, cu_seqlens):
-        return varlen_causal_attention(q, k, v, cu_seqlens)
     if flex and flex_document_attention_applies(q):
         return flex_document_attention(q, k, v, seq_idx, gqa)
     if document_mask_is_large(batch, length, length):

@@ -35,8 +35,6 @@ class LayerInputs:
     cos: torch.Tensor
     sin: torch.Tensor
     seq_idx: torch.Tensor | None = None
-    # document offsets over the flattened rows for the variable-length attention kernel (varlen.py)
-    cu_seqlens: torch.Tensor | None = None
     region: LocalRegion = field(default=LOCAL_REGION)
     context: WholeSequence = field(default=WHOLE_SEQUENCE)
     # What the cache paths derive from the above once per forward and every layer reuses (rope tables,

@@ -74,45 +74,42 @@ class HybridLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, seq_idx: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None, caches: list[LayerCache] | None = None,
                 labels: torch.Tensor | None = None, loss_chunk: int = 8192,
-                return_hidden: bool = False, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+                return_hidden: bool = False) -> torch.Tensor:
         """input_ids [B, L] -> logits [B, L, V]; with labels [B, L] (-100 ignored), the mean next-token
         loss instead, the LM head and the loss fused in chunks of `loss_chunk` tokens (see `loss`);
         with return_hidden, the final-normed hidden states (a pipeline's last stage: its loss follows).
 
         seq_idx [B, L]: document index per token for packed sequences (attention stays inside a
         document, the Mamba state and conv window reset where it changes, positions restart).
-        cu_seqlens: seq_idx's documents as offsets over the flattened rows (varlen.cu_seqlens_for), for
-        the variable-length attention kernel on CUDA.
         """
-        hidden = self.hidden_states(input_ids, seq_idx, positions, caches, cu_seqlens)
+        hidden = self.hidden_states(input_ids, seq_idx, positions, caches)
         if return_hidden:
             return hidden
         if labels is not None:
             return self.loss(hidden, labels, loss_chunk)
         return self.logits(hidden)
 
-    def hidden_states(self, input_ids, seq_idx=None, positions=None, caches=None, cu_seqlens=None) -> torch.Tensor:
+    def hidden_states(self, input_ids, seq_idx=None, positions=None, caches=None) -> torch.Tensor:
         """Final-normed hidden states [B, L, d] (this rank's share of the sequence under sequence
         parallelism); `logits()` or `loss()` take them from there."""
         if self.embed is not None:
             h = self.region.embedding(input_ids, self.embed.weight) * self.config.embedding_multiplier
         else:  # a later pipeline stage: the previous stage's hidden states
             h = input_ids
-        inputs = self.layer_inputs(input_ids, seq_idx, positions, cu_seqlens)
+        inputs = self.layer_inputs(input_ids, seq_idx, positions)
         own = {name: dataclasses.replace(inputs, region=region) for name, region in self.layer_regions.items()}
         for i, (name, layer) in enumerate(self.layers.items()):
             h = layer(h, own.get(name, inputs), caches[i] if caches is not None else None)
         return self.final_norm(h) if self.final_norm is not None else h
 
-    def layer_inputs(self, input_ids: torch.Tensor, seq_idx=None, positions=None, cu_seqlens=None) -> LayerInputs:
+    def layer_inputs(self, input_ids: torch.Tensor, seq_idx=None, positions=None) -> LayerInputs:
         if positions is None:
             if seq_idx is not None:
                 positions = positions_from_seq_idx(seq_idx)
             else:
                 positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
         cos, sin = rope_cos_sin(positions, self.config.rotary_dim, self.config.rope_theta)
-        return LayerInputs(cos=cos, sin=sin, seq_idx=seq_idx, cu_seqlens=cu_seqlens, region=self.region,
-                           context=self.context)
+        return LayerInputs(cos=cos, sin=sin, seq_idx=seq_idx, region=self.region, context=self.context)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         if self.lm_head is None:

@@ -53,10 +53,10 @@ class WholeSequence:
     size = 1
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx: torch.Tensor | None,
-               flex: bool, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+               flex: bool) -> torch.Tensor:
         """q [B, heads, L, D], k/v [B, kv_heads, L, D] -> [B, heads, L, D], causal inside documents."""
         if seq_idx is not None:
-            return attend_within_documents(q, k, v, seq_idx, flex, cu_seqlens)
+            return attend_within_documents(q, k, v, seq_idx, flex)
         return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, enable_gqa=q.shape[1] != k.shape[1])
 
     def conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

@@ -97,7 +97,7 @@ class ContextParallel:
         self.mesh = mesh
         self.size, self.rank = mesh.size(), mesh.get_local_rank()
 
-    def attend(self, q, k, v, seq_idx, flex: bool, cu_seqlens=None):  # offsets of whole rows: not used here
+    def attend(self, q, k, v, seq_idx, flex: bool):
         length = q.shape[2]
         keys, values = gather_chunks(k, self.mesh, dim=2), gather_chunks(v, self.mesh, dim=2)
         gqa = q.shape[1] != k.shape[1]

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..model import varlen
 from ..parallel import ParallelModel, as_parallel_model, mesh_dim
 from ..parallel.context_parallel import global_positions, shard_sequence
 from ..parallel.clipping import clip_grad_norm_
@@ -55,7 +54,6 @@ class LocalBatch:
     labels: torch.Tensor
     seq_idx: torch.Tensor | None
     positions: torch.Tensor
-    cu_seqlens: torch.Tensor | None = None  # seq_idx's documents as offsets (model/varlen.py), whole rows only
 
 
 def local_batch(model: ParallelModel, batch: Batch, device) -> LocalBatch:
@@ -70,13 +68,6 @@ def local_batch(model: ParallelModel, batch: Batch, device) -> LocalBatch:
         share = rows // dp.size()
         start = dp.get_local_rank() * share
         tensors = [t[start:start + share] if t is not None else None for t in tensors]
-    # the variable-length attention kernel takes whole rows: not under context parallelism or a pipeline
-    # (whose schedule splits the rows into microbatches)
-    whole_rows = model.pipeline is None and (mesh is None or mesh["cp"].size() == 1)
-    wanted = varlen.ENABLED and tensors[2] is not None and whole_rows
-    cu_seqlens = varlen.cu_seqlens_for(tensors[2]) if wanted else None
-    if cu_seqlens is not None:
-        cu_seqlens = cu_seqlens.to(device, non_blocking=True)
     input_ids, labels, seq_idx = (t.to(device, non_blocking=True) if t is not None else None for t in tensors)
     positions = global_positions(seq_idx, *input_ids.shape, device)
     if mesh is not None and mesh["cp"].size() > 1:
@@ -86,7 +77,7 @@ def local_batch(model: ParallelModel, batch: Batch, device) -> LocalBatch:
     if tp > 1 and model.config.sequence_parallel and input_ids.shape[1] % tp:
         raise ValueError(f"sequence length {input_ids.shape[1]} (per context-parallel rank) must be divisible by "
                          f"ParallelConfig.tp ({tp}) with sequence_parallel=True")
-    return LocalBatch(input_ids, labels, seq_idx, positions, cu_seqlens)
+    return LocalBatch(input_ids, labels, seq_idx, positions)
 
 
 def autocast(device, dtype: torch.dtype | None):
@@ -117,8 +108,7 @@ class StepResult:
 
 def _loss_of(part, local: LocalBatch, loss_chunk: int) -> torch.Tensor:
     # through the module's forward, where FSDP gathers the embedding and the head
-    return part(local.input_ids, local.seq_idx, local.positions, labels=local.labels, loss_chunk=loss_chunk,
-                cu_seqlens=local.cu_seqlens)
+    return part(local.input_ids, local.seq_idx, local.positions, labels=local.labels, loss_chunk=loss_chunk)
 
 
 def forward_backward(model, microbatches: list[Batch], *, autocast_dtype=None, loss_chunk: int = DEFAULT_LOSS_CHUNK,

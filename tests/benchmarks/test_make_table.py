@@ -146,7 +146,7 @@ def test_the_readme_table_is_what_the_script_makes_from_the_committed_results(ma
         "README.md's speed table is stale: run `python benchmarks/make_table.py --write README.md`"
 
 
-def test_opt_in_varlen_steps_stay_out_and_a_documents_step_alone_makes_no_row(tmp_path, make_table):
+def test_a_documents_step_alone_makes_no_row(tmp_path, make_table):
     write(tmp_path, "documents.json", train_step("ours", tokens=78_000.0, documents=3200))
     assert rows(make_table.table(tmp_path)) == {}, "a step on packed documents alone is no bench row"
     write(tmp_path, "ours.json", train_step("ours", tokens=80_000.0))
@@ -154,9 +154,6 @@ def test_opt_in_varlen_steps_stay_out_and_a_documents_step_alone_makes_no_row(tm
                                    "preset": "falcon-h1-0.5b", "batch_size": 4, "seq_len": 4096,
                                    "runs": {"warm": {"status": "ok", "tokens_per_s": 78_000.0,
                                                      "tokens_per_s_range": [77_000.0, 79_000.0], "mfu": 0.27}}})
-    write(tmp_path, "varlen.json", train_step("ours", tokens=90_000.0, documents=3200, varlen_attention=True,
-                                              date="2026-12-06T00:00:00+00:00"))
     text = make_table.table(tmp_path)
     trainer = next(cells for name, cells in rows(text).items() if name.startswith("`hybridcore train`"))
     assert trainer[3] == "0.97x the bench's step; 1.00x the bench's step on packed documents"
-    assert "varlen.json" not in text
