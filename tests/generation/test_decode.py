@@ -14,6 +14,7 @@ from hybridcore.model.cache import MambaCache
 from hybridcore.model.layers import LayerInputs
 from hybridcore.model.mamba2 import Mamba2Mixer
 
+from ..kernel_marks import kernels_on_cpu
 from .helpers import distinct_new_tokens, greedy_without_cache, random_model, tiny_config
 
 NEW_TOKENS = 30
@@ -45,6 +46,7 @@ def test_float32_model_equals_cache_free_loop():
     assert torch.equal(hybridcore.generate(model, input_ids, 20), greedy_without_cache(model, input_ids, 20))
 
 
+@kernels_on_cpu
 def test_fused_kernels_generate_the_reference_tokens():
     """The Triton path (prefill kernels and the in-place decode step; on CPU through the interpreter)
     chooses the same greedy tokens as the reference path, for a batch with left padding."""

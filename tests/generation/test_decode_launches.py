@@ -23,6 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from hybridcore import ops
 from hybridcore.generation import DecodeStep, prefill
 
+from ..kernel_marks import kernels_on_cpu
 from .helpers import random_model, tiny_config
 
 MAX_OPS_PER_BLOCK = {"off": 114, "on": 38}
@@ -52,7 +53,7 @@ def ops_per_decoded_token(layout: str, kernels: str) -> collections.Counter:
     return counter.counts
 
 
-@pytest.mark.parametrize("kernels", ["off", "on"])
+@pytest.mark.parametrize("kernels", ["off", pytest.param("on", marks=kernels_on_cpu)])
 def test_ops_per_block_per_decoded_token(kernels):
     if kernels == "on":
         pytest.importorskip("triton")

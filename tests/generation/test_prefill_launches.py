@@ -20,6 +20,7 @@ import torch
 from hybridcore import ops
 from hybridcore.generation import DecodeStep, prefill, prompt_layout
 
+from ..kernel_marks import kernels_on_cpu
 from .helpers import random_model, tiny_config
 from .test_decode_launches import CountOps
 
@@ -59,7 +60,7 @@ def prefill_and_step_ops(layout: str, kernels: str, padded: bool):
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["plain", "left-padded"])
-@pytest.mark.parametrize("kernels", ["off", "on"])
+@pytest.mark.parametrize("kernels", ["off", pytest.param("on", marks=kernels_on_cpu)])
 def test_ops_per_block_of_prefill(kernels, padded, count_tolist):
     if kernels == "on":
         pytest.importorskip("triton")

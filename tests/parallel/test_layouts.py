@@ -21,6 +21,7 @@ import torch
 
 from hybridcore.parallel import load_sharded, save_sharded
 
+from ..kernel_marks import KERNELS_RUN_ON_CPU
 from .harness import build_parallel_model, train_steps
 from .common import (DEVICE, LAYOUT_OPTIMIZER, STEPS, TOLERANCE, checkpoint_config, document_index, global_batch,
                      long_memory, named_config, relative_error, run_workers)
@@ -35,7 +36,9 @@ TWO_RANKS = {
     "tp2/M*-P/documents": (dict(tp=2), "M*-P", True, {}),
     "tp2/P-/one-group": (dict(tp=2), "P-/groups1", False, {}),
     # the fused kernels against one process on the reference ops: the gated norm's group spans the ranks
-    "tp2/P-/one-group/kernels": (dict(tp=2), "P-/groups1", False, {"kernels": "on"}),
+    # (CPU ranks: where Triton's interpreter is on, see tests/kernel_marks.py)
+    **({"tp2/P-/one-group/kernels": (dict(tp=2), "P-/groups1", False, {"kernels": "on"})} if KERNELS_RUN_ON_CPU
+       else {}),
     "tp2-no-sp/M*-P/one-group-no-norm": (dict(tp=2, sequence_parallel=False), "M*-P/groups1-no-norm", False, {}),
     "tp2/M*-P/activation-checkpointing": (dict(tp=2), "M*-P", False, {"activation_checkpointing": True}),
     **{f"fsdp2/{layout}": (dict(dp_shard=2), layout, False, {}) for layout in LAYOUTS},
