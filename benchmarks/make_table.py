@@ -173,7 +173,7 @@ def generate_rows(results: Path, files: list[str]) -> list[str]:
         context, batch = shape.split("x")
         theirs = peer.get(shape, {})
         for side, words in (("hybridcore", "CUDA graph (default)"), ("hybridcore_eager", "eager")):
-            ours = data["sides"][side]["results"].get(shape, {})
+            ours = data["sides"].get(side, {}).get("results", {}).get(shape, {})  # eager: CUDA runs only
             ratios = data["ratios"][shape].get(side, {})
             if ours.get("status") != "ok" or theirs.get("status") != "ok":
                 continue

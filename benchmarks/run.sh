@@ -7,7 +7,8 @@
 #
 #   train-4x4096, train-2x16384  the training step of `hybridcore bench`: ours, transformers + kernels, transformers
 #   ssd             the SSD scan alone: ours, mamba_ssm
-#   generate        prefill and decode at batch 1, 8, 64: ours (CUDA graph), ours eager, transformers
+#   generate        prefill and decode at batch 1, 8, 64: ours (CUDA graph), ours eager, transformers; then
+#                   where eager decoding spends host time (decode_host.py: per op, per attention backend)
 #   train-run       `hybridcore train` on packed documents: tokens/s, and the first step cold and warm
 #   fp8-throughput  8 falcon-h1-7b blocks at 2 x 4096: bf16, float8 tensorwise, rowwise (torchao from .whl/)
 #   fp8-loss        300 steps of falcon-h1-0.5b, bf16 against float8 tensorwise
@@ -79,7 +80,9 @@ for figure in $FIGURES; do
       done ;;
     generate)
       echo "== generate_bench.py"
-      timeout -k 20 "$LIMIT" python3 benchmarks/generate_bench.py --out "$OUT" $SMOKE_FLAG || echo "   (exit status $?)" ;;
+      timeout -k 20 "$LIMIT" python3 benchmarks/generate_bench.py --out "$OUT" $SMOKE_FLAG || echo "   (exit status $?)"
+      echo "== decode_host.py"
+      timeout -k 20 "$LIMIT" python3 benchmarks/decode_host.py --out "$OUT" $SMOKE_FLAG || echo "   (exit status $?)" ;;
     train-run)
       echo "== train_bench.py"
       timeout -k 20 "$LIMIT" python3 benchmarks/train_bench.py --out "$OUT" $SMOKE_FLAG || echo "   (exit status $?)" ;;

@@ -1,0 +1,180 @@
+"""Where eager decoding spends its host time, on one GPU: the host microseconds of each inference kernel
+against the PyTorch ops it replaces (its twin) at a preset's decode shapes, and the decode step (eager
+and through a CUDA graph) under each attention backend, after a prompt of --context tokens.
+
+    python benchmarks/decode_host.py                      # falcon-h1-0.5b, 4K context, GPU
+    python benchmarks/decode_host.py --smoke              # CPU, tiny: the twins and the eager step only
+
+Decoding one token per row is bound by the host's time per launch, not by the GPU: this is the table
+to read before fusing or unfusing an op. Host time: a loop of calls without a synchronisation, divided
+by the calls. The step: wall time of --steps steps after a synchronisation at both ends. One process
+runs all of it (kernel timings of one shape, not a contender comparison). Writes one JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BACKENDS = ("default", "efficient", "math", "cudnn")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="falcon-h1-0.5b")
+    p.add_argument("--context", type=int, default=4096, help="prompt tokens before decoding")
+    p.add_argument("--steps", type=int, default=30, help="decode steps timed per configuration")
+    p.add_argument("--calls", type=int, default=300, help="calls timed per op")
+    p.add_argument("--smoke", action="store_true", help="CPU, tiny model, fp32: twins and the eager step")
+    p.add_argument("--out", type=Path, default=None, help="JSON file or folder (default: benchmarks/results/)")
+    return p.parse_args(argv)
+
+
+def host_us(fn, calls: int, device) -> float:
+    fn()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    _sync(device)
+    return elapsed / calls * 1e6
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def op_inputs(config, device, dtype, context: int) -> dict:
+    """One decoding token's inputs of each inference op, at the config's widths."""
+    from hybridcore.ops.rope import rope_tables
+
+    def r(*shape, dt=dtype):
+        return torch.randn(*shape, device=device, dtype=dt)
+    conv_dim = config.d_ssm + 2 * config.mamba_n_groups * config.mamba_d_state
+    angles = r(1, 1, config.rotary_dim, dt=torch.float32)
+    cos, signed_sin = rope_tables(angles.cos(), angles.sin())
+    keys = torch.zeros(1, config.num_kv_heads, context + 1, config.head_dim, device=device, dtype=dtype)
+    kv_width = config.num_kv_heads * config.head_dim
+    return {
+        "rms_norm": (r(1, 1, config.d_model), r(config.d_model), config.norm_eps, False),
+        "conv_step": (r(1, conv_dim + 8)[:, :conv_dim], r(1, conv_dim, config.mamba_d_conv - 1),
+                      r(conv_dim, config.mamba_d_conv), r(conv_dim), True),
+        "rope_cache_write": (r(1, 1, config.num_heads * config.head_dim), r(1, 1, kv_width), r(1, 1, kv_width), cos,
+                             signed_sin, 0.5, None, keys, keys.clone(), torch.tensor([context], device=device)),
+        "swiglu": (r(1, 1, config.d_ff), r(1, 1, config.d_ff), 0.5),
+    }
+
+
+def time_ops(config, device, dtype, args) -> dict:
+    from hybridcore import ops
+    from hybridcore.ops import triton_decode
+
+    twins = {"rms_norm": ops.rms_norm_ref, "conv_step": ops.causal_conv1d_step_ref,
+             "rope_cache_write": ops.rope_cache_write_ref, "swiglu": ops.swiglu_ref}
+    found = {}
+    with torch.inference_mode():
+        for name, inputs in op_inputs(config, device, dtype, args.context).items():
+            row = {"twin_us": host_us(lambda: twins[name](*inputs), args.calls, device)}
+            if device.type == "cuda":
+                kernel = getattr(triton_decode, name)
+                row["kernel_us"] = host_us(lambda: kernel(*inputs), args.calls, device)
+            found[name] = row
+        x = torch.randn(1, 1, config.d_model, device=device, dtype=dtype)
+        found["aten_mul"] = {"twin_us": host_us(lambda: x * 0.5, args.calls, device)}
+    return found
+
+
+def backend_context(name: str):
+    if name == "default":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    chosen = {"efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH,
+              "cudnn": SDPBackend.CUDNN_ATTENTION}[name]
+    return sdpa_kernel([chosen])
+
+
+def time_decode(model, device, args) -> dict:
+    from hybridcore.generation.decode import DecodeStep, prefill, prompt_layout
+
+    config = model.config
+    found = {}
+    backends = BACKENDS if device.type == "cuda" else ("default",)
+    graphs = (False, True) if device.type == "cuda" else (False,)
+    ids = torch.randint(0, config.vocab_size, (1, args.context), generator=torch.Generator().manual_seed(0))
+    ids = ids.to(device)
+    for backend in backends:
+        for graph in graphs:
+            key = f"{backend}{'_graph' if graph else ''}"
+            try:
+                with torch.inference_mode(), backend_context(backend):
+                    caches = model.allocate_caches(1, args.context + args.steps + 8)
+                    seq_idx, positions, next_positions, document = prompt_layout(None, 1, args.context, device)
+                    _sync(device)
+                    start = time.perf_counter()
+                    logits = prefill(model, ids, caches, seq_idx, positions)
+                    _sync(device)
+                    prefill_ms = (time.perf_counter() - start) * 1e3
+                    step = DecodeStep(model, caches, next_positions, document, capture_graph=graph)
+                    tokens = logits.argmax(-1)
+                    for _ in range(3):
+                        step(tokens)
+                    _sync(device)
+                    start = time.perf_counter()
+                    for _ in range(args.steps):
+                        step(tokens)
+                    _sync(device)
+                    found[key] = {"step_ms": (time.perf_counter() - start) / args.steps * 1e3,
+                                  "prefill_ms": prefill_ms}
+            except Exception as error:  # a backend that cannot run this shape: recorded, the others go on
+                found[key] = {"error": f"{type(error).__name__}: {str(error)[:200]}"}
+    return found
+
+
+def main(argv=None) -> dict:
+    from hybridcore.bench_record import environment
+    from hybridcore.config import apply_overrides
+    from hybridcore.io.json_codec import write_json
+    from hybridcore.model import build_model
+    from hybridcore.presets import get_preset
+
+    args = parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    config = get_preset(args.preset)
+    if args.smoke:
+        config = apply_overrides(get_preset("debug"), ["layout=P-P-"])
+        args.context, args.steps, args.calls = 16, 3, 5
+    config = config.replace(max_seq_len=max(config.max_seq_len, args.context + args.steps + 8))
+    model = build_model(config, device=device, dtype=dtype, seed=0).eval()
+    report = {"benchmark": "decode_host", "preset": args.preset if not args.smoke else "debug",
+              "context": args.context, "dtype": str(dtype).replace("torch.", ""), "smoke": args.smoke,
+              "command": "python benchmarks/decode_host.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              **environment(device),
+              "ops_host_us": time_ops(config, device, dtype, args),
+              "decode": time_decode(model, device, args)}
+    for name, row in report["ops_host_us"].items():
+        kernel = f"kernel {row['kernel_us']:6.1f} us, " if "kernel_us" in row else ""
+        print(f"{name:17s} {kernel}PyTorch ops {row['twin_us']:6.1f} us")
+    for name, row in report["decode"].items():
+        print(f"decode {name:15s} " + (f"{row['step_ms']:7.2f} ms/step, prefill {row['prefill_ms']:7.1f} ms"
+                                       if "step_ms" in row else row["error"]))
+    out = args.out or RESULTS
+    if out.is_dir():
+        out = out / f"decode_host-{report['preset']}-ctx{args.context}.json"
+    if not args.smoke or args.out is not None:
+        write_json(out, report)
+        print(f"wrote {out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
