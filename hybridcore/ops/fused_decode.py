@@ -78,18 +78,27 @@ def swiglu(gate, up, multiplier):
     return _launch("swiglu", triton_decode.swiglu, swiglu_op, swiglu_ref, gate, up, float(multiplier))
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _plain(*tensors) -> bool:
+    """Plain tensors only: a DTensor (or another subclass) keeps its twin, which dispatches through it."""
+    return all(type(t) in _PLAIN for t in tensors if t is not None)
+
+
 def rms_norm_supported(x: Tensor, weight: Tensor) -> bool:
-    return x.stride(-1) == 1 and x.shape[-1] <= 32768 and weight.is_contiguous() and x.numel() > 0
+    return (_plain(x, weight) and x.stride(-1) == 1 and x.shape[-1] <= 32768 and weight.is_contiguous()
+            and x.numel() > 0)
 
 
 def conv_step_supported(x: Tensor, state: Tensor, weight: Tensor) -> bool:
-    return (x.dim() == 2 and x.stride(-1) == 1 and state.is_contiguous() and state.dtype == x.dtype
-            and weight.is_contiguous() and weight.shape[-1] >= 2)
+    return (_plain(x, state, weight) and x.dim() == 2 and x.stride(-1) == 1 and state.is_contiguous()
+            and state.dtype == x.dtype and weight.is_contiguous() and weight.shape[-1] >= 2)
 
 
 def rope_cache_write_supported(q: Tensor, k: Tensor, v: Tensor, keys: Tensor) -> bool:
-    return (all(t.stride(-1) == 1 for t in (q, k, v, keys)) and keys.shape[-1] <= 1024 and q.shape[0] <= 65535
-            and keys.shape[1] + q.shape[-1] // keys.shape[-1] <= 65535 and q.numel() > 0)
+    return (_plain(q, k, v, keys) and all(t.stride(-1) == 1 for t in (q, k, v, keys)) and keys.shape[-1] <= 1024
+            and q.shape[0] <= 65535 and keys.shape[1] + q.shape[-1] // keys.shape[-1] <= 65535 and q.numel() > 0)
 
 
 # Below this many elements SwiGLU's three PyTorch ops cost less host time than one Triton launch (19 against
@@ -98,5 +107,5 @@ SWIGLU_MIN_ELEMENTS = 1 << 16
 
 
 def swiglu_supported(gate: Tensor, up: Tensor) -> bool:
-    return (gate.shape == up.shape and gate.dtype == up.dtype and gate.stride(-1) == 1 and up.stride(-1) == 1
-            and up.numel() >= SWIGLU_MIN_ELEMENTS)
+    return (_plain(gate, up) and gate.shape == up.shape and gate.dtype == up.dtype and gate.stride(-1) == 1
+            and up.stride(-1) == 1 and up.numel() >= SWIGLU_MIN_ELEMENTS)

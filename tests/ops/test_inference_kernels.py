@@ -132,3 +132,13 @@ def test_a_kernel_that_fails_here_leaves_the_work_to_its_twin(monkeypatch):
     second = fused_decode.swiglu(gate, up, 0.5)
     assert calls == [1]
     assert torch.equal(first, ops.swiglu_ref(gate, up, 0.5)) and torch.equal(second, first)
+
+
+def test_a_tensor_subclass_keeps_the_twin():
+    """A DTensor (or any subclass) goes to the twin, which dispatches through it; parameters are plain."""
+    class Wrapped(torch.Tensor):
+        pass
+    x = randn(2, 16)
+    weight = torch.nn.Parameter(randn(16, seed=1))
+    assert fused_decode.rms_norm_supported(x, weight)
+    assert not fused_decode.rms_norm_supported(x.as_subclass(Wrapped), weight)
