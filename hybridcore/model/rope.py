@@ -1,7 +1,7 @@
 """Rotary position embedding (rotate-half style), cos/sin in fp32, on the first `rotary_dim` channels of
 each head: all of them (Falcon-H1), a part (Bamba's partial RoPE: the rest pass unrotated) or none.
 
-The cache paths rotate from tables built once per forward (ops/rope.py).
+The cache paths build the rotation's tables once per forward (ops/rope.py); `apply_rope` builds them per call.
 
 Frequencies are computed as transformers does (fp32 exponent of a float base, over the rotated width)
 so that logits agree with it bit for bit where possible, also at theta = 1e11.
@@ -10,6 +10,8 @@ so that logits agree with it bit for bit where possible, also at theta = 1e11.
 from __future__ import annotations
 
 import torch
+
+from ..ops.rope import apply_rope_tables, rope_tables
 
 
 def rope_cos_sin(positions: torch.Tensor, rotary_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,14 +28,5 @@ def rope_cos_sin(positions: torch.Tensor, rotary_dim: int, theta: float) -> tupl
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x [B, L, heads, head_dim]; cos/sin [B, L, rotary_dim]: the first rotary_dim channels rotate, in fp32,
-    the others pass; the result in x's dtype."""
-    rotary = cos.shape[-1]
-    if rotary == 0:
-        return x
-    if rotary < x.shape[-1]:
-        return torch.cat((apply_rope(x[..., :rotary], cos, sin), x[..., rotary:]), dim=-1)
-    x_fp32 = x.float()
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x_fp32[..., half:], x_fp32[..., :half]), dim=-1)
-    out = x_fp32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]
-    return out.to(x.dtype)
+    the others pass; the result in x's dtype. (The rotation itself is the cache paths': ops/rope.py.)"""
+    return apply_rope_tables(x, *rope_tables(cos, sin))

@@ -8,16 +8,17 @@ import torch
 
 
 def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The cache paths' form of rope_cos_sin's output, built once per forward for every attention layer:
-    cos and sin [B, L, 1, rotary_dim], sin negated on its first half, so that `apply_rope_tables` rotates
-    with one roll where apply_rope takes two slices, a negation and a concatenation."""
+    """rope_cos_sin's output [B, L, rotary_dim] as cos and sin [B, L, 1, rotary_dim], sin negated on its
+    first half, so that `apply_rope_tables` rotates with one roll (rotate-half's cat(-x2, x1) * sin is
+    roll(x) * signed sin, as (-a) * b and a * (-b) round alike). The cache paths build them once per forward
+    for every attention layer."""
     half = sin.shape[-1] // 2
     return cos[:, :, None, :], torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)[:, :, None, :]
 
 
 def apply_rope_tables(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """apply_rope's result, bit for bit, from `rope_tables`: cat(-x2, x1) * sin = roll(x) * signed sin,
-    as (-a) * b and a * (-b) round alike."""
+    """x [B, L, heads, head_dim] rotated (rotate-half style) on its first rotary_dim channels, in fp32, the
+    others passed; the result in x's dtype. cos and signed_sin from `rope_tables`."""
     rotary = cos.shape[-1]
     if rotary == 0:
         return x
