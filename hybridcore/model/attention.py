@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..ops import rope_cache_write
 from .cache import AttentionCache
 from .flex_document import flex_document_attention, flex_document_attention_applies
 from .plan import COLWISE, ROWWISE, linear_plan
-from ..ops import rope_cache_write
 from .rope import apply_rope
 
 if TYPE_CHECKING:
