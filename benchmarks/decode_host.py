@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from hybridcore.bench_record import synchronize
+
 RESULTS = Path(__file__).resolve().parent / "results"
 BACKENDS = ("default", "efficient", "math", "cudnn")
 
@@ -38,18 +40,13 @@ def parse_args(argv=None):
 
 def host_us(fn, calls: int, device) -> float:
     fn()
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(calls):
         fn()
     elapsed = time.perf_counter() - start
-    _sync(device)
+    synchronize(device)
     return elapsed / calls * 1e6
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def op_inputs(config, device, dtype, context: int) -> dict:
@@ -118,20 +115,20 @@ def time_decode(model, device, args) -> dict:
                 with torch.inference_mode(), backend_context(backend):
                     caches = model.allocate_caches(1, args.context + args.steps + 8)
                     seq_idx, positions, next_positions, document = prompt_layout(None, 1, args.context, device)
-                    _sync(device)
+                    synchronize(device)
                     start = time.perf_counter()
                     logits = prefill(model, ids, caches, seq_idx, positions)
-                    _sync(device)
+                    synchronize(device)
                     prefill_ms = (time.perf_counter() - start) * 1e3
                     step = DecodeStep(model, caches, next_positions, document, capture_graph=graph)
                     tokens = logits.argmax(-1)
                     for _ in range(3):
                         step(tokens)
-                    _sync(device)
+                    synchronize(device)
                     start = time.perf_counter()
                     for _ in range(args.steps):
                         step(tokens)
-                    _sync(device)
+                    synchronize(device)
                     found[key] = {"step_ms": (time.perf_counter() - start) / args.steps * 1e3,
                                   "prefill_ms": prefill_ms}
             except Exception as error:  # a backend that cannot run this shape: recorded, the others go on
