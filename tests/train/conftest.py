@@ -19,7 +19,7 @@ def synthetic_documents(count: int = 48) -> list[str]:
     return [f"doc {i}: " + phrases[i % 4] * (3 + i % 5) + phrases[(i + 1) % 4] * 2 for i in range(count)]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     for i, text in enumerate(synthetic_documents()):
@@ -64,7 +64,7 @@ def loss_lines(run_dir) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in read_metrics(run_dir) if "loss" in r]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def reference_run(tmp_path_factory, data_dir):
     """An uninterrupted 12-step run, the yardstick of the resume tests."""
     out = tmp_path_factory.mktemp("reference") / "run"
