@@ -196,10 +196,11 @@ def check_gated_norm_case(norm_before_gate, groups, device):
 
 @pytest.mark.parametrize("norm_before_gate", [False, True])
 def test_spanning_gated_norm_kernels_match_whole_group(norm_before_gate, device):
-    """One norm group split over two ranks (threads here, meeting at a barrier to add their row statistics):
-    each rank's fused output and gradients are its slice of the whole group's reference."""
-    import threading
-
+    """One norm group split over two ranks: each rank's fused output and gradients are its slice of the whole
+    group's reference. One thread plays both ranks (Triton's interpreter is not thread-safe, and autograd
+    runs a device's backward on one shared thread): a rank's partial sum depends only on what precedes its
+    all-reduce, so each rank is replayed with the other's partials gathered so far, one all-reduce further
+    each round."""
     g = torch.Generator().manual_seed(3)
     y = torch.randn(2, 5, 40, generator=g).to(device)
     z = torch.randn(2, 5, 40, generator=g).to(device)
@@ -209,35 +210,27 @@ def test_spanning_gated_norm_kernels_match_whole_group(norm_before_gate, device)
     ref = gated_rms_norm_ref(*whole, 1, 1e-5, norm_before_gate)
     ref_grads = torch.autograd.grad((ref * go).sum(), whole)
 
-    barrier, slots = threading.Barrier(2), [None, None]
+    def run_rank(rank, others):
+        """This rank's output, gradients and the partial it contributed to each all-reduce; the all-reduces
+        past those in `others` return the rank's own partial."""
+        sent = []
 
-    def all_sum(rank):
-        def add(x):
-            slots[rank] = x
-            barrier.wait()
-            total = slots[0] + slots[1]
-            barrier.wait()  # both have read the slots before either writes them again
-            return total
-        return add
+        def all_sum(x):
+            sent.append(x.clone())
+            index = len(sent) - 1
+            return x + others[index] if index < len(others) else x
 
-    results, errors = [None, None], []
+        part = slice(20 * rank, 20 * rank + 20)
+        mine = [t[..., part].clone().requires_grad_() for t in (y, z, w)]
+        out = fused_conv.gated_rms_norm_spanning(*mine, 40, 1e-5, norm_before_gate, all_sum)
+        grads = torch.autograd.grad((out * go[..., part]).sum(), mine)
+        return out, grads, sent
 
-    def rank_main(rank):
-        try:
-            part = slice(20 * rank, 20 * rank + 20)
-            mine = [t[..., part].clone().requires_grad_() for t in (y, z, w)]
-            out = fused_conv.gated_rms_norm_spanning(*mine, 40, 1e-5, norm_before_gate, all_sum(rank))
-            results[rank] = (out, torch.autograd.grad((out * go[..., part]).sum(), mine))
-        except BaseException as error:  # noqa: BLE001 - reported below, with the barrier released
-            errors.append(error)
-            barrier.abort()
-
-    threads = [threading.Thread(target=rank_main, args=(rank,)) for rank in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
+    partials = [[], []]
+    for _ in range(2):  # the forward's all-reduce, then the backward's
+        partials = [run_rank(rank, partials[1 - rank])[2][:len(partials[rank]) + 1] for rank in range(2)]
+    results = [run_rank(rank, partials[1 - rank]) for rank in range(2)]
+    assert all(len(result[2]) == 2 for result in results), "one all-reduce forward, one backward"
     out = torch.cat([results[0][0], results[1][0]], dim=-1)
     assert rel(out, ref) < 1e-6
     for index, expected in enumerate(ref_grads):
