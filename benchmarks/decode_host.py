@@ -1,13 +1,15 @@
-"""Where eager decoding spends its host time, on one GPU: the host microseconds of each inference kernel
-against the PyTorch ops it replaces (its twin) at a preset's decode shapes, and the decode step (eager
-and through a CUDA graph) under each attention backend, after a prompt of --context tokens.
+"""Where decoding spends its time, on one GPU: the host microseconds of each inference kernel against the
+PyTorch ops it replaces (its twin) at a preset's decode shapes, and their GPU microseconds replayed from a
+CUDA graph; and the decode step (eager and through a CUDA graph) with the split decode attention kernel
+and with SDPA under each of its backends, after a prompt of --context tokens.
 
     python benchmarks/decode_host.py                      # falcon-h1-0.5b, 4K context, GPU
     python benchmarks/decode_host.py --smoke              # CPU, tiny: the twins and the eager step only
 
-Decoding one token per row is bound by the host's time per launch, not by the GPU: this is the table
-to read before fusing or unfusing an op. Host time: a loop of calls without a synchronisation, divided
-by the calls. The step: wall time of --steps steps after a synchronisation at both ends. One process
+Eager decoding of one token per row is bound by the host's time per launch, the CUDA-graph step by the
+GPU's: this is the table to read before fusing or unfusing an op. Host time: a loop of calls without a
+synchronisation, divided by the calls. GPU time: a CUDA graph of --graph-calls calls replayed, divided by
+the calls. The step: wall time of --steps steps after a synchronisation at both ends. One process
 runs all of it (kernel timings of one shape, not a contender comparison). Writes one JSON.
 """
 
@@ -18,13 +20,15 @@ import contextlib
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
 from hybridcore.bench_record import synchronize
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BACKENDS = ("default", "efficient", "math", "cudnn")
+# the decode step's attention: the split kernel, or the kernel's twin (SDPA) under each of its backends
+ATTENTION = ("split_kernel", "sdpa_default", "sdpa_efficient", "sdpa_math", "sdpa_cudnn")
 
 
 def parse_args(argv=None):
@@ -33,6 +37,7 @@ def parse_args(argv=None):
     p.add_argument("--context", type=int, default=4096, help="prompt tokens before decoding")
     p.add_argument("--steps", type=int, default=30, help="decode steps timed per configuration")
     p.add_argument("--calls", type=int, default=300, help="calls timed per op")
+    p.add_argument("--graph-calls", type=int, default=50, help="calls per CUDA graph timed per op")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny model, fp32: twins and the eager step")
     p.add_argument("--out", type=Path, default=None, help="JSON file or folder (default: benchmarks/results/)")
     return p.parse_args(argv)
@@ -49,6 +54,27 @@ def host_us(fn, calls: int, device) -> float:
     return elapsed / calls * 1e6
 
 
+def gpu_us(fn, calls: int) -> float:
+    """GPU time per call: `calls` calls captured in one CUDA graph, replayed (no host cost in between)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(5):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1e3 / (5 * calls)
+
+
 def op_inputs(config, device, dtype, context: int) -> dict:
     """One decoding token's inputs of each inference op, at the config's widths."""
     from hybridcore.ops.rope import rope_tables
@@ -60,6 +86,8 @@ def op_inputs(config, device, dtype, context: int) -> dict:
     cos, signed_sin = rope_tables(angles.cos(), angles.sin())
     keys = torch.zeros(1, config.num_kv_heads, context + 1, config.head_dim, device=device, dtype=dtype)
     kv_width = config.num_kv_heads * config.head_dim
+    group = config.num_heads // config.num_kv_heads
+    mask = torch.zeros(1, 1, 1, context + 1, device=device, dtype=dtype)
     return {
         "rms_norm": (r(1, 1, config.d_model), r(config.d_model), config.norm_eps, False),
         "conv_step": (r(1, conv_dim + 8)[:, :conv_dim], r(1, conv_dim, config.mamba_d_conv - 1),
@@ -67,36 +95,49 @@ def op_inputs(config, device, dtype, context: int) -> dict:
         "rope_cache_write": (r(1, 1, config.num_heads * config.head_dim), r(1, 1, kv_width), r(1, 1, kv_width), cos,
                              signed_sin, 0.5, None, keys, keys.clone(), torch.tensor([context], device=device)),
         "swiglu": (r(1, 1, config.d_ff), r(1, 1, config.d_ff), 0.5),
+        "decode_attention": (r(1, config.num_kv_heads, group, config.head_dim), r(*keys.shape), r(*keys.shape),
+                             mask, torch.tensor([context], device=device)),
     }
 
 
 def time_ops(config, device, dtype, args) -> dict:
     from hybridcore import ops
-    from hybridcore.ops import triton_decode
+    from hybridcore.ops import triton_attention, triton_decode
 
     twins = {"rms_norm": ops.rms_norm_ref, "conv_step": ops.causal_conv1d_step_ref,
-             "rope_cache_write": ops.rope_cache_write_ref, "swiglu": ops.swiglu_ref}
+             "rope_cache_write": ops.rope_cache_write_ref, "swiglu": ops.swiglu_ref,
+             "decode_attention": ops.decode_attention_ref}
     found = {}
     with torch.inference_mode():
         for name, inputs in op_inputs(config, device, dtype, args.context).items():
             row = {"twin_us": host_us(lambda: twins[name](*inputs), args.calls, device)}
             if device.type == "cuda":
-                kernel = getattr(triton_decode, name)
+                kernel = getattr(triton_decode, name, None) or getattr(triton_attention, name)
                 row["kernel_us"] = host_us(lambda: kernel(*inputs), args.calls, device)
+                row["twin_gpu_us"] = gpu_us(lambda: twins[name](*inputs), args.graph_calls)
+                row["kernel_gpu_us"] = gpu_us(lambda: kernel(*inputs), args.graph_calls)
             found[name] = row
         x = torch.randn(1, 1, config.d_model, device=device, dtype=dtype)
         found["aten_mul"] = {"twin_us": host_us(lambda: x * 0.5, args.calls, device)}
     return found
 
 
-def backend_context(name: str):
-    if name == "default":
-        return contextlib.nullcontext()
+@contextlib.contextmanager
+def attention_context(name: str):
+    """The decode step's attention: the split kernel (as shipped), or its twin under one SDPA backend."""
+    if name == "split_kernel":
+        yield
+        return
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    chosen = {"efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH,
-              "cudnn": SDPBackend.CUDNN_ATTENTION}[name]
-    return sdpa_kernel([chosen])
+    from hybridcore import ops
+
+    backend = name.removeprefix("sdpa_")
+    chosen = {"efficient": [SDPBackend.EFFICIENT_ATTENTION], "math": [SDPBackend.MATH],
+              "cudnn": [SDPBackend.CUDNN_ATTENTION]}.get(backend)
+    with mock.patch("hybridcore.model.attention.decode_attention", ops.decode_attention_ref), \
+            (sdpa_kernel(chosen) if chosen else contextlib.nullcontext()):
+        yield
 
 
 def time_decode(model, device, args) -> dict:
@@ -104,7 +145,7 @@ def time_decode(model, device, args) -> dict:
 
     config = model.config
     found = {}
-    backends = BACKENDS if device.type == "cuda" else ("default",)
+    backends = ATTENTION if device.type == "cuda" else ATTENTION[:2]
     graphs = (False, True) if device.type == "cuda" else (False,)
     ids = torch.randint(0, config.vocab_size, (1, args.context), generator=torch.Generator().manual_seed(0))
     ids = ids.to(device)
@@ -112,7 +153,7 @@ def time_decode(model, device, args) -> dict:
         for graph in graphs:
             key = f"{backend}{'_graph' if graph else ''}"
             try:
-                with torch.inference_mode(), backend_context(backend):
+                with torch.inference_mode(), attention_context(backend):
                     caches = model.allocate_caches(1, args.context + args.steps + 8)
                     seq_idx, positions, next_positions, document = prompt_layout(None, 1, args.context, device)
                     synchronize(device)
@@ -160,9 +201,11 @@ def main(argv=None) -> dict:
               "decode": time_decode(model, device, args)}
     for name, row in report["ops_host_us"].items():
         kernel = f"kernel {row['kernel_us']:6.1f} us, " if "kernel_us" in row else ""
-        print(f"{name:17s} {kernel}PyTorch ops {row['twin_us']:6.1f} us")
+        gpu = (f"; GPU kernel {row['kernel_gpu_us']:6.1f} us, PyTorch ops {row['twin_gpu_us']:6.1f} us"
+               if "kernel_gpu_us" in row else "")
+        print(f"{name:17s} host {kernel}PyTorch ops {row['twin_us']:6.1f} us{gpu}")
     for name, row in report["decode"].items():
-        print(f"decode {name:15s} " + (f"{row['step_ms']:7.2f} ms/step, prefill {row['prefill_ms']:7.1f} ms"
+        print(f"decode {name:20s} " + (f"{row['step_ms']:7.2f} ms/step, prefill {row['prefill_ms']:7.1f} ms"
                                        if "step_ms" in row else row["error"]))
     out = args.out or RESULTS
     if out.is_dir():

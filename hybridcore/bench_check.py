@@ -1,7 +1,7 @@
 """`hybridcore bench --check`: the fused kernels against their PyTorch twins at a preset's real shapes
-(the Mamba-2 mixer forward and backward, with and without packed documents, and the in-place decode
-step), each error beside the reference's own bf16 error. Run on the GPU; the decode part also runs on
-CPU through Triton's interpreter (tests)."""
+(the Mamba-2 mixer forward and backward, with and without packed documents, the in-place decode step and
+the split decode attention), each error beside the reference's own bf16 error. Run on the GPU; the decode
+parts also run on CPU through Triton's interpreter (tests)."""
 
 from __future__ import annotations
 
@@ -56,6 +56,8 @@ def check(config, batch: int, seq_len: int, device) -> dict:
                                              for k, v in values.items()))
     report["decode_step"] = check_decode_step(config, batch, device)
     ok = ok and report["decode_step"]["y"] < 1e-2 and report["decode_step"]["state"] < 1e-5
+    report["decode_attention"] = attention = check_decode_attention(config, batch, device, seq_len)
+    ok = ok and attention["fused"] <= max(2 * attention["reference_bf16"], 1e-2)
     print(f"  check decode_step: y {report['decode_step']['y']:.1e}, state {report['decode_step']['state']:.1e}")
     report["pass"] = ok
     print(f"  check pass: {ok}")
@@ -84,3 +86,25 @@ def check_decode_step(config, batch: int, device, steps: int = 4) -> dict:
             y = fused_ssd.ssd_step(*args, state, **kw)
             y_ref = ops.ssd_step_ref(*args, state_ref, **kw)
     return {"y": _rel(y, y_ref), "state": _rel(state, state_ref)}
+
+
+def check_decode_attention(config, batch: int, device, context: int) -> dict:
+    """The split decode attention kernel against its twin (SDPA) at this preset's heads, a cache of
+    `context` slots with the decoding slot three quarters in: bf16 inputs, each error against the twin in
+    fp32, beside the twin's own in bf16."""
+    from . import ops
+    from .ops import fused_decode
+
+    g = torch.Generator(device=device).manual_seed(0)
+    kv_heads, group = config.num_kv_heads, config.num_heads // config.num_kv_heads
+    bf16 = dict(device=device, dtype=torch.bfloat16, generator=g)
+    q = torch.randn(batch, kv_heads, group, config.head_dim, **bf16)
+    keys, values = (torch.randn(batch, kv_heads, context, config.head_dim, **bf16) for _ in range(2))
+    slot = torch.tensor([context * 3 // 4], device=device)
+    mask = torch.full((batch, 1, 1, context), float("-inf"), device=device, dtype=torch.bfloat16)
+    mask[..., :int(slot) + 1] = 0.0
+    with torch.no_grad(), ops.use_kernels("on"):
+        fused = fused_decode.decode_attention(q, keys, values, mask, slot)
+        truth = ops.decode_attention_ref(q.float(), keys.float(), values.float(), mask.float(), slot)
+        twin = ops.decode_attention_ref(q, keys, values, mask, slot)
+    return {"fused": _rel(fused, truth), "reference_bf16": _rel(twin, truth)}

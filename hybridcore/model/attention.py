@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..ops import rope_cache_write
+from ..ops import decode_attention, rope_cache_write
 from .cache import AttentionCache
 from .flex_document import flex_document_attention, flex_document_attention_applies
 from .plan import COLWISE, ROWWISE, linear_plan
@@ -101,15 +101,15 @@ class Attention(nn.Module):
         """forward for one token per row [B, 1, d_model] against every slot of a static-shape cache, under
         the decode step's shared mask, in few tensor ops (decoding is bound by op launches): one op rotates
         queries and keys and writes keys and values at the decode slot, and the query heads of each
-        key/value head ride in the query-length dimension, so attention needs no grouped-query support and
-        the fused kernels with a mask apply."""
+        key/value head ride in the query-length dimension, and attention splits over the cache's keys
+        (ops.decode_attention: SDPA gives a row's key/value head one program)."""
         batch, length, _ = x.shape
         assert length == 1, "static-shape decoding feeds one token per row"
         q = rope_cache_write(self.q_proj(x), self.k_proj(x), self.v_proj(x), *inputs.rope_tables(),
                              self.key_multiplier, self.query_multiplier, cache.keys, cache.values, cache.decode.slot)
         heads, kv_heads = q.shape[2], cache.keys.shape[1]
         grouped = q.view(batch, kv_heads, heads // kv_heads, self.head_dim)
-        out = F.scaled_dot_product_attention(grouped, cache.keys, cache.values, attn_mask=cache.decode.mask)
+        out = decode_attention(grouped, cache.keys, cache.values, cache.decode.mask, cache.decode.slot)
         return self.o_proj(out.view(batch, 1, heads * self.head_dim))
 
 

@@ -1,9 +1,10 @@
 """Compute ops of the Mamba-2 path, and inference ops that fuse a run of small ones (the pre-norm, the
-conv step, rope with the cache write, SwiGLU). Each name dispatches to a fused Triton kernel where one applies
-(CUDA tensors, Triton importable, supported shapes), else to the pure-PyTorch reference twin with the
-same signature. HYBRIDCORE_KERNELS=0 forces the reference, HYBRIDCORE_KERNELS=on the kernels on any device
-(on CPU they run only under TRITON_INTERPRET=1: a way to check the kernels' paths under the parallel layouts
-on CPU processes); `use_kernels(...)` changes it at run time."""
+conv step, rope with the cache write, SwiGLU) or split one over the GPU (decode attention). Each name
+dispatches to a fused Triton kernel where one applies (CUDA tensors, Triton importable, supported shapes),
+else to the pure-PyTorch reference twin with the same signature. HYBRIDCORE_KERNELS=0 forces the reference,
+HYBRIDCORE_KERNELS=on the kernels on any device (on CPU they run only under TRITON_INTERPRET=1: a way to
+check the kernels' paths under the parallel layouts on CPU processes); `use_kernels(...)` changes it at
+run time."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import os
 import torch
 
 from .activation import swiglu_ref
+from .attention import decode_attention_ref
 from .conv import causal_conv1d_ref, causal_conv1d_step_ref
 from .cross_entropy import chunked_cross_entropy
 from .norm import gated_rms_norm_ref, gated_rms_norm_spanning_ref, rms_norm_ref
@@ -145,9 +147,17 @@ def swiglu(gate, up, multiplier):
     return swiglu_ref(gate, up, multiplier)
 
 
+def decode_attention(q, keys, values, mask, slot):
+    """One token's query heads per key/value head against a static cache (see attention.decode_attention_ref);
+    split over the keys in inference."""
+    if inference_kernels_active(q) and _fused()[2].decode_attention_supported(q, keys, values, mask):
+        return _fused()[2].decode_attention(q, keys, values, mask, slot)
+    return decode_attention_ref(q, keys, values, mask, slot)
+
+
 __all__ = ["ssd", "ssd_step", "causal_conv1d", "gated_rms_norm", "gated_rms_norm_ref", "gated_rms_norm_spanning",
            "gated_rms_norm_spanning_ref",
            "chunked_cross_entropy", "kernels_active", "inference_kernels_active", "rms_norm", "rms_norm_ref",
            "causal_conv1d_step", "causal_conv1d_step_ref", "rope_cache_write", "rope_cache_write_ref", "swiglu",
-           "swiglu_ref",
+           "swiglu_ref", "decode_attention", "decode_attention_ref",
            "use_kernels", "ssd_chunked", "ssd_recurrent", "ssd_step_ref", "causal_conv1d_ref"]

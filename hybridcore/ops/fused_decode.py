@@ -1,6 +1,6 @@
-"""The inference kernels (triton_decode.py) as drop-ins for their twins. Eager calls launch a kernel
-directly (a custom op costs host time on every call); Triton's CPU interpreter goes through a custom op
-each, so that a kernel counts as one op in the launch tests, as `fused_ssd.ssd_step` does.
+"""The inference kernels (triton_decode.py, triton_attention.py) as drop-ins for their twins. Eager calls
+launch a kernel directly (a custom op costs host time on every call); Triton's CPU interpreter goes through
+a custom op each, so that a kernel counts as one op in the launch tests, as `fused_ssd.ssd_step` does.
 
 A kernel that fails to build or launch on this machine (a Triton or GPU it was not made for) warns once
 and leaves its twin to do the work from then on: generation goes on, slower."""
@@ -12,8 +12,9 @@ import warnings
 import torch
 from torch import Tensor
 
-from . import triton_decode
+from . import triton_attention, triton_decode
 from .activation import swiglu_ref
+from .attention import decode_attention_ref
 from .conv import causal_conv1d_step_ref
 from .norm import rms_norm_ref
 from .rope import rope_cache_write_ref
@@ -42,6 +43,11 @@ def rope_cache_write_op(q: Tensor, k: Tensor, v: Tensor, cos: Tensor, signed_sin
 @torch.library.custom_op("hybridcore::swiglu", mutates_args=())
 def swiglu_op(gate: Tensor, up: Tensor, multiplier: float) -> Tensor:
     return triton_decode.swiglu(gate, up, multiplier)
+
+
+@torch.library.custom_op("hybridcore::decode_attention", mutates_args=())
+def decode_attention_op(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor, slot: Tensor) -> Tensor:
+    return triton_attention.decode_attention(q, keys, values, mask, slot)
 
 
 def _launch(name, kernel, op, twin, *args):
@@ -78,6 +84,11 @@ def swiglu(gate, up, multiplier):
     return _launch("swiglu", triton_decode.swiglu, swiglu_op, swiglu_ref, gate, up, float(multiplier))
 
 
+def decode_attention(q, keys, values, mask, slot):
+    return _launch("decode_attention", triton_attention.decode_attention, decode_attention_op,
+                   decode_attention_ref, q, keys, values, mask, slot)
+
+
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
@@ -109,3 +120,11 @@ SWIGLU_MIN_ELEMENTS = 1 << 16
 def swiglu_supported(gate: Tensor, up: Tensor) -> bool:
     return (_plain(gate, up) and gate.shape == up.shape and gate.dtype == up.dtype and gate.stride(-1) == 1
             and up.stride(-1) == 1 and up.numel() >= SWIGLU_MIN_ELEMENTS)
+
+
+def decode_attention_supported(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> bool:
+    return (_plain(q, keys, values, mask) and q.dim() == 4 and keys.shape == values.shape
+            and q.shape[:2] == keys.shape[:2] and q.shape[-1] == keys.shape[-1] <= 256
+            and keys.dtype == values.dtype == q.dtype and all(t.stride(-1) == 1 for t in (q, keys, values, mask))
+            and mask.dim() == 4 and mask.shape[1:3] == (1, 1) and mask.shape[-1] == keys.shape[2]
+            and mask.shape[0] == q.shape[0] and q.numel() > 0)

@@ -87,6 +87,18 @@ def test_decode_step_check_compares_kernel_and_twin():
     assert report["y"] < 1e-2 and report["state"] < 1e-5
 
 
+def test_decode_attention_check_compares_kernel_and_twin():
+    """The GPU `--check` mode's decode attention part, run here at the debug preset through the interpreter."""
+    pytest.importorskip("triton")
+    from hybridcore.bench_check import check_decode_attention
+    from hybridcore.presets import get_preset
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    report = check_decode_attention(get_preset("debug"), 2, device, context=96)
+    assert report["fused"] <= max(2 * report["reference_bf16"], 1e-2)
+    assert 0 < report["fused"] < 1e-2  # bf16 output: one rounding from the fp32 truth, not none
+
+
 def test_activation_checkpointing_reaches_ours_and_the_peer(tmp_path):
     for contender in ("ours", "hf_torch"):
         status, result = bench(tmp_path, "--contender", contender, "--activation-checkpointing", name=contender)
