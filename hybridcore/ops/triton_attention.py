@@ -1,8 +1,9 @@
 """Decode attention: one token per row against a static-shape key/value cache, split over the keys.
 
 SDPA's fused kernels give each (row, key/value head) one program that walks every key; at batch 1 that
-is two programs on a GPU of 132 SMs. Here each program takes one split of the keys and keeps fp32 partial
-results (running max, sum of exponentials, weighted values), and a second kernel combines the splits
+is two programs on a GPU of 132 SMs. Here each program takes one split of the keys (up to MAX_SPLITS per
+row and head, about two programs per SM where rows are few) and keeps fp32 partial results (running max,
+sum of exponentials, weighted values), and a second kernel combines the splits in one load each
 (flash-decoding). Keys past the decoding slot are masked out by the caller's mask, so the programs skip
 them. Twin: attention.decode_attention_ref (SDPA with the same additive mask).
 """
@@ -64,29 +65,29 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, slot_ptr, part_ptr, out_
 
 @triton.jit
 def _decode_combine_kernel(part_ptr, out_ptr, KV, G, D, SPLITS, s_o_b, s_o_h, s_o_g,
-                           BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
+                           BLOCK_S: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
+    # every split's partials in one load (no loop of dependent steps): [splits, G] maxima and sums,
+    # [splits, G, D] weighted values
     bh = tl.program_id(0)
     b = (bh // KV).to(tl.int64)
     h = (bh % KV).to(tl.int64)
+    offs_s = tl.arange(0, BLOCK_S)
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, BLOCK_D)
-    g_ok, d_ok = offs_g < G, offs_d < D
-    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_G], tl.float32)
-    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-    for split in range(0, SPLITS):
-        row = part_ptr + ((bh * SPLITS + split) * G + offs_g) * (D + 2)
-        m_s = tl.load(row + D, mask=g_ok, other=float("-inf"))
-        m_new = tl.maximum(m_i, m_s)
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha, beta = tl.exp(m_i - m_ref), tl.exp(m_s - m_ref)
-        acc_s = tl.load(row[:, None] + offs_d[None, :], mask=g_ok[:, None] & d_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + acc_s * beta[:, None]
-        l_i = l_i * alpha + tl.load(row + D + 1, mask=g_ok, other=0.0) * beta
-        m_i = m_new
-    out = acc / l_i[:, None]
+    sg_ok = (offs_s < SPLITS)[:, None] & (offs_g < G)[None, :]
+    rows = part_ptr + ((bh * SPLITS + offs_s[:, None]) * G + offs_g[None, :]) * (D + 2)  # [S, G]
+    m_s = tl.load(rows + D, mask=sg_ok, other=float("-inf"))
+    m = tl.max(m_s, axis=0)
+    weight = tl.exp(m_s - tl.where(m == float("-inf"), 0.0, m)[None, :])  # 0 for an empty split
+    total = tl.sum(weight * tl.load(rows + D + 1, mask=sg_ok, other=0.0), axis=0)
+    d_ok = offs_d < D
+    acc = tl.load(rows[:, :, None] + offs_d[None, None, :], mask=sg_ok[:, :, None] & d_ok[None, None, :], other=0.0)
+    out = tl.sum(weight[:, :, None] * acc, axis=0) / total[:, None]
     tl.store(out_ptr + b * s_o_b + h * s_o_h + offs_g[:, None] * s_o_g + offs_d[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=g_ok[:, None] & d_ok[None, :])
+             out.to(out_ptr.dtype.element_ty), mask=(offs_g < G)[:, None] & d_ok[None, :])
+
+
+MAX_SPLITS = 32
 
 
 @functools.cache
@@ -109,7 +110,9 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     # the [G, N, D] products stay within about 8K fp32 values per program
     block_n = max(16, min(128, 8192 // (block_g * block_d)))
     tiles = triton.cdiv(length, block_n)
-    splits = max(1, min(tiles, triton.cdiv(_programs_wanted(q.device), batch * kv_heads)))
+    # at most MAX_SPLITS, whose partials the second kernel loads at once (also within about 8K values)
+    max_splits = max(1, min(MAX_SPLITS, 8192 // (block_g * block_d)))
+    splits = max(1, min(tiles, max_splits, triton.cdiv(_programs_wanted(q.device), batch * kv_heads)))
     split_len = triton.cdiv(tiles, splits) * block_n
     splits = triton.cdiv(length, split_len)
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
@@ -123,5 +126,6 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
         FINAL=splits == 1, BLOCK_G=block_g, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
     if splits > 1:
         _decode_combine_kernel[(batch * kv_heads,)](part, out, kv_heads, group, head_dim, splits, *out_strides,
-                                                    BLOCK_G=block_g, BLOCK_D=block_d, num_warps=4)
+                                                    BLOCK_S=triton.next_power_of_2(splits), BLOCK_G=block_g,
+                                                    BLOCK_D=block_d, num_warps=4)
     return out
