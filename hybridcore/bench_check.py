@@ -1,6 +1,6 @@
 """`hybridcore bench --check`: the fused kernels against their PyTorch twins at a preset's real shapes
 (the Mamba-2 mixer forward and backward, with and without packed documents, the in-place decode step and
-the split decode attention), each error beside the reference's own bf16 error. Run on the GPU; the decode
+each inference kernel), each error beside the reference's own bf16 error. Run on the GPU; the decode
 parts also run on CPU through Triton's interpreter (tests)."""
 
 from __future__ import annotations
@@ -56,8 +56,10 @@ def check(config, batch: int, seq_len: int, device) -> dict:
                                              for k, v in values.items()))
     report["decode_step"] = check_decode_step(config, batch, device)
     ok = ok and report["decode_step"]["y"] < 1e-2 and report["decode_step"]["state"] < 1e-5
-    report["decode_attention"] = attention = check_decode_attention(config, batch, device, seq_len)
-    ok = ok and attention["fused"] <= max(2 * attention["reference_bf16"], 1e-2)
+    report["inference_kernels"] = kernels = check_inference_kernels(config, batch, device, seq_len)
+    for name, errors in kernels.items():
+        print(f"  check {name}: {errors['fused']:.1e} (ref bf16 {errors['reference_bf16']:.1e})")
+    ok = ok and all(e["fused"] <= max(2 * e["reference_bf16"], 1e-2) for e in kernels.values())
     print(f"  check decode_step: y {report['decode_step']['y']:.1e}, state {report['decode_step']['state']:.1e}")
     report["pass"] = ok
     print(f"  check pass: {ok}")
@@ -88,23 +90,56 @@ def check_decode_step(config, batch: int, device, steps: int = 4) -> dict:
     return {"y": _rel(y, y_ref), "state": _rel(state, state_ref)}
 
 
-def check_decode_attention(config, batch: int, device, context: int) -> dict:
-    """The split decode attention kernel against its twin (SDPA) at this preset's heads, a cache of
-    `context` slots with the decoding slot three quarters in: bf16 inputs, each error against the twin in
-    fp32, beside the twin's own in bf16."""
-    from . import ops
-    from .ops import fused_decode
+def _inference_cases(config, batch: int, device, context: int) -> dict:
+    """Each inference kernel's arguments at this preset's shapes, bf16 (a decoding token; SwiGLU at a
+    prefill's size, where it takes its kernel): name -> (arguments, positions of the tensors it writes)."""
+    from .ops.rope import rope_tables
 
     g = torch.Generator(device=device).manual_seed(0)
-    kv_heads, group = config.num_kv_heads, config.num_heads // config.num_kv_heads
-    bf16 = dict(device=device, dtype=torch.bfloat16, generator=g)
-    q = torch.randn(batch, kv_heads, group, config.head_dim, **bf16)
-    keys, values = (torch.randn(batch, kv_heads, context, config.head_dim, **bf16) for _ in range(2))
+
+    def r(*shape, dtype=torch.bfloat16):
+        return torch.randn(*shape, device=device, dtype=dtype, generator=g)
+    conv_dim = config.d_ssm + 2 * config.mamba_n_groups * config.mamba_d_state
+    kv_heads, head_dim = config.num_kv_heads, config.head_dim
+    angles = r(batch, 1, config.rotary_dim, dtype=torch.float32) * context
+    cos, signed_sin = rope_tables(angles.cos(), angles.sin())
     slot = torch.tensor([context * 3 // 4], device=device)
     mask = torch.full((batch, 1, 1, context), float("-inf"), device=device, dtype=torch.bfloat16)
     mask[..., :int(slot) + 1] = 0.0
-    with torch.no_grad(), ops.use_kernels("on"):
-        fused = fused_decode.decode_attention(q, keys, values, mask, slot)
-        truth = ops.decode_attention_ref(q.float(), keys.float(), values.float(), mask.float(), slot)
-        twin = ops.decode_attention_ref(q, keys, values, mask, slot)
-    return {"fused": _rel(fused, truth), "reference_bf16": _rel(twin, truth)}
+    return {
+        "rms_norm": ((r(batch, 1, config.d_model), r(config.d_model), config.norm_eps, False), ()),
+        "conv_step": ((r(batch, conv_dim), r(batch, conv_dim, config.mamba_d_conv - 1),
+                       r(conv_dim, config.mamba_d_conv), r(conv_dim), True), (1,)),
+        "rope_cache_write": ((r(batch, 1, config.num_heads * head_dim), r(batch, 1, kv_heads * head_dim),
+                              r(batch, 1, kv_heads * head_dim), cos, signed_sin, config.key_multiplier, None,
+                              r(batch, kv_heads, context, head_dim), r(batch, kv_heads, context, head_dim), slot),
+                             (7, 8)),
+        "swiglu": ((r(batch, 256, config.d_ff), r(batch, 256, config.d_ff), 0.5), ()),
+        "decode_attention": ((r(batch, kv_heads, config.num_heads // kv_heads, head_dim),
+                              r(batch, kv_heads, context, head_dim), r(batch, kv_heads, context, head_dim), mask,
+                              slot), ()),
+    }
+
+
+def check_inference_kernels(config, batch: int, device, context: int) -> dict:
+    """Each inference kernel against its twin at this preset's shapes: bf16 inputs, the errors of its
+    output and of what it writes in place, against the twin in fp32, beside the twin's own in bf16."""
+    from . import ops
+    from .ops import fused_decode
+
+    twins = {"rms_norm": ops.rms_norm_ref, "conv_step": ops.causal_conv1d_step_ref,
+             "rope_cache_write": ops.rope_cache_write_ref, "swiglu": ops.swiglu_ref,
+             "decode_attention": ops.decode_attention_ref}
+    report = {}
+    for name, (args, written) in _inference_cases(config, batch, device, context).items():
+        def run(fn, cast):
+            copies = [cast(a) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+            copies = [a.clone() if i in written else a for i, a in enumerate(copies)]
+            with torch.no_grad(), ops.use_kernels("on"):
+                return [fn(*copies)] + [copies[i] for i in written]
+        truth = run(twins[name], lambda t: t.float())
+        fused = run(getattr(fused_decode, name), lambda t: t)
+        twin = run(twins[name], lambda t: t)
+        report[name] = {"fused": max(_rel(a, b) for a, b in zip(fused, truth)),
+                        "reference_bf16": max(_rel(a, b) for a, b in zip(twin, truth))}
+    return report

@@ -87,16 +87,18 @@ def test_decode_step_check_compares_kernel_and_twin():
     assert report["y"] < 1e-2 and report["state"] < 1e-5
 
 
-def test_decode_attention_check_compares_kernel_and_twin():
-    """The GPU `--check` mode's decode attention part, run here at the debug preset through the interpreter."""
+def test_inference_kernels_check_compares_each_kernel_and_its_twin():
+    """The GPU `--check` mode's inference part, run here at the debug preset through the interpreter: every
+    kernel within twice the twin's own bf16 error (or 1e-2), and each error a measured one, not zero."""
     pytest.importorskip("triton")
-    from hybridcore.bench_check import check_decode_attention
+    from hybridcore.bench_check import check_inference_kernels
     from hybridcore.presets import get_preset
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    report = check_decode_attention(get_preset("debug"), 2, device, context=96)
-    assert report["fused"] <= max(2 * report["reference_bf16"], 1e-2)
-    assert 0 < report["fused"] < 1e-2  # bf16 output: one rounding from the fp32 truth, not none
+    report = check_inference_kernels(get_preset("debug"), 2, device, context=96)
+    assert set(report) == {"rms_norm", "conv_step", "rope_cache_write", "swiglu", "decode_attention"}
+    for name, errors in report.items():
+        assert 0 < errors["fused"] <= max(2 * errors["reference_bf16"], 1e-2), (name, errors)
 
 
 def test_activation_checkpointing_reaches_ours_and_the_peer(tmp_path):
