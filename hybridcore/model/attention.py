@@ -86,13 +86,38 @@ class Attention(nn.Module):
         out = inputs.context.attend(q, k, v, inputs.seq_idx, self.flex_for_documents)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The cache paths' q, k, v [B, L, heads * head_dim]: without gradients, one product with the three
+        weights joined (views of its output; a decoded token costs one GEMM launch instead of three), else
+        one product each."""
+        joined = None if torch.is_grad_enabled() else self._joined_projection(x)
+        if joined is None:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        weight, bias, widths = joined
+        return torch.split(F.linear(x, weight, bias), widths, dim=-1)
+
+    def _joined_projection(self, like: torch.Tensor):
+        """(weight, bias, widths) of q, k and v joined, kept as a plain attribute (not state, not saved; it
+        costs the memory of the three weights again) and rebuilt when a weight changes; None for tensor
+        subclasses (DTensor shards), which keep their own products."""
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        tensors = [t for p in projections for t in (p.weight, p.bias) if t is not None]
+        if any(type(t) not in (torch.Tensor, nn.Parameter) for t in (like, *tensors)):
+            return None
+        key = (torch.is_inference_mode_enabled(), *((t.data_ptr(), t._version) for t in tensors))
+        if getattr(self, "_joined_key", None) != key:
+            weight = torch.cat([p.weight for p in projections])
+            bias = torch.cat([p.bias for p in projections]) if self.q_proj.bias is not None else None
+            self._joined_key, self._joined = key, (weight, bias, [p.weight.shape[0] for p in projections])
+        return self._joined
+
     def prefill_tokens(self, x: torch.Tensor, inputs: LayerInputs, cache: AttentionCache) -> torch.Tensor:
         """forward with a cache (prefill, or eager decoding without the decode step): one op rotates queries
         and keys and writes keys and values at the next slots; attend over every filled slot of the query's
         documents."""
         batch, length, _ = x.shape
         slots = cache.next_slots(length, inputs.memo)
-        q = rope_cache_write(self.q_proj(x), self.k_proj(x), self.v_proj(x), *inputs.rope_tables(),
+        q = rope_cache_write(*self.project(x), *inputs.rope_tables(),
                              self.key_multiplier, self.query_multiplier, cache.keys, cache.values, slots)
         out = attend_with_cache(q.transpose(1, 2), inputs.seq_idx, cache, inputs.memo)  # [B, heads, L, head_dim]
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
@@ -105,7 +130,7 @@ class Attention(nn.Module):
         (ops.decode_attention: SDPA gives a row's key/value head one program)."""
         batch, length, _ = x.shape
         assert length == 1, "static-shape decoding feeds one token per row"
-        q = rope_cache_write(self.q_proj(x), self.k_proj(x), self.v_proj(x), *inputs.rope_tables(),
+        q = rope_cache_write(*self.project(x), *inputs.rope_tables(),
                              self.key_multiplier, self.query_multiplier, cache.keys, cache.values, cache.decode.slot)
         heads, kv_heads = q.shape[2], cache.keys.shape[1]
         grouped = q.view(batch, kv_heads, heads // kv_heads, self.head_dim)
