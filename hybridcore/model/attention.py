@@ -89,8 +89,8 @@ class Attention(nn.Module):
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The cache paths' q, k, v [B, L, heads * head_dim]: without gradients, one product with the three
         weights joined (views of its output; a decoded token costs one GEMM launch instead of three), else
-        one product each."""
-        joined = None if torch.is_grad_enabled() else self._joined_projection(x)
+        one product each (also in a compiled layer, which fuses what it can itself)."""
+        joined = None if torch.is_grad_enabled() or torch.compiler.is_compiling() else self._joined_projection(x)
         if joined is None:
             return self.q_proj(x), self.k_proj(x), self.v_proj(x)
         weight, bias, widths = joined

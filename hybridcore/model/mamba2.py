@@ -215,18 +215,21 @@ class Mamba2Mixer(nn.Module):
     def _decode_constants(self, like: torch.Tensor, widths: list[int]):
         """(mup_vector, A = -exp(A_log), conv weight [C, K], conv bias) for prefill and
         decoding, rebuilt only when the device, dtype or a parameter's version changes (a plain attribute:
-        not state, not saved)."""
-        parameters = (self.A_log, *(getattr(self, f"conv_{kind}_{s}") for kind in ("weight", "bias")
-                                    for s in CONV_SEGMENTS))
-        key = (like.device, like.dtype, torch.is_inference_mode_enabled(),
-               *((p.data_ptr(), p._version) for p in parameters if p is not None))
-        if torch.is_grad_enabled() or getattr(self, "_decode_key", None) != key:
-            values = (self.mup_vector(widths, like.device, like.dtype), -torch.exp(self.A_log.float()),
-                      self.conv_weight(), self.conv_bias())
-            if torch.is_grad_enabled():  # values on the autograd graph: never kept for another call
-                return values
+        not state, not saved). On the autograd graph, or traced into a compiled layer (which folds them),
+        they are built for the call and never kept."""
+        kept = not (torch.is_grad_enabled() or torch.compiler.is_compiling())
+        if kept:
+            parameters = (self.A_log, *(getattr(self, f"conv_{kind}_{s}") for kind in ("weight", "bias")
+                                        for s in CONV_SEGMENTS))
+            key = (like.device, like.dtype, torch.is_inference_mode_enabled(),
+                   *((p.data_ptr(), p._version) for p in parameters if p is not None))
+            if getattr(self, "_decode_key", None) == key:
+                return self._decode_values
+        values = (self.mup_vector(widths, like.device, like.dtype), -torch.exp(self.A_log.float()),
+                  self.conv_weight(), self.conv_bias())
+        if kept:
             self._decode_key, self._decode_values = key, values
-        return self._decode_values
+        return values
 
     def gate(self, y: torch.Tensor, z: torch.Tensor, inputs: LayerInputs) -> torch.Tensor:
         if not self.use_rms_norm:

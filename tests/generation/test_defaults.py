@@ -32,6 +32,22 @@ def test_compiled_modules_decode_eagerly_by_default(model):
     assert loop.uses_cuda_graph(compiled, True, torch.device("cuda")) is True
 
 
+def test_compiled_layers_generate_without_graph_breaks():
+    """A trained model's layers are compiled in place (`hybridcore train` samples from it): prefill and
+    decoding trace through them whole (one graph per layer kind and phase) and choose the eager tokens."""
+    from torch._dynamo.utils import counters
+
+    model = random_model(tiny_config(layout="P-*-"), seed=1)
+    ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
+    expected = hybridcore.generate(model, ids, 6)
+    for layer in model.layers.values():
+        layer.compile(backend="eager", dynamic=False)
+    counters.clear()
+    assert torch.equal(hybridcore.generate(model, ids, 6), expected)
+    assert dict(counters["graph_break"]) == {}
+    assert counters["stats"]["unique_graphs"] == 6  # P, - and * layers; prefill and decoding
+
+
 def test_cpu_generation_passes_no_graph_to_the_decode_step(model, monkeypatch):
     made = []
     original = loop.DecodeStep
