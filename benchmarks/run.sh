@@ -8,7 +8,7 @@
 #   train-4x4096, train-2x16384  the training step of `hybridcore bench`: ours, transformers + kernels, transformers
 #   ssd             the SSD scan alone: ours, mamba_ssm
 #   generate        prefill and decode at batch 1, 8, 64: ours (CUDA graph), ours eager, transformers; then
-#                   where eager decoding spends host time (decode_host.py: per op, per attention backend)
+#                   where decoding spends its time (decode_host.py: per op, per decode attention)
 #   train-run       `hybridcore train` on packed documents: tokens/s, and the first step cold and warm
 #   fp8-throughput  8 falcon-h1-7b blocks at 2 x 4096: bf16, float8 tensorwise, rowwise (torchao from .whl/)
 #   fp8-loss        300 steps of falcon-h1-0.5b, bf16 against float8 tensorwise

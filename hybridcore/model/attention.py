@@ -22,7 +22,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..ops import decode_attention, rope_cache_write
-from .cache import AttentionCache
+from .cache import AttentionCache, KeepsInferenceValues
 from .flex_document import flex_document_attention, flex_document_attention_applies
 from .plan import COLWISE, ROWWISE, linear_plan
 from .rope import apply_rope
@@ -48,7 +48,7 @@ def document_causal_mask(query_docs: torch.Tensor, key_docs: torch.Tensor, query
     return (causal[None] & same_doc)[:, None]
 
 
-class Attention(nn.Module):
+class Attention(KeepsInferenceValues):
     parallel_plan = {**linear_plan("q_proj", COLWISE), **linear_plan("k_proj", COLWISE),
                      **linear_plan("v_proj", COLWISE), **linear_plan("o_proj", ROWWISE)}
 
@@ -97,19 +97,17 @@ class Attention(nn.Module):
         return torch.split(F.linear(x, weight, bias), widths, dim=-1)
 
     def _joined_projection(self, like: torch.Tensor):
-        """(weight, bias, widths) of q, k and v joined, kept as a plain attribute (not state, not saved; it
-        costs the memory of the three weights again) and rebuilt when a weight changes; None for tensor
-        subclasses (DTensor shards), which keep their own products."""
+        """(weight, bias, widths) of q, k and v joined (kept between calls: it costs the memory of the three
+        weights again); None for tensor subclasses (DTensor shards), which keep their own products."""
         projections = (self.q_proj, self.k_proj, self.v_proj)
         tensors = [t for p in projections for t in (p.weight, p.bias) if t is not None]
         if any(type(t) not in (torch.Tensor, nn.Parameter) for t in (like, *tensors)):
             return None
-        key = (torch.is_inference_mode_enabled(), *((t.data_ptr(), t._version) for t in tensors))
-        if getattr(self, "_joined_key", None) != key:
-            weight = torch.cat([p.weight for p in projections])
+
+        def join():
             bias = torch.cat([p.bias for p in projections]) if self.q_proj.bias is not None else None
-            self._joined_key, self._joined = key, (weight, bias, [p.weight.shape[0] for p in projections])
-        return self._joined
+            return torch.cat([p.weight for p in projections]), bias, [p.weight.shape[0] for p in projections]
+        return self.kept("joined_projection", tensors, join)
 
     def prefill_tokens(self, x: torch.Tensor, inputs: LayerInputs, cache: AttentionCache) -> torch.Tensor:
         """forward with a cache (prefill, or eager decoding without the decode step): one op rotates queries

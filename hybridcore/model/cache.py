@@ -7,9 +7,11 @@ before the prompt) is never attended to, the same mechanism as packed-document m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 
 @dataclass
@@ -94,3 +96,21 @@ class MambaCache:
 class LayerCache:
     attention: AttentionCache | None = None
     mamba: MambaCache | None = None
+
+
+class KeepsInferenceValues(nn.Module):
+    """A module that keeps values derived from its parameters between prefill and decoding calls (joined
+    weights, constants): rebuilt when a parameter is replaced or changed in place, dropped when the module
+    moves or changes dtype (`.to`, `.cpu`, `.half`), so no memory stays behind on the old device. Plain
+    attributes: not state, never saved."""
+
+    def kept(self, name: str, parameters, build: Callable):
+        key = (torch.is_inference_mode_enabled(), *((p.data_ptr(), p._version) for p in parameters if p is not None))
+        store = self.__dict__.setdefault("_inference_values", {})
+        if name not in store or store[name][0] != key:
+            store[name] = (key, build())
+        return store[name][1]
+
+    def _apply(self, fn, recurse=True):
+        self.__dict__.pop("_inference_values", None)
+        return super()._apply(fn, recurse)

@@ -25,7 +25,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..ops import (causal_conv1d, causal_conv1d_step, gated_rms_norm, gated_rms_norm_spanning, ssd, ssd_step,
                    swiglu)
-from .cache import MambaCache
+from .cache import KeepsInferenceValues, MambaCache
 from .plan import COLWISE, GROUPS, OUTPUT_BIAS, ROWWISE
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class SegmentedLinear(nn.Module):
         return F.linear(x, torch.cat(self.weights()), torch.cat(biases) if biases is not None else None)
 
 
-class Mamba2Mixer(nn.Module):
+class Mamba2Mixer(KeepsInferenceValues):
     parallel_plan = {
         **{f"in_proj.{kind}_{s}": _SEGMENT_RULE[s] for s in IN_PROJ_SEGMENTS for kind in ("weight", "bias")},
         **{f"conv_{kind}_{s}": _SEGMENT_RULE[s] for s in CONV_SEGMENTS for kind in ("weight", "bias")},
@@ -213,23 +213,17 @@ class Mamba2Mixer(nn.Module):
         return self.out_proj(self.gate(y.view(batch, 1, d_ssm), z, inputs))
 
     def _decode_constants(self, like: torch.Tensor, widths: list[int]):
-        """(mup_vector, A = -exp(A_log), conv weight [C, K], conv bias) for prefill and
-        decoding, rebuilt only when the device, dtype or a parameter's version changes (a plain attribute:
-        not state, not saved). On the autograd graph, or traced into a compiled layer (which folds them),
-        they are built for the call and never kept."""
-        kept = not (torch.is_grad_enabled() or torch.compiler.is_compiling())
-        if kept:
-            parameters = (self.A_log, *(getattr(self, f"conv_{kind}_{s}") for kind in ("weight", "bias")
-                                        for s in CONV_SEGMENTS))
-            key = (like.device, like.dtype, torch.is_inference_mode_enabled(),
-                   *((p.data_ptr(), p._version) for p in parameters if p is not None))
-            if getattr(self, "_decode_key", None) == key:
-                return self._decode_values
-        values = (self.mup_vector(widths, like.device, like.dtype), -torch.exp(self.A_log.float()),
-                  self.conv_weight(), self.conv_bias())
-        if kept:
-            self._decode_key, self._decode_values = key, values
-        return values
+        """(mup_vector, A = -exp(A_log), conv weight [C, K], conv bias) for prefill and decoding, kept between
+        calls on the device and in the dtype of `like`. On the autograd graph, or traced into a compiled layer
+        (which folds them), they are built for the call and never kept."""
+        def build():
+            return (self.mup_vector(widths, like.device, like.dtype), -torch.exp(self.A_log.float()),
+                    self.conv_weight(), self.conv_bias())
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return build()
+        parameters = (self.A_log, *(getattr(self, f"conv_{kind}_{s}") for kind in ("weight", "bias")
+                                    for s in CONV_SEGMENTS))
+        return self.kept(f"decode_constants {like.device} {like.dtype}", parameters, build)
 
     def gate(self, y: torch.Tensor, z: torch.Tensor, inputs: LayerInputs) -> torch.Tensor:
         if not self.use_rms_norm:

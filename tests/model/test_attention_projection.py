@@ -26,7 +26,7 @@ def test_without_gradients_one_product_gives_the_three_projections():
         with torch.no_grad():
             joined = layer.project(x)
             expected = separate(layer, x)
-        assert layer._joined[0].shape == (4 * 8 + 2 * 2 * 8, 32)
+        assert layer._joined_projection(x)[0].shape == (4 * 8 + 2 * 2 * 8, 32)
         for got, want in zip(joined, expected):
             torch.testing.assert_close(got, want)
 
@@ -45,7 +45,7 @@ def test_under_autograd_each_weight_gets_its_gradient():
     layer, x = layer_and_input()
     q, k, v = layer.project(x)
     (q.sum() + 2 * k.sum() + 3 * v.sum()).backward()
-    assert not hasattr(layer, "_joined")
+    assert not layer.__dict__.get("_inference_values")
     for projection in (layer.q_proj, layer.k_proj, layer.v_proj):
         assert projection.weight.grad is not None
 
@@ -56,3 +56,14 @@ def test_a_tensor_subclass_keeps_three_products():
     layer, x = layer_and_input()
     with torch.no_grad():
         assert layer._joined_projection(x.as_subclass(Wrapped)) is None
+
+
+def test_moving_the_module_drops_what_it_kept():
+    """`.to`, `.cpu`, `.half`: nothing derived from the old parameters stays behind (on the old device)."""
+    layer, x = layer_and_input()
+    with torch.no_grad():
+        layer.project(x)
+        assert layer.__dict__["_inference_values"]
+        layer.to(torch.float64)
+        assert not layer.__dict__.get("_inference_values")
+        torch.testing.assert_close(layer.project(x.double())[0], layer.q_proj(x.double()))
