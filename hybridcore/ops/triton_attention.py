@@ -18,6 +18,13 @@ import triton.language as tl
 
 
 @triton.jit
+def _store_heads(out_ptr, b, h, offs_g, offs_d, G, D, s_o_b, s_o_h, s_o_g, out):
+    """out [G, D] (fp32) to the output's query heads of (row b, key/value head h), in its dtype."""
+    tl.store(out_ptr + b * s_o_b + h * s_o_h + offs_g[:, None] * s_o_g + offs_d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=(offs_g < G)[:, None] & (offs_d < D)[None, :])
+
+
+@triton.jit
 def _decode_split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, slot_ptr, part_ptr, out_ptr, KV, G, D, S, split_len,
                          s_q_b, s_q_h, s_q_g, s_k_b, s_k_h, s_k_s, s_v_b, s_v_h, s_v_s, s_mask_b, s_o_b, s_o_h,
                          s_o_g, scale, FINAL: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -53,9 +60,7 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, slot_ptr, part_ptr, out_
         l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
     if FINAL:  # one split: this program's result is the output
-        out = acc / l_i[:, None]
-        tl.store(out_ptr + b * s_o_b + h * s_o_h + offs_g[:, None] * s_o_g + offs_d[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=g_ok[:, None] & d_ok[None, :])
+        _store_heads(out_ptr, b, h, offs_g, offs_d, G, D, s_o_b, s_o_h, s_o_g, acc / l_i[:, None])
     else:  # part [B*KV, splits, G, D + 2]: the weighted values, then the max and the sum
         row = part_ptr + ((bh * tl.num_programs(1) + split) * G + offs_g) * (D + 2)
         tl.store(row[:, None] + offs_d[None, :], acc, mask=g_ok[:, None] & d_ok[None, :])
@@ -83,8 +88,7 @@ def _decode_combine_kernel(part_ptr, out_ptr, KV, G, D, SPLITS, s_o_b, s_o_h, s_
     d_ok = offs_d < D
     acc = tl.load(rows[:, :, None] + offs_d[None, None, :], mask=sg_ok[:, :, None] & d_ok[None, None, :], other=0.0)
     out = tl.sum(weight[:, :, None] * acc, axis=0) / total[:, None]
-    tl.store(out_ptr + b * s_o_b + h * s_o_h + offs_g[:, None] * s_o_g + offs_d[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=(offs_g < G)[:, None] & d_ok[None, :])
+    _store_heads(out_ptr, b, h, offs_g, offs_d, G, D, s_o_b, s_o_h, s_o_g, out)
 
 
 MAX_SPLITS = 32
