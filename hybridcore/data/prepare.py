@@ -32,6 +32,9 @@ from .tokenizers import ByteTokenizer, HFTokenizer, load_tokenizer, train_bpe
 DEFAULT_SHARD_TOKENS = 1 << 28  # 256 Mi tokens: 512 MB shards at uint16
 CHUNK_DOCS = 256  # documents per worker task
 CHUNK_CHARS = 1 << 20  # ... or fewer, once a task holds this much text
+# What a data directory holds (--overwrite replaces a directory holding nothing else)
+DATA_DIR_NAMES = ("meta.json", "tokenizer.json", "byte_tokenizer.json", "train_*.bin", "val_*.bin", "train_docs.npy",
+                  "val_docs.npy")
 
 
 @dataclass
@@ -203,14 +206,14 @@ def prepare(inputs: Iterable[str | Path] | None, out_dir: str | Path, tokenizer:
         read = list(inputs)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: exists and is not a directory")
-    check_output(out_dir, overwrite, read)
+    check_output(out_dir, overwrite, read, DATA_DIR_NAMES)
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
 
     def documents() -> Iterator[str]:
         for path in files:
             yield from sources.iter_file(path, text_field)
 
-    with atomic_directory(out_dir, overwrite, read) as tmp:
+    with atomic_directory(out_dir, overwrite, read, DATA_DIR_NAMES) as tmp:
         if train_tokenizer:
             tok = train_bpe(documents(), vocab_size, tmp / "tokenizer.json", show_progress=progress)
         else:

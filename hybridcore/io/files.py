@@ -9,6 +9,7 @@ live writer's work, and removes only the former.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
 import sys
@@ -59,13 +60,13 @@ def atomic_file(path: str | Path, mode: str = "w"):
 
 # ---- whole directories ------------------------------------------------------------------------------
 @contextmanager
-def atomic_directory(path: str | Path, overwrite: bool = False, inputs=()):
+def atomic_directory(path: str | Path, overwrite: bool = False, inputs=(), own=None):
     """Yield a fresh staging directory to fill; on success it becomes `path`, on any error it is removed.
 
     An existing non-empty `path` is replaced only with `overwrite`, and never when it is, holds or lies
-    inside one of `inputs` or a training run (check_output)."""
+    inside one of `inputs` or a training run, or holds an entry that `own` does not match (check_output)."""
     target = Path(os.path.abspath(path))
-    check_output(target, overwrite, inputs)
+    check_output(target, overwrite, inputs, own)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(target)
     staging = target.with_name(f".{target.name}{STAGING}{uuid.uuid4().hex[:8]}")
@@ -74,13 +75,19 @@ def atomic_directory(path: str | Path, overwrite: bool = False, inputs=()):
     try_lock_fd(fd)  # held until we are done: a live writer's staging is never cleaned up
     try:
         yield staging
-        check_output(target, overwrite, inputs)  # again: something may have appeared while we wrote
+        check_output(target, overwrite, inputs, own)  # again: something may have appeared while we wrote
         publish_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
         os.close(fd)
+
+
+def copy_files(files, directory: str | Path) -> None:
+    """Copy each file into `directory` under its own name (a staging directory: published with it)."""
+    for file in files:
+        shutil.copyfile(file, Path(directory) / Path(file).name)
 
 
 def publish_directory(staging: str | Path, target: str | Path) -> None:
@@ -160,10 +167,12 @@ def _warn(message: str) -> None:
 
 
 # ---- what may be replaced ---------------------------------------------------------------------------
-def check_output(path: str | Path, overwrite: bool, inputs=()) -> None:
+def check_output(path: str | Path, overwrite: bool, inputs=(), own=None) -> None:
     """ValueError unless writing `path` destroys nothing but an earlier output: an existing non-empty
     `path` needs `overwrite`, and even then it must not be, hold or lie inside one of `inputs` or a
-    training run directory (whose checkpoints and metrics no command but train may replace)."""
+    training run directory (whose checkpoints and metrics no command but train may replace). With `own`
+    (the glob patterns of the names the command writes in the directory), it must also hold nothing else:
+    a directory with anything more is not an earlier output of the command, and nothing in it is lost."""
     path = Path(path)
     if not os.path.lexists(path):
         return
@@ -196,6 +205,21 @@ def check_output(path: str | Path, overwrite: bool, inputs=()) -> None:
         raise ValueError(f"refusing to overwrite {path}: it {relation} the training run directory {run}{busy}; "
                          f"--overwrite never replaces a run's checkpoints and metrics. Choose another output "
                          f"path, or delete the run yourself if you mean to")
+    if own is not None:
+        _check_only_own(path, target, own)
+
+
+def _check_only_own(path: Path, target: Path, own) -> None:
+    if not target.is_dir():
+        raise ValueError(f"refusing to overwrite {path}: it is a file, and this command writes a directory; "
+                         f"choose another output path")
+    foreign = sorted(entry.name + ("/" if entry.is_dir() else "") for entry in target.iterdir()
+                     if not any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in own) or entry.is_dir())
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ValueError(f"refusing to overwrite {path}: it holds {shown}, which this command does not write, so "
+                         f"it is not an earlier output of the command and --overwrite would delete them. Choose "
+                         f"another output path, or remove them yourself if you mean to")
 
 
 def _run_inside(directory: Path) -> Path | None:
@@ -210,5 +234,5 @@ def _run_inside(directory: Path) -> Path | None:
     return None
 
 
-__all__ = ["atomic_file", "atomic_directory", "publish_directory", "remove_directory", "remove_tree",
+__all__ = ["atomic_file", "atomic_directory", "copy_files", "publish_directory", "remove_directory", "remove_tree",
            "remove_stale_staging", "check_output", "fsync_dir", "STAGING", "REPLACED"]

@@ -116,3 +116,25 @@ def test_a_lock_names_its_holder_and_a_dead_holder_is_taken_over(tmp_path):
     assert stale.pid == 999999 and stale.host == "elsewhere"
     assert holder_of(path).pid == os.getpid()
     second.release()
+
+
+def test_overwrite_with_own_names_replaces_only_a_directory_of_them(tmp_path):
+    """With the names a command writes, --overwrite takes a directory holding only those; anything else
+    (a stray file, a subdirectory, a file where the directory goes) is refused and left alone."""
+    own = ("meta.json", "train_*.bin")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "meta.json").write_text("{}")
+    (out / "train_000.bin").write_bytes(b"x")
+    check_output(out, overwrite=True, own=own)  # an earlier output: fine
+    (out / "notes.txt").write_text("mine")
+    (out / "sub").mkdir()
+    with pytest.raises(ValueError, match=r"it holds notes.txt, sub/, which this command does not write"):
+        check_output(out, overwrite=True, own=own)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="it is a file, and this command writes a directory"):
+        check_output(tmp_path / "file", overwrite=True, own=own)
+    with pytest.raises(ValueError, match="it holds notes.txt"):
+        with atomic_directory(out, overwrite=True, own=own) as staging:
+            (staging / "meta.json").write_text("{}")
+    assert (out / "notes.txt").read_text() == "mine"
