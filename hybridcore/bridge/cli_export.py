@@ -23,18 +23,22 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from ..errors import io_faults
     from ..io.files import check_output
-    from ..io.load import load_model
+    from ..io.load import load_model, open_source
     from .families import family_named
-    from .hf import save_hf
+    from .hf import hf_output_names, save_hf
 
     limit = parse_size(args.max_shard_size, "--max-shard-size")
     requested = family_named(args.family) if args.family else None  # a typo fails before any reading
-    check_output(args.out_hf_dir, args.overwrite, inputs=[args.src])  # before reading a whole model
+    tokenizer = open_source(args.src).tokenizer_files()
+    # before reading a whole model
+    check_output(args.out_hf_dir, args.overwrite, inputs=[args.src], own=hf_output_names(tokenizer))
     with io_faults(f"exporting {args.src} to {args.out_hf_dir}",
                    kept=f"{args.out_hf_dir} was not changed (the partial output was removed)"):
         model = load_model(args.src, device="cpu")
         family = save_hf(model, args.out_hf_dir, max_shard_bytes=limit, overwrite=args.overwrite,
-                         inputs=[args.src], family=requested)
+                         inputs=[args.src], family=requested, extra_files=tokenizer)
+    with_tokenizer = (f", with {', '.join(f.name for f in tokenizer)}" if tokenizer else
+                      " (no Hugging Face tokenizer goes with it: the byte tokenizer, or none found)")
     print(f"exported {args.src} -> {args.out_hf_dir}: {family.name} ({family.architecture}), "
-          f"{model.num_parameters():,} parameters")
+          f"{model.num_parameters():,} parameters{with_tokenizer}")
     return 0

@@ -3,6 +3,8 @@ family, -> a hybridcore model directory."""
 
 from __future__ import annotations
 
+import os
+
 
 def add_arguments(parser) -> None:
     from .families import supported
@@ -19,17 +21,20 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from ..errors import io_faults
     from ..io.files import check_output
+    from ..io.load import TOKENIZER_FILES
     from ..layout import compact_layout
     from .hf import hf_family, load_hf
     from .hub import resolve_model_path
-    from .model_dir import save_model_dir
+    from .model_dir import model_dir_names, save_model_dir
 
-    check_output(args.out_dir, args.overwrite, inputs=[args.hf_dir])  # before reading what may be many gigabytes
+    # before reading what may be many gigabytes (the tokenizer's files are known once the source is found)
+    check_output(args.out_dir, args.overwrite, inputs=[args.hf_dir], own=model_dir_names(TOKENIZER_FILES))
     source = resolve_model_path(args.hf_dir)
+    tokenizer = [os.path.join(source, name) for name in TOKENIZER_FILES if os.path.isfile(os.path.join(source, name))]
     with io_faults(f"importing {args.hf_dir} to {args.out_dir}",
                    kept=f"{args.out_dir} was not changed (the partial output was removed)"):
         model = load_hf(source, dtype=args.dtype)
-        save_model_dir(model, args.out_dir, overwrite=args.overwrite, inputs=[source])
+        save_model_dir(model, args.out_dir, overwrite=args.overwrite, inputs=[source], extra_files=tokenizer)
     dtype = str(model.embed.weight.dtype).removeprefix("torch.")
     print(f"imported {args.hf_dir} -> {args.out_dir}: {hf_family(source).name}, layout "
           f"{compact_layout(model.config.layout)}, {model.num_parameters():,} parameters, {dtype}")

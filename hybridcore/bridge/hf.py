@@ -7,11 +7,12 @@ first (hub.py).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
 from ..config import ModelConfig
-from ..io.files import atomic_directory, check_output
+from ..io.files import atomic_directory, check_output, copy_files
 from ..io.json_codec import read_json_object, write_json
 from ..model import HybridLM
 from .families import exporting_family, family_of, model_config_from_hf
@@ -19,7 +20,7 @@ from .family import Family
 from .hub import resolve_model_path
 from .keys import targets
 from .loading import load_checkpoint
-from .safetensors_io import CheckpointReader, parse_size, write_checkpoint
+from .safetensors_io import WEIGHT_FILES, CheckpointReader, parse_size, write_checkpoint
 
 CONFIG_FILE = "config.json"
 TIED_HEAD_KEY = "lm_head.weight"
@@ -103,22 +104,31 @@ def hf_state_dict(model: HybridLM, family: str | Family | None = None) -> dict[s
     return {key: _joined(parts) for key, parts in exportable_tensors(model, family).items()}
 
 
-def save_hf(model: HybridLM, path: str, max_shard_bytes: int | str = DEFAULT_MAX_SHARD_BYTES,
-            overwrite: bool = False, inputs=(), family: str | Family | None = None) -> Family:
-    """Write `path` as a directory transformers' from_pretrained loads, in the format of `family` (a
-    model_type or name; None: the first family whose format holds the model). Returns the family written.
+def hf_output_names(extra_files=()) -> tuple[str, ...]:
+    """What save_hf writes in its directory (with these extra files copied in)."""
+    return (CONFIG_FILE, *WEIGHT_FILES, *(Path(f).name for f in extra_files))
 
-    The directory appears complete or not at all; `overwrite` never replaces one of `inputs` (what the
-    model was read from) or a training run.
+
+def save_hf(model: HybridLM, path: str, max_shard_bytes: int | str = DEFAULT_MAX_SHARD_BYTES,
+            overwrite: bool = False, inputs=(), family: str | Family | None = None, extra_files=()) -> Family:
+    """Write `path` as a directory transformers' from_pretrained loads, in the format of `family` (a
+    model_type or name; None: the first family whose format holds the model), with `extra_files` (the
+    tokenizer's) copied in. Returns the family written.
+
+    The directory appears complete or not at all; `overwrite` replaces only an earlier output of this
+    function: never one of `inputs` (what the model was read from), a training run, or a directory holding
+    other files.
     """
     limit = parse_size(max_shard_bytes, "max_shard_bytes")
-    check_output(path, overwrite, inputs)
+    own = hf_output_names(extra_files)
+    check_output(path, overwrite, inputs, own)
     family = exporting_family(model.config, family)
     hf_config = family.hf_config(model.config)
     tensors = exportable_tensors(model, family)
     hf_config["dtype"] = str(model.embed.weight.dtype).removeprefix("torch.")
     sizes = [(key, sum(t.numel() * t.element_size() for t in parts)) for key, parts in tensors.items()]
-    with atomic_directory(path, overwrite, inputs) as staging:
+    with atomic_directory(path, overwrite, inputs, own) as staging:
         write_json(staging / CONFIG_FILE, hf_config, indent=2, sort_keys=True)
         write_checkpoint(str(staging), sizes, lambda key: _joined(tensors[key]), limit)
+        copy_files(extra_files, staging)
     return family

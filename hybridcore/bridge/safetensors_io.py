@@ -16,6 +16,7 @@ from ..io.json_codec import read_json_object, write_json
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+WEIGHT_FILES = (SINGLE_FILE, "model-*-of-*.safetensors", INDEX_FILE)  # the names write_checkpoint may write
 
 _UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
           "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
@@ -125,6 +126,13 @@ def plan_shards(sizes: Iterable[tuple[str, int]], max_shard_bytes: int | None) -
     return shards
 
 
+def _umask_mode() -> int:
+    """The mode a plain open() gives a new file here (0o666 less the umask)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_checkpoint(directory: str, sizes: list[tuple[str, int]], fetch: Callable[[str], torch.Tensor],
                      max_shard_bytes: int | None = None) -> list[str]:
     """Write the named tensors (fetched shard by shard, so only one shard is copied at a time).
@@ -135,10 +143,12 @@ def write_checkpoint(directory: str, sizes: list[tuple[str, int]], fetch: Callab
     shards = plan_shards(sizes, max_shard_bytes)
     names = [SINGLE_FILE] if len(shards) == 1 else \
         [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    weight_map = {}
+    weight_map, mode = {}, _umask_mode()
     for name, keys in zip(names, shards):
         tensors = {key: fetch(key).detach().to("cpu").contiguous() for key in keys}
-        save_file(tensors, os.path.join(directory, name), metadata={"format": "pt"})
+        path = os.path.join(directory, name)
+        save_file(tensors, path, metadata={"format": "pt"})
+        os.chmod(path, mode)  # safetensors writes 0600; the directory's other files follow the umask
         weight_map.update({key: name for key in keys})
         del tensors
     if len(shards) > 1:

@@ -23,6 +23,8 @@ from .run_dir import CHECKPOINTS, is_run_dir
 
 MODEL_DIR_FILE = "hybridcore.json"  # bridge/model_dir.py's META_FILE
 HF_CONFIG_FILE = "config.json"
+# A Hugging Face tokenizer's files: they travel with the weights through import-hf and export-hf.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 @dataclass
@@ -37,6 +39,29 @@ class ModelSource:
     def run_dir(self) -> Path | None:
         """The run a training checkpoint belongs to (RUN_DIR/checkpoints/step_N -> RUN_DIR)."""
         return self.checkpoint.parent.parent if self.checkpoint is not None else None
+
+    def data_dirs(self) -> list[Path]:
+        """Where a training checkpoint's prepared data (meta.json and its tokenizer) may be: the run's --data,
+        RUN_DIR/data, its --out's data; none for the other kinds."""
+        if self.checkpoint is None:
+            return []
+        train = self.train or {}
+        candidates = [Path(train["data"])] if train.get("data") else []
+        candidates.append(self.run_dir / "data")
+        if train.get("out"):
+            candidates.append(Path(train["out"]) / "data")
+        return candidates
+
+    def data_dir(self) -> Path | None:
+        return next((d for d in self.data_dirs() if (d / "meta.json").is_file()), None)
+
+    def tokenizer_files(self) -> list[Path]:
+        """The Hugging Face tokenizer files that go with these weights: a directory's own, or the one a
+        training run's data was prepared with (none for the byte tokenizer)."""
+        if self.kind == "checkpoint":
+            data = self.data_dir()
+            return [data / TOKENIZER_FILES[0]] if data is not None and (data / TOKENIZER_FILES[0]).is_file() else []
+        return [self.path / name for name in TOKENIZER_FILES if (self.path / name).is_file()]
 
 
 def source_kind(path: str | Path) -> str:
@@ -108,4 +133,4 @@ def load_model(path: str | Path, device: str | torch.device | None = None,
     return load_hf(str(source.path), dtype=dtype, device=device).eval()
 
 
-__all__ = ["load_model", "open_source", "source_kind", "ModelSource"]
+__all__ = ["load_model", "open_source", "source_kind", "ModelSource", "TOKENIZER_FILES"]
