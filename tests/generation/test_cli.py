@@ -54,16 +54,54 @@ def test_generate_from_hf_dir_streams_the_greedy_continuation(hf_dir, capsys):
 
 
 def test_generate_from_an_imported_model_directory(hf_dir, tmp_path, capsys):
-    assert main(["import-hf", str(hf_dir), str(tmp_path / "model")]) == 0
+    """import-hf and export-hf carry the tokenizer along: each directory generates as the first one does;
+    without its tokenizer.json, the error names --tokenizer, which then serves."""
+    model = tmp_path / "model"
+    assert main(["import-hf", str(hf_dir), str(model)]) == 0
+    assert (model / "tokenizer.json").read_bytes() == (hf_dir / "tokenizer.json").read_bytes()
     capsys.readouterr()
     base = ["--prompt", "the cat sat", "--max-new-tokens", "12", "--device", "cpu"]
-    assert main(["generate", "--checkpoint", str(tmp_path / "model"), *base]) == 2
-    assert "name one with --tokenizer" in capsys.readouterr().err
     assert main(["generate", "--hf", str(hf_dir), *base]) == 0
     from_hf = capsys.readouterr().out
-    assert main(["generate", "--checkpoint", str(tmp_path / "model"), "--tokenizer",
-                 str(hf_dir / "tokenizer.json"), *base]) == 0
+    assert main(["export-hf", str(model), str(tmp_path / "exported")]) == 0  # and on through export-hf
+    assert "with tokenizer.json" in capsys.readouterr().out
+    for source in (["--checkpoint", str(model)], ["--checkpoint", str(hf_dir)], ["--hf", str(tmp_path / "exported")]):
+        assert main(["generate", *source, *base]) == 0
+        assert capsys.readouterr().out == from_hf
+    (model / "tokenizer.json").unlink()
+    assert main(["generate", "--checkpoint", str(model), *base]) == 2
+    assert "has no tokenizer.json; name a tokenizer with --tokenizer" in capsys.readouterr().err
+    assert main(["generate", "--checkpoint", str(model), "--tokenizer", str(hf_dir / "tokenizer.json"), *base]) == 0
     assert capsys.readouterr().out == from_hf
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--max-new-tokens", "-1"], "--max-new-tokens must be >= 0"),
+    (["--temperature", "-1"], "--temperature must be a finite number >= 0"),
+    (["--temperature", "nan"], "--temperature must be a finite number >= 0"),
+    (["--top-k", "0", "--temperature", "1"], "--top-k must be an integer >= 1"),
+    (["--top-p", "1.5", "--temperature", "1"], "--top-p must be in (0, 1]"),
+    (["--top-k", "5"], "--top-k applies when sampling"),
+    (["--prompt", "cat " * 600], "--prompt: "),
+])
+def test_generate_flags_are_checked_by_name(hf_dir, capsys, flags, message):
+    assert main(["generate", "--hf", str(hf_dir), "--prompt", "the cat", "--device", "cpu", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_tokenizer_larger_than_the_model_is_named(hf_dir, tmp_path, capsys):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"w{i}": i for i in range(5000)}
+    vocab["[UNK]"] = 5000
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(tmp_path / "big.json"))  # no end-of-text token: generate does not need one
+    base = ["generate", "--hf", str(hf_dir), "--device", "cpu", "--max-new-tokens", "3", "--tokenizer",
+            str(tmp_path / "big.json")]
+    assert main([*base, "--prompt", "w1 w2"]) == 0
+    assert main([*base, "--prompt", "w4999"]) == 2
+    assert "name the right one with --tokenizer" in capsys.readouterr().err
 
 
 def test_sampling_from_the_cli_is_reproducible(hf_dir, capsys):
