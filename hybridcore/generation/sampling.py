@@ -21,7 +21,10 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int
     """logits [B, V] -> token ids [B]. top_k and top_p only apply when sampling (temperature > 0)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    scores = logits.float() / temperature
+    scores = logits.float()
+    # from the best score down: a temperature so small that scores / temperature overflow still samples
+    # (the best token, as greedy does) instead of producing inf - inf
+    scores = (scores - scores.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None and top_k < scores.shape[-1]:
         kth_best = torch.topk(scores, top_k, dim=-1).values[..., -1:]
         scores = scores.masked_fill(scores < kth_best, float("-inf"))

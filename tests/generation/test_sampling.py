@@ -55,3 +55,11 @@ def test_top_p_keeps_the_smallest_set_reaching_the_mass():
 def test_temperature_zero_is_argmax():
     logits = torch.tensor([[0.1, 0.7, 0.2], [2.0, -1.0, 1.0]])
     assert sample_next_token(logits).tolist() == [1, 0]
+
+
+def test_a_vanishing_temperature_samples_the_best_token():
+    """scores / 1e-44 overflow to inf; sampling from the best score down gives the argmax, not NaN."""
+    logits = torch.tensor([[0.5, 2.0, -1.0, 1.9], [3.0, -3.0, 0.0, 2.5]])
+    generator = torch.Generator().manual_seed(0)
+    for temperature in (1e-44, 1e-30):
+        assert sample_next_token(logits, temperature=temperature, generator=generator).tolist() == [1, 0]
