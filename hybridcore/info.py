@@ -120,7 +120,7 @@ def _bytes(n: int) -> str:
 
 def run(args) -> int:
     config = resolve_model_config(args.model, args.set)
-    seq_len = args.seq_len or min(4096, config.max_seq_len)
+    seq_len = args.seq_len if args.seq_len is not None else min(4096, config.max_seq_len)
     if seq_len <= 0:
         raise ValueError(f"--seq-len must be positive, got {seq_len}")
     if args.pp <= 0:

@@ -96,6 +96,8 @@ def test_info_text_and_overrides(capsys):
     assert main(["info", "debug", "--set", "layout=M-M*-", "--seq-len", "512"]) == 0
     out = capsys.readouterr().out
     assert "2 mamba, 1 attention, 2 mlp" in out and "seq_len 512" in out
+    assert main(["info", "debug", "--seq-len", "0"]) == 2  # not taken for "the default"
+    assert "--seq-len must be positive, got 0" in capsys.readouterr().err
 
 
 def test_info_shows_each_ranks_share_under_tp_and_mixer_parallelism(capsys):
