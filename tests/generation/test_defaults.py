@@ -88,7 +88,8 @@ def test_cli_flag_reaches_generate(flags, expected, monkeypatch):
         seen.update(kwargs)
         return iter([])
 
-    monkeypatch.setattr(generate_cli, "load_model_and_tokenizer", lambda args, device: (None, ByteTokenizer(), None))
+    model = random_model(tiny_config(layout="P-", vocab_size=258, max_seq_len=16))
+    monkeypatch.setattr(generate_cli, "load_model_and_tokenizer", lambda args, device: (model, ByteTokenizer(), None))
     monkeypatch.setattr("hybridcore.generation.stream_generate", fake_stream)
     if expected:  # on the CPU an explicit --cuda-graph is a clear error
         with pytest.raises(ValueError, match="--cuda-graph needs --device cuda"):
