@@ -16,6 +16,7 @@ import collections
 import multiprocessing
 import os
 import shutil
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -62,6 +63,9 @@ _worker_tokenizer = None
 
 def _init_worker(spec: tuple) -> None:
     global _worker_tokenizer
+    # Ctrl-C reaches the whole process group: the parent alone handles it (and ends the pool); a worker
+    # dying of it mid-task left the parent waiting on the pool for its result
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_tokenizer = _tokenizer_from_spec(spec)
 
 
