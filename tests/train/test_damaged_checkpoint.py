@@ -40,6 +40,22 @@ def test_resume_passes_over_a_truncated_newest_checkpoint(run, reference_run, ca
     assert (run / "checkpoints" / "step_0000012.damaged" / "__0_0.distcp").is_file()  # kept for a look
     assert verify_checkpoint(newest) is None  # written again, whole
     assert loss_lines(run) == loss_lines(reference_run[0])  # steps 9-12 again, the same losses
+    # the rows of steps 9-12 trained again moved aside, not deleted
+    assert "--resume: moved what the run did after step 8 (metrics rows of steps 9-12)" in captured.err
+    aside = [*run.glob("superseded-*/metrics.jsonl")]
+    assert len(aside) == 1 and [step for step, _ in loss_lines(aside[0].parent)] == [9, 10, 11, 12]
+
+    # damaged again at the same step: set aside under a free name, and the run resumes again
+    truncate(newest / "__0_0.distcp")
+    assert main(["train", "--out", str(run), "--resume", "--steps", "12"]) == 0
+    assert "Moved it aside to step_0000012.damaged-2" in capsys.readouterr().err
+    assert loss_lines(run) == loss_lines(reference_run[0])
+
+
+def test_resume_from_takes_a_checkpoint_by_its_name(run, reference_run, capsys):
+    assert main(["train", "--out", str(run), "--resume-from", "step_0000008", "--steps", "12"]) == 0
+    assert "moved what the run did after step 8" in capsys.readouterr().err
+    assert loss_lines(run) == loss_lines(reference_run[0])
 
 
 @pytest.mark.parametrize("name, words", [(".metadata", ".metadata cannot be read"),
