@@ -68,8 +68,9 @@ def add_arguments(parser) -> None:
     _flag(execution, "--device", choices=DEVICES, help="default: cuda when available")
     _flag(execution, "--dtype", choices=DTYPES, help="compute dtype: autocast over fp32 master weights, in every "
           "layout (default: bf16 on cuda, fp32 on cpu)")
-    execution.add_argument("--activation-checkpointing", action="store_true", default=None,
-                           help="recompute each layer's activations in backward")
+    execution.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                           help="recompute each layer's activations in backward (--no-activation-checkpointing "
+                           "turns it off again on --resume)")
     _flag(execution, "--checkpoint-layers", type=int, metavar="N",
           help="with --activation-checkpointing, recompute only the first N layers of the layout (less "
                "recomputation where memory allows)")
@@ -92,9 +93,10 @@ def add_arguments(parser) -> None:
     execution.add_argument("--no-doc-masking", dest="doc_masking", action="store_false", default=None,
                            help="let attention and the Mamba state cross document boundaries in a packed row")
     _flag(execution, "--loss-chunk", type=int, help="tokens per logits chunk in the loss (0: automatic)")
-    execution.add_argument("--tensorboard", action="store_true", default=None, help="also log to OUT/tensorboard")
-    execution.add_argument("--no-progress", dest="progress", action="store_false", default=None,
-                           help="no progress bar")
+    execution.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                           help="also log to OUT/tensorboard")
+    execution.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                           help="a progress bar (the default); --no-progress for logs and batch jobs")
     _flag(execution, "--peak-flops", type=float, help="peak FLOP/s per device for MFU")
     _flag(execution, "--max-bad-steps", type=int, help="stop after this many non-finite steps in a row")
     _flag(execution, "--dist-timeout", type=float, metavar="SECONDS", help="under torchrun, how long a collective "
@@ -133,7 +135,12 @@ def config_from_args(args) -> tuple[TrainConfig, object]:
     layout = {name: value for name, value in given.items() if name in PARALLEL_FIELDS}
     if layout:
         explicit["parallel"] = layout  # only the layout flags given: a resumed run keeps the others
-    saved = read_run_config(args.out) if args.resume or args.resume_from is not None else None
+    resuming = args.resume or args.resume_from is not None
+    saved = read_run_config(args.out) if resuming else None
+    if resuming and saved is None and not (explicit.get("preset") or explicit.get("init_hf")):
+        flag = "--resume" if args.resume_from is None else "--resume-from"
+        raise ValueError(f"{flag}: {args.out} holds no run to resume (no run_config.json there); check --out, or "
+                         f"give --preset (or --init-hf) to start a new run in it")
     if saved is not None:
         saved_train, saved_model = saved
         explicit["out"] = saved_train.out = args.out  # the directory may have moved

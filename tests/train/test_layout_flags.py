@@ -46,3 +46,21 @@ def test_resume_keeps_the_saved_layout_and_applies_the_flags_given_again(tmp_pat
     resumed = parse(tmp_path, "--resume", "--pp-schedule", "gpipe")
     assert resumed.parallel == ParallelConfig(tp=2, pp=2, pp_microbatches=4, pp_schedule="gpipe")
     assert parse(tmp_path, "--resume", "--tp", "1").parallel.tp == 1
+
+
+def test_on_off_flags_can_be_turned_back_on_resume(tmp_path):
+    """--no-progress, --tensorboard and --activation-checkpointing stick in run_config.json; their
+    opposites, given again, change them."""
+    first = parse(tmp_path, "--preset", "debug", "--no-progress", "--tensorboard", "--activation-checkpointing")
+    assert (first.progress, first.tensorboard, first.activation_checkpointing) == (False, True, True)
+    write_run_config(tmp_path, first, ModelConfig())
+    again = parse(tmp_path, "--resume", "--progress", "--no-tensorboard", "--no-activation-checkpointing")
+    assert (again.progress, again.tensorboard, again.activation_checkpointing) == (True, False, False)
+
+
+def test_resume_of_a_directory_without_a_run_says_so(tmp_path):
+    with pytest.raises(ValueError, match="holds no run to resume .*check --out"):
+        parse(tmp_path / "typo", "--resume", "--steps", "40")
+    with pytest.raises(ValueError, match="--resume-from: .* holds no run to resume"):
+        parse(tmp_path / "typo", "--resume-from", "20")
+    assert parse(tmp_path / "new", "--resume", "--preset", "debug").preset == "debug"  # a restart-safe job's start
