@@ -419,12 +419,24 @@ class _Run:
             # saved before the evaluation, so a failure there (out of memory, a CUDA error) keeps the run's work
             if saved_at < final_step and self.start_step < final_step:
                 self._save_unless_bad(final_step, record)
+            # the run's work is saved: a signal from here on skips what is left (the evaluation, the sample)
+            if distributed.any_rank(stop.requested is not None, self.device):
+                self._say(f"{stop.requested or 'a signal on another rank'}: the run is complete and saved; "
+                          f"its final evaluation and sample are skipped")
+                return TrainResult(str(self.run_dir), final_step, losses, val_loss)
             # a resume of a finished run evaluates again but does not log the same line twice
             val_loss = self.evaluate(final_step, log=self.start_step < final_step)
             if val_loss is not None:
                 self._say(f"validation loss {val_loss:.4f} (perplexity {_perplexity(val_loss):.2f}) "
                           f"at step {final_step}")
-            sample = self.sample()
+            stop.restore()  # rank 0 alone samples: Ctrl-C now ends the sample at once
+            try:
+                if stop.requested:  # during the evaluation
+                    raise KeyboardInterrupt
+                sample = self.sample()
+            except KeyboardInterrupt:
+                self._say("stopped: the sample is skipped; the run is complete and saved", error=True)
+                sample = None
             return TrainResult(str(self.run_dir), final_step, losses, val_loss, sample=sample)
         finally:
             if self.bar is not None:

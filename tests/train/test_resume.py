@@ -140,3 +140,24 @@ def test_resume_refuses_a_changed_data_order(reference_run, capsys):
     reference_dir, _ = reference_run
     assert main(["train", "--out", str(reference_dir), "--resume", "--seq-len", "32"]) == 2
     assert "--seq-len" in capsys.readouterr().err
+
+
+def test_a_signal_during_the_final_evaluation_skips_the_sample(tmp_path, data_dir, monkeypatch, capsys):
+    """The run's work is saved before its final evaluation: a signal then ends the run without the sample
+    (which could take long), and the result is the finished run's."""
+    import os
+
+    from hybridcore.train import trainer
+
+    evaluate = trainer._Run.evaluate
+
+    def evaluate_then_signal(self, step, log=True):
+        loss = evaluate(self, step, log)
+        if step == self.config.steps:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+    monkeypatch.setattr(trainer._Run, "evaluate", evaluate_then_signal)
+    result = train(tiny_train_config(tmp_path / "run", data_dir, steps=4, sample_tokens=50))
+    assert result.last_step == 4 and result.sample is None and not result.stopped_by_signal
+    assert "the sample is skipped; the run is complete and saved" in capsys.readouterr().err
+    assert latest_checkpoint(tmp_path / "run").name == "step_0000004"
