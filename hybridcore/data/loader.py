@@ -52,7 +52,8 @@ class PackedLoader:
         self.rows_per_epoch = dataset.num_tokens // self.row_tokens
         if self.batches_per_epoch == 0:
             raise ValueError(f"{dataset.data_dir} ({dataset.split}): {dataset.num_tokens} tokens do not fill one "
-                             f"global batch of {self.global_rows} rows x {self.row_tokens} tokens")
+                             f"global batch of {self.global_rows} rows x {self.row_tokens} tokens (--batch-size "
+                             f"{self.global_rows}, --seq-len {seq_len}); lower them or prepare more data")
         self.epoch, self.row = 0, 0  # position: next global row to yield, within `epoch`
         self._order_epoch = None
 
@@ -70,8 +71,12 @@ class PackedLoader:
         mine = self.state_dict()
         for key in ("seed", "seq_len", "shuffle", "num_tokens"):
             if key in state and state[key] != mine[key]:
-                raise ValueError(f"loader state: {key}={state[key]!r} does not match this loader's {mine[key]!r}; "
-                                 "the data order would change")
+                what = (f"{self.dataset.data_dir} has changed since the checkpoint ({self.dataset.split}: "
+                        f"{state[key]:,} tokens then, {mine[key]:,} now)" if key == "num_tokens" else
+                        f"the checkpoint's loader has {key}={state[key]!r}, this one {mine[key]!r}")
+                raise ValueError(f"{what}: resuming would change the data order. Resume with the data the run "
+                                 f"trained on, or start a new --out on this data (--init-hf takes the run's "
+                                 f"weights)")
         self.epoch, self.row = int(state["epoch"]), int(state["row"])
 
     # --- iteration ---

@@ -95,6 +95,18 @@ def test_resume_refuses_other_seed(packed_dir):
         PackedLoader(dataset, 2, 8, seed=2).load_state_dict(state)
 
 
+def test_resume_on_changed_data_says_the_data_changed(packed_dir):
+    dataset = TokenDataset(packed_dir)
+    state = {**PackedLoader(dataset, 2, 8).state_dict(), "num_tokens": dataset.num_tokens + 100}
+    with pytest.raises(ValueError, match=r"has changed since the checkpoint .*start a new --out"):
+        PackedLoader(dataset, 2, 8).load_state_dict(state)
+
+
+def test_data_too_small_for_a_batch_names_the_flags(packed_dir):
+    with pytest.raises(ValueError, match=r"\(--batch-size 64, --seq-len 4096\); lower them or prepare more data"):
+        PackedLoader(TokenDataset(packed_dir), 64, 4096)
+
+
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_ranks_slice_the_global_batch(packed_dir, world_size):
     dataset = TokenDataset(packed_dir)
