@@ -2,7 +2,7 @@
 
 Lists every checkpoint with its state (intact, damaged: what is wrong, incomplete, set aside), who holds
 the run's lock, what metrics.jsonl holds, and which checkpoint `--resume` would start from. Exits 0
-when every complete checkpoint is intact, 1 when one is damaged.
+when run_config.json and every complete checkpoint are intact, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ def inspect_run(run_dir: str | Path) -> dict:
     from ..io.lock import holder_of
     from ..io.run_dir import CHECKPOINTS, LOCK_FILE, is_run_dir
     from .metrics import first_skipped_step, read_metrics
+    from .run_config import read_run_config
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or not is_run_dir(run_dir):
@@ -41,8 +42,15 @@ def inspect_run(run_dir: str | Path) -> dict:
         checkpoints.append({"name": path.name, "state": state, "problem": problem, "bytes": size})
     steps = [int(r["step"]) for r in read_metrics(run_dir) if "loss" in r]
     holder = holder_of(run_dir / LOCK_FILE)
+    run_config = "intact"
+    try:
+        if read_run_config(run_dir) is None:
+            run_config = "missing: --resume needs it (or --preset to start the run anew)"
+    except ValueError as error:
+        run_config = f"damaged: {error}"
     intact = [c["name"] for c in checkpoints if c["state"] == "intact"]
-    return {"run_dir": str(run_dir), "locked_by": holder.describe() if holder else None, "checkpoints": checkpoints,
+    return {"run_dir": str(run_dir), "locked_by": holder.describe() if holder else None, "run_config": run_config,
+            "checkpoints": checkpoints,
             "metrics_steps": [min(steps), max(steps)] if steps else None,
             "first_non_finite_step": first_skipped_step(read_metrics(run_dir)),
             "resume_from": intact[0] if intact else None,
@@ -57,12 +65,14 @@ def run(args) -> int:
         print(dumps(report, indent=2))
     else:
         print(_text(report))
-    return 1 if any(c["state"] == "damaged" for c in report["checkpoints"]) else 0
+    damaged = report["run_config"] != "intact" or any(c["state"] == "damaged" for c in report["checkpoints"])
+    return 1 if damaged else 0
 
 
 def _text(report: dict) -> str:
     holder = "held by " + report["locked_by"] if report["locked_by"] else "free (no process trains here)"
-    lines = [f"run          {report['run_dir']}", f"lock         {holder}"]
+    lines = [f"run          {report['run_dir']}", f"lock         {holder}",
+             f"run_config   {report['run_config']}"]
     steps = report["metrics_steps"]
     bad = report["first_non_finite_step"]
     lines.append(f"metrics      {'steps %d-%d' % tuple(steps) if steps else 'no step yet'}"
@@ -74,5 +84,7 @@ def _text(report: dict) -> str:
     for folder in report["superseded"]:
         lines.append(f"superseded   {folder} (what a --resume-from set aside)")
     start = "continues from " + report["resume_from"] if report["resume_from"] else "starts at step 0"
+    if report["run_config"] != "intact":
+        start = "cannot start: run_config.json is " + report["run_config"].split(":")[0]
     lines.append(f"--resume     {start}")
     return "\n".join(lines)

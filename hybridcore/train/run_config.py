@@ -26,11 +26,15 @@ def read_run_config(run_dir: str | Path) -> tuple[TrainConfig, ModelConfig] | No
     path = Path(run_dir) / RUN_CONFIG
     if not path.is_file():
         return None
-    data = read_json_object(path)
+    hint = (f"; each checkpoint's config.json holds the run's 'model' and 'train' settings: write those two "
+            f"into {path} to repair it")
     try:
+        data = read_json_object(path)
         return TrainConfig.from_dict(data["train"]), ModelConfig.from_dict(data["model"])
     except (KeyError, TypeError) as error:
-        raise ValueError(f"{path}: not a run config ({error})") from None
+        raise ValueError(f"{path}: not a run config ({error}){hint}") from None
+    except ValueError as error:
+        raise ValueError(f"{error}{hint}") from None
 
 
 def merge_for_resume(saved: TrainConfig, explicit: dict) -> TrainConfig:

@@ -75,7 +75,17 @@ def test_every_file_of_a_checkpoint_is_checked(run, capsys, name, words):
 def test_check_reports_an_intact_run(reference_run, capsys):
     assert main(["check", str(reference_run[0])]) == 0
     report = capsys.readouterr().out
-    assert report.count("intact") == 3 and "lock         free" in report and "steps 1-12" in report
+    assert report.count("MiB  intact") == 3 and "lock         free" in report and "steps 1-12" in report
+    assert "run_config   intact" in report
+
+
+def test_check_and_resume_name_a_damaged_run_config(run, capsys):
+    (run / "run_config.json").write_text('{"train": ')
+    assert main(["check", str(run)]) == 1
+    report = capsys.readouterr().out
+    assert "run_config   damaged: " in report and "--resume     cannot start: run_config.json is damaged" in report
+    assert main(["train", "--out", str(run), "--resume"]) == 2
+    assert "each checkpoint's config.json holds the run's 'model' and 'train' settings" in capsys.readouterr().err
 
 
 def test_a_checkpoint_cut_between_the_renames_of_its_replacement_is_restored(run, capsys):
