@@ -7,6 +7,8 @@ default": a resumed run keeps its saved settings and applies only the flags give
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from .config import (COMPILE_MODES, DEVICES, DTYPES, FP8_RECIPES, MIXER_MODES, PARALLEL_FIELDS, PIPELINE_SCHEDULES,
                      SCHEDULES, TrainConfig)
@@ -144,7 +146,12 @@ def config_from_args(args) -> tuple[TrainConfig, object]:
     if saved is not None:
         saved_train, saved_model = saved
         explicit["out"] = saved_train.out = args.out  # the directory may have moved
-        return merge_for_resume(saved_train, explicit), saved_model
+        merged = merge_for_resume(saved_train, explicit)
+        if merged.steps != saved_train.steps and os.environ.get("RANK", "0") == "0":  # once under torchrun
+            print(f"note: --steps {merged.steps} (the run was planned for {saved_train.steps}): the {merged.schedule} "
+                  f"learning-rate schedule now spans {merged.steps} steps, so the rate changes at the resumed step",
+                  file=sys.stderr, flush=True)
+        return merged, saved_model
     return TrainConfig.from_dict(explicit), None
 
 

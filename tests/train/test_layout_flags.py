@@ -64,3 +64,11 @@ def test_resume_of_a_directory_without_a_run_says_so(tmp_path):
     with pytest.raises(ValueError, match="--resume-from: .* holds no run to resume"):
         parse(tmp_path / "typo", "--resume-from", "20")
     assert parse(tmp_path / "new", "--resume", "--preset", "debug").preset == "debug"  # a restart-safe job's start
+
+
+def test_a_changed_step_count_on_resume_is_noted(tmp_path, capsys):
+    write_run_config(tmp_path, TrainConfig(out=str(tmp_path), preset="debug", steps=500), ModelConfig())
+    assert parse(tmp_path, "--resume", "--steps", "1000").steps == 1000
+    assert "the cosine learning-rate schedule now spans 1000 steps" in capsys.readouterr().err
+    parse(tmp_path, "--resume")
+    assert "schedule" not in capsys.readouterr().err
