@@ -89,7 +89,9 @@ def test_a_read_only_run_directory(tmp_path, data_dir, capsys):
         capsys.readouterr()
         with read_only(disk):
             assert main(["train", "--out", str(out), "--resume", "--steps", "6"]) == EXIT_IO
-            error = capsys.readouterr().err
+            lines = capsys.readouterr().err.splitlines(keepends=True)
+            assert lines[0].startswith("note: --steps 6 (the run was planned for 4)")  # before any writing
+            error = "".join(lines[1:])
             assert main(train_cli_args(disk / "new", data_dir)) == EXIT_IO
             second = capsys.readouterr().err
         assert_one_paragraph(error)
