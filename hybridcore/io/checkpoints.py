@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .json_codec import read_json_object
-from .run_dir import CHECKPOINTS
+from .run_dir import CHECKPOINTS, is_run_dir
 
 MARKER = "complete.json"
 CONFIG_FILE = "config.json"
@@ -113,9 +113,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
     for bad, problem in damaged:
         print(f"warning: {bad} is damaged ({problem}); passing over it", file=sys.stderr, flush=True)
     if chosen is None:
-        what = "an intact" if damaged else "a complete"
-        raise ValueError(f"{path}: neither a checkpoint directory nor a run directory holding {what} checkpoint "
-                         f"under {CHECKPOINTS}/")
+        if damaged:
+            raise ValueError(f"{path}: a run directory whose every checkpoint is damaged "
+                             f"({', '.join(bad.name for bad, _ in damaged)}); `hybridcore check {path}` says what "
+                             f"is wrong with each")
+        if is_run_dir(path):
+            raise ValueError(f"{path}: a run directory with no complete checkpoint yet under {CHECKPOINTS}/")
+        raise ValueError(f"{path}: neither a checkpoint directory nor a run directory holding a complete "
+                         f"checkpoint under {CHECKPOINTS}/")
     return chosen
 
 

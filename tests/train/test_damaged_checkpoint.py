@@ -101,3 +101,18 @@ def test_a_checkpoint_cut_between_the_renames_of_its_replacement_is_restored(run
     assert sorted(p.name for p in root.iterdir()) == ["step_0000004", "step_0000008", "step_0000012"]
     assert verify_checkpoint(root / "step_0000012") is None
     assert "restored" in capsys.readouterr().err
+
+
+def test_loading_a_run_whose_every_checkpoint_is_damaged_says_so(run):
+    from hybridcore.io.checkpoints import resolve_checkpoint
+
+    for step in ("0000004", "0000008", "0000012"):
+        truncate(run / "checkpoints" / f"step_{step}" / "__0_0.distcp")
+    with pytest.raises(ValueError, match=r"a run directory whose every checkpoint is damaged \(step_0000012, "
+                                         r"step_0000008, step_0000004\); `hybridcore check"):
+        resolve_checkpoint(run)
+    empty = run.parent / "fresh"
+    empty.mkdir()
+    (empty / "run_config.json").write_text((run / "run_config.json").read_text())
+    with pytest.raises(ValueError, match="a run directory with no complete checkpoint yet"):
+        resolve_checkpoint(empty)
