@@ -89,11 +89,12 @@ class TrainConfig:
             with naming_flags():
                 self.parallel = dataclass_from_dict(ParallelConfig, self.parallel)
 
-    def validate(self) -> None:
-        """ValueError naming the flag for every setting that cannot work."""
+    def validate(self, model_given: bool = False) -> None:
+        """ValueError naming the flag for every setting that cannot work. model_given: train() received the
+        ModelConfig itself, so no --preset or --init-hf is needed."""
         if not self.out:
             raise ValueError("--out: a run directory is required")
-        if self.preset is None and self.init_hf is None:
+        if self.preset is None and self.init_hf is None and not model_given:
             raise ValueError("--preset: name a preset (or give --init-hf HF_DIR)")
         positive = ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches", "keep_last", "max_bad_steps")
         for name in positive:

@@ -37,13 +37,36 @@ def read_run_config(run_dir: str | Path) -> tuple[TrainConfig, ModelConfig] | No
         raise ValueError(f"{error}{hint}") from None
 
 
+def check_resumed_config(config: TrainConfig, model_config: ModelConfig | None) -> ModelConfig | None:
+    """For train(..., resume=True): ValueError unless the settings that define the model and the data order
+    are the saved run's (the CLI merges its flags into the saved ones, so they are); returns the saved
+    ModelConfig (None when OUT holds no run config yet)."""
+    saved = read_run_config(config.out)
+    if saved is None:
+        return None
+    saved_train, saved_model = saved
+    for name in FIXED_ON_RESUME + MODEL_DEFINING:
+        if getattr(config, name) != getattr(saved_train, name):
+            raise _changed_on_resume(name, getattr(saved_train, name), getattr(config, name), config.out)
+    if model_config is not None and model_config != saved_model:
+        field = next(f for f in saved_model.to_dict() if getattr(model_config, f) != getattr(saved_model, f))
+        raise ValueError(f"model_config: {field} is {getattr(model_config, field)!r}, but the run in {config.out} "
+                         f"was started with {getattr(saved_model, field)!r}; a resumed run keeps its model (start a "
+                         f"new out instead)")
+    return saved_model
+
+
+def _changed_on_resume(name: str, saved, given, out) -> ValueError:
+    flag = "--set" if name == "overrides" else "--" + name.replace("_", "-")
+    return ValueError(f"{flag}: the run in {out} was started with {saved!r}, not {given!r}; a resumed run keeps "
+                      f"its model and data order (start a new --out instead)")
+
+
 def merge_for_resume(saved: TrainConfig, explicit: dict) -> TrainConfig:
     """The saved config with the explicitly given settings applied."""
     merged = {**saved.to_dict(), "resume_from": None}
     for name, value in explicit.items():
         if name in FIXED_ON_RESUME + MODEL_DEFINING and value != merged[name]:
-            flag = "--set" if name == "overrides" else "--" + name.replace("_", "-")
-            raise ValueError(f"{flag}: the run in {saved.out} was started with {merged[name]!r}, not {value!r}; "
-                             "a resumed run keeps its model and data order (start a new --out instead)")
+            raise _changed_on_resume(name, merged[name], value, saved.out)
         merged[name] = {**merged[name], **value} if name == "parallel" else value
     return TrainConfig.from_dict(merged)

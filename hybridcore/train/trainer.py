@@ -43,7 +43,7 @@ from ..parallel import ParallelConfig, build_mesh, parallelize
 from ..parallel.compile import failed_compilations
 from ..parallel.pipeline import local_stage_filter
 from .resume import checkpoint_names, kept_in_run, resolve_resume_from, resume_checkpoint
-from .run_config import write_run_config
+from .run_config import check_resumed_config, write_run_config
 from .run_lock import lock_run, refuse_if_locked
 from .schedule import schedule_from_config
 from .step import Batch, build_optimizers, evaluate, train_step
@@ -68,10 +68,12 @@ class TrainResult:
 
 def check_run(config: TrainConfig, resume: bool, model_config: ModelConfig | None = None) -> ModelConfig:
     """Every user mistake this run can detect, as a ValueError naming the setting, before any work."""
-    config.validate()
+    config.validate(model_given=model_config is not None)
     if Path(config.out).exists() and not Path(config.out).is_dir():
         raise ValueError(f"--out: {config.out} exists and is not a directory; name a run directory")
     refuse_if_locked(config.out)
+    if resume:  # a resumed run keeps its model and data order, whoever calls train()
+        model_config = check_resumed_config(config, model_config) or model_config
     model_config = model_config or resolve_model_config(config)
     resolve_layout(config, model_config, launched_world_size())
     if config.checkpoint_layers is not None and config.checkpoint_layers > model_config.num_layers:

@@ -161,3 +161,31 @@ def test_a_signal_during_the_final_evaluation_skips_the_sample(tmp_path, data_di
     assert result.last_step == 4 and result.sample is None and not result.stopped_by_signal
     assert "the sample is skipped; the run is complete and saved" in capsys.readouterr().err
     assert latest_checkpoint(tmp_path / "run").name == "step_0000004"
+
+
+def test_the_python_api_resume_keeps_the_model_and_data_order(tmp_path, data_dir):
+    """train(..., resume=True) refuses what `train --resume` refuses: another batch size, other overrides, or
+    another ModelConfig; without a model_config it resumes the saved model."""
+    from hybridcore.train.run_config import read_run_config
+
+    out = tmp_path / "run"
+    train(tiny_train_config(out, data_dir, steps=2, save_every=2))
+    _, model = read_run_config(out)
+    with pytest.raises(ValueError, match="--batch-size: the run in .* was started with 4, not 8"):
+        train(tiny_train_config(out, data_dir, steps=3, batch_size=8), resume=True)
+    with pytest.raises(ValueError, match="--set: the run in"):
+        train(tiny_train_config(out, data_dir, steps=3, overrides=["layout=M-"]), resume=True)
+    with pytest.raises(ValueError, match="model_config: layout is 'M-', but the run in .* was started with"):
+        train(tiny_train_config(out, data_dir, steps=3), resume=True, model_config=model.replace(layout="M-"))
+    assert train(tiny_train_config(out, data_dir, steps=3), resume=True).last_step == 3
+    assert read_run_config(out)[1] == model
+
+
+def test_a_model_config_needs_no_preset(tmp_path, data_dir):
+    from hybridcore.train.model_setup import resolve_model_config
+    from hybridcore.train.run_config import read_run_config
+
+    resolved = resolve_model_config(tiny_train_config(tmp_path, data_dir))  # the tests' preset and overrides
+    result = train(tiny_train_config(tmp_path / "run", data_dir, steps=2, preset=None, overrides=[]),
+                   model_config=resolved)
+    assert result.last_step == 2 and read_run_config(tmp_path / "run")[1] == resolved
