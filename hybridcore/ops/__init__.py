@@ -59,8 +59,11 @@ def kernels_active(t) -> bool:
 def use_kernels(mode: str | bool):
     """Set the dispatch mode ("auto", "on", "off", or True/False for on/off) inside a block."""
     global _MODE
+    chosen = {True: "on", False: "off"}.get(mode, mode) if isinstance(mode, (bool, str)) else None
+    if chosen not in ("auto", "on", "off"):
+        raise ValueError(f"use_kernels: mode must be 'auto', 'on', 'off', True or False, got {mode!r}")
     previous = _MODE
-    _MODE = {True: "on", False: "off"}.get(mode, mode)
+    _MODE = chosen
     try:
         yield
     finally:

@@ -254,6 +254,13 @@ def test_kernel_mode_from_the_environment():
         ops._mode_from_env("yes")
 
 
+@pytest.mark.parametrize("mode", ["bogus", "ON", None, "false", 1])
+def test_use_kernels_refuses_an_unknown_mode(mode):
+    with pytest.raises(ValueError, match="mode must be 'auto', 'on', 'off', True or False"):
+        with ops.use_kernels(mode):
+            pass
+
+
 def test_custom_ops_opcheck(device):
     t = ssd_inputs(device, batch=1, length=20, heads=2, groups=1, docs=[7, 13])
     args = (t["x"], t["dt"], t["A"], t["B"], t["C"], t["D"], t["dt_bias"], None, t["seq_idx"], 16, True, 0.0,
