@@ -114,8 +114,9 @@ class ModelConfig:
     init_std: float = 0.02
     """Standard deviation of the normal initialisation of linear and embedding weights (biases start at 0)"""
     eos_token_id: int | None = None
-    """The tokenizer's end-of-document token: generation stops on it and training checks the prepared data
-    uses the same one; None: no such token"""
+    """The tokenizer's end-of-document token: `hybridcore generate` stops on it (in Python, pass it to
+    `hybridcore.generate` as eos_token_id, whose default None never stops early), and training checks the
+    prepared data uses the same one; None: no such token"""
 
     def __post_init__(self) -> None:
         # JSON round trips turn tuples into lists; keep one canonical form.

@@ -115,7 +115,8 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     temperature 0 is greedy; above it, sampling from softmax(logits / temperature) restricted to the
     top_k tokens and to the smallest set holding top_p of the mass, drawn with `generator`.
     eos_token_id: a row that emits it is finished and emits it from then on; generation stops early
-    when every row is finished. attention_mask [B, L] (1 = real token) marks left padding of a batch
+    when every row is finished. None (the default) never stops early: pass model.config.eos_token_id to stop
+    where the CLI does. attention_mask [B, L] (1 = real token) marks left padding of a batch
     of prompts of different lengths; the result equals generating each prompt alone.
     capture_cuda_graph: None (the default) records the decode step once as a CUDA graph and replays it
     for every later token when input_ids are on CUDA (several times faster: decoding is bound by kernel
