@@ -153,6 +153,7 @@ class ModelConfig:
 
     # ---- validation -------------------------------------------------------------------------
     def validate(self) -> None:
+        self._check_types()
         parse_layout(self.layout)  # raises ValueError naming the character and position
         # Every float, alone or in a tuple, must be a number: nan passes every `<=` check below and
         # inf (or nan) silently fills the model with nan. Only time_step_limit's upper bound may be +inf.
@@ -199,6 +200,11 @@ class ModelConfig:
         if len(self.ssm_multipliers) != 5:
             raise ValueError(f"ModelConfig.ssm_multipliers needs 5 values (z, x, B, C, dt), "
                              f"got {self.ssm_multipliers!r}")
+        if not self.init_std > 0:
+            raise ValueError(f"ModelConfig.init_std must be positive, got {self.init_std}")
+        if self.time_step_limit[0] < 0:
+            raise ValueError(f"ModelConfig.time_step_limit's low bound clamps dt, a step size: it must be >= 0, "
+                             f"got {self.time_step_limit!r}")
         if self.rope_theta <= 0:
             raise ValueError(f"ModelConfig.rope_theta must be positive, got {self.rope_theta}")
         if self.norm_eps <= 0:
@@ -206,6 +212,26 @@ class ModelConfig:
         if self.eos_token_id is not None and not 0 <= self.eos_token_id < self.vocab_size:
             raise ValueError(f"ModelConfig.eos_token_id {self.eos_token_id} is outside the vocabulary "
                              f"(vocab_size {self.vocab_size})")
+
+    def _check_types(self) -> None:
+        """Each field holds its default's type (a JSON "false" is not False; an int where a float goes is)."""
+        for item in fields(self):
+            value = getattr(self, item.name)
+            kind = _OPTIONAL.get(item.name) or type(item.default)
+            if item.name in _OPTIONAL and value is None:
+                continue
+            numbers = value if kind is tuple and isinstance(value, tuple) else (value,)
+            if kind is bool:
+                ok = isinstance(value, bool)
+            elif kind in (float, tuple):
+                ok = all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers)
+            elif kind is int:
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            else:
+                ok = isinstance(value, kind)
+            if not ok:
+                what = {bool: "True or False", float: "a number", tuple: "a tuple of numbers", int: "an integer"}
+                raise ValueError(f"ModelConfig.{item.name} must be {what.get(kind, kind.__name__)}, got {value!r}")
 
     # ---- (de)serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -1,8 +1,10 @@
 import math
+import re
 
 import pytest
 
 from hybridcore.config import ModelConfig, coerce_field
+from hybridcore.presets import get_preset
 
 
 def test_round_trip_through_dict():
@@ -72,3 +74,17 @@ def test_derived_shapes():
     assert config.d_ssm == 1536
     assert config.mamba_conv_dim == 1536 + 256
     assert config.mamba_in_proj_dim == 2 * 1536 + 256 + 24
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(tie_embeddings="false"), "ModelConfig.tie_embeddings must be True or False, got 'false'"),
+    (dict(attention_bias=1), "ModelConfig.attention_bias must be True or False"),
+    (dict(rope_theta="1e4"), "ModelConfig.rope_theta must be a number, got '1e4'"),
+    (dict(eos_token_id=1.5), "ModelConfig.eos_token_id must be an integer"),
+    (dict(eos_token_id=True), "ModelConfig.eos_token_id must be an integer"),
+    (dict(init_std=-1.0), "ModelConfig.init_std must be positive"),
+    (dict(time_step_limit=(-5.0, -1.0)), "time_step_limit's low bound clamps dt"),
+])
+def test_fields_hold_their_types_and_ranges(change, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        get_preset("debug").replace(**change)
