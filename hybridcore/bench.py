@@ -341,8 +341,19 @@ def build_hf(config, ids, args, device, kernels: bool):
 
 # ---- the run -------------------------------------------------------------------------------------------
 def figure_name(args) -> str:
-    tag = f"-{args.tag}" if args.tag else ""
-    return f"train_step-{args.preset}-{args.batch_size}x{args.seq_len}{tag}"
+    """The figure's name, and so its file's: a step measured another way than the default is another
+    figure (one run's result never replaces another's)."""
+    variants = [args.tag] if args.tag else []
+    variants += [args.precision] if args.precision != "amp" and not args.smoke else []  # --smoke's CPU fp32
+    variants += ["ac" + (f"{args.checkpoint_layers}" if args.checkpoint_layers else "")] \
+        if args.activation_checkpointing else []
+    variants += {True: ["compiled"], False: ["eager"]}.get(args.compile, [])
+    variants += [args.compile_mode] if args.compile_mode else []
+    variants += [f"fp8-{args.fp8}"] if args.fp8 else []
+    variants += ["loss-plain"] if args.loss != "chunked" else []
+    variants += ["reference-ops"] if args.no_kernels else []
+    variants += [f"sdpa-{args.sdpa_backend}"] if args.sdpa_backend != "auto" else []
+    return f"train_step-{args.preset}-{args.batch_size}x{args.seq_len}" + "".join(f"-{v}" for v in variants)
 
 
 def run(args) -> int:
@@ -357,6 +368,9 @@ def run(args) -> int:
         args.warmup, args.steps, args.repeats, args.precision = 1, 1, 2, "fp32"  # bf16 is slow on CPUs
     check_arguments(args)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    if args.check and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("--check compares the Triton kernels with their twins, which needs CUDA (or "
+                         "TRITON_INTERPRET=1, slowly, on CPU); leave --check out here")
     config = apply_overrides(get_preset(args.preset), args.overrides)
     tokens = args.batch_size * args.seq_len
     flops = flops_per_token(config, args.seq_len).total

@@ -73,8 +73,10 @@ def describe_tensor_parallel(config: ModelConfig, model, seq_len: int, tp: int, 
     aside), and, for the P layers, each branch's: the balance between the halves before a run."""
     from .parallel.mixer import branch_halves
     from .parallel.tensor_parallel import check_tensor_parallel
+    from .train.config import naming_flags
 
-    check_tensor_parallel(config, tp, mixer_parallel)
+    with naming_flags():  # --tp, as the user typed it
+        check_tensor_parallel(config, tp, mixer_parallel)
     halves = branch_halves(config, mixer_parallel)
     mixers = mixer_flops(config, seq_len)
     ranks = [{"forward_flops_per_token": 0.0, "weights_bytes": 0} for _ in range(tp)]

@@ -43,7 +43,8 @@ def resolve_layout(config: TrainConfig, model_config, world_size: int):
         except ValueError as error:
             needed = parallel_config.world_size  # at least; dp_shard -1 counts as 1 here
             hint = (f"; launch it with torchrun --nproc-per-node {needed}, or give other layout flags (a resumed "
-                    f"run keeps its saved layout unless they are given again)") if world_size < needed else ""
+                    f"run keeps the layout flags it was started with unless they are given again: set a dimension "
+                    f"back with its default, e.g. --tp 1, --pp 1 or --dp-shard -1)") if world_size < needed else ""
             raise ValueError(f"{error}{hint}") from None
     if world_size == 1:
         return None

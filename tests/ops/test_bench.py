@@ -76,6 +76,20 @@ def test_set_names_a_bad_field(tmp_path, capsys):
     assert "no_such_field" in capsys.readouterr().err
 
 
+def test_a_variant_of_the_step_is_its_own_figure(tmp_path):
+    """A run measured another way than the default never writes over the default's file."""
+    _, plain = bench(tmp_path, name="plain")
+    _, variant = bench(tmp_path, "--activation-checkpointing", "--loss", "plain", "--no-kernels", name="variant")
+    assert plain["figure"] == "train_step-debug-2x64"
+    assert variant["figure"] == "train_step-debug-2x64-ac-loss-plain-reference-ops"
+
+
+def test_check_without_cuda_or_the_interpreter_is_refused_before_timing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert bench(tmp_path, "--check")[0] == 2
+    assert "--check compares the Triton kernels with their twins, which needs CUDA" in capsys.readouterr().err
+
+
 def test_decode_step_check_compares_kernel_and_twin():
     """The GPU `--check` mode's decode part, run here at the debug preset through the interpreter."""
     pytest.importorskip("triton")

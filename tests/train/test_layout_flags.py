@@ -72,3 +72,14 @@ def test_a_changed_step_count_on_resume_is_noted(tmp_path, capsys):
     assert "the cosine learning-rate schedule now spans 1000 steps" in capsys.readouterr().err
     parse(tmp_path, "--resume")
     assert "schedule" not in capsys.readouterr().err
+
+
+def test_resuming_with_too_few_processes_names_the_flags_to_set_back(tmp_path):
+    from hybridcore.train.parallel_layout import resolve_layout
+
+    saved = TrainConfig(out=str(tmp_path), preset="debug", parallel=ParallelConfig(tp=2, dp_shard=2))
+    write_run_config(tmp_path, saved, ModelConfig())
+    config = parse(tmp_path, "--resume", "--pp", "2")
+    with pytest.raises(ValueError, match=r"keeps the layout flags it was started with unless they are given again: "
+                                         r"set a dimension back with its default, e.g. --tp 1"):
+        resolve_layout(config, ModelConfig(), world_size=2)
