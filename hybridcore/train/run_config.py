@@ -63,10 +63,9 @@ def _changed_on_resume(name: str, saved, given, out) -> ValueError:
 
 
 def merge_for_resume(saved: TrainConfig, explicit: dict) -> TrainConfig:
-    """The saved config with the explicitly given settings applied."""
+    """The saved config with the explicitly given settings applied. One that may not change on resume is
+    refused by train()'s check_resumed_config, whoever calls it."""
     merged = {**saved.to_dict(), "resume_from": None}
     for name, value in explicit.items():
-        if name in FIXED_ON_RESUME + MODEL_DEFINING and value != merged[name]:
-            raise _changed_on_resume(name, merged[name], value, saved.out)
         merged[name] = {**merged[name], **value} if name == "parallel" else value
     return TrainConfig.from_dict(merged)
