@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..ops import decode_attention, rope_cache_write
+from ..ops import decode_attention, plain_tensors, rope_cache_write
 from .cache import AttentionCache, KeepsInferenceValues
 from .flex_document import flex_document_attention, flex_document_attention_applies
 from .plan import COLWISE, ROWWISE, linear_plan
@@ -101,7 +101,7 @@ class Attention(KeepsInferenceValues):
         weights again); None for tensor subclasses (DTensor shards), which keep their own products."""
         projections = (self.q_proj, self.k_proj, self.v_proj)
         tensors = [t for p in projections for t in (p.weight, p.bias) if t is not None]
-        if any(type(t) not in (torch.Tensor, nn.Parameter) for t in (like, *tensors)):
+        if not plain_tensors(like, *tensors):
             return None
 
         def join():

@@ -70,6 +70,12 @@ def use_kernels(mode: str | bool):
         _MODE = previous
 
 
+def plain_tensors(*tensors) -> bool:
+    """Plain tensors (or parameters) only, None skipped: a DTensor or another subclass keeps the PyTorch path,
+    which dispatches through it."""
+    return all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors if t is not None)
+
+
 def inference_kernels_active(t) -> bool:
     """Would an inference-only op (no autograd: gradients off, outside torch.compile, which fuses the
     reference itself) on tensor t run its kernel?"""
@@ -160,7 +166,8 @@ def decode_attention(q, keys, values, mask, slot):
 
 __all__ = ["ssd", "ssd_step", "causal_conv1d", "gated_rms_norm", "gated_rms_norm_ref", "gated_rms_norm_spanning",
            "gated_rms_norm_spanning_ref",
-           "chunked_cross_entropy", "kernels_active", "inference_kernels_active", "rms_norm", "rms_norm_ref",
+           "chunked_cross_entropy", "kernels_active", "inference_kernels_active", "plain_tensors", "rms_norm",
+           "rms_norm_ref",
            "causal_conv1d_step", "causal_conv1d_step_ref", "rope_cache_write", "rope_cache_write_ref", "swiglu",
            "swiglu_ref", "decode_attention", "decode_attention_ref",
            "use_kernels", "ssd_chunked", "ssd_recurrent", "ssd_step_ref", "causal_conv1d_ref"]

@@ -12,7 +12,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from . import triton_attention, triton_decode
+from . import plain_tensors, triton_attention, triton_decode
 from .activation import swiglu_ref
 from .attention import decode_attention_ref
 from .conv import causal_conv1d_step_ref
@@ -89,26 +89,20 @@ def decode_attention(q, keys, values, mask, slot):
                    decode_attention_ref, q, keys, values, mask, slot)
 
 
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
-
-
-def _plain(*tensors) -> bool:
-    """Plain tensors only: a DTensor (or another subclass) keeps its twin, which dispatches through it."""
-    return all(type(t) in _PLAIN for t in tensors if t is not None)
 
 
 def rms_norm_supported(x: Tensor, weight: Tensor) -> bool:
-    return (_plain(x, weight) and x.stride(-1) == 1 and x.shape[-1] <= 32768 and weight.is_contiguous()
+    return (plain_tensors(x, weight) and x.stride(-1) == 1 and x.shape[-1] <= 32768 and weight.is_contiguous()
             and x.numel() > 0)
 
 
 def conv_step_supported(x: Tensor, state: Tensor, weight: Tensor) -> bool:
-    return (_plain(x, state, weight) and x.dim() == 2 and x.stride(-1) == 1 and state.is_contiguous()
+    return (plain_tensors(x, state, weight) and x.dim() == 2 and x.stride(-1) == 1 and state.is_contiguous()
             and state.dtype == x.dtype and weight.is_contiguous() and weight.shape[-1] >= 2)
 
 
 def rope_cache_write_supported(q: Tensor, k: Tensor, v: Tensor, keys: Tensor) -> bool:
-    return (_plain(q, k, v, keys) and all(t.stride(-1) == 1 for t in (q, k, v, keys)) and keys.shape[-1] <= 1024
+    return (plain_tensors(q, k, v, keys) and all(t.stride(-1) == 1 for t in (q, k, v, keys)) and keys.shape[-1] <= 1024
             and q.shape[0] <= 65535 and keys.shape[1] + q.shape[-1] // keys.shape[-1] <= 65535 and q.numel() > 0)
 
 
@@ -118,12 +112,12 @@ SWIGLU_MIN_ELEMENTS = 1 << 16
 
 
 def swiglu_supported(gate: Tensor, up: Tensor) -> bool:
-    return (_plain(gate, up) and gate.shape == up.shape and gate.dtype == up.dtype and gate.stride(-1) == 1
+    return (plain_tensors(gate, up) and gate.shape == up.shape and gate.dtype == up.dtype and gate.stride(-1) == 1
             and up.stride(-1) == 1 and up.numel() >= SWIGLU_MIN_ELEMENTS)
 
 
 def decode_attention_supported(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> bool:
-    return (_plain(q, keys, values, mask) and q.dim() == 4 and keys.shape == values.shape
+    return (plain_tensors(q, keys, values, mask) and q.dim() == 4 and keys.shape == values.shape
             and q.shape[:2] == keys.shape[:2] and q.shape[-1] == keys.shape[-1] <= 256
             and keys.dtype == values.dtype == q.dtype and all(t.stride(-1) == 1 for t in (q, keys, values, mask))
             and mask.dim() == 4 and mask.shape[1:3] == (1, 1) and mask.shape[-1] == keys.shape[2]
