@@ -3,8 +3,6 @@ family, -> a hybridcore model directory."""
 
 from __future__ import annotations
 
-import os
-
 
 def add_arguments(parser) -> None:
     from .families import supported
@@ -21,7 +19,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from ..errors import io_faults
     from ..io.files import check_output
-    from ..io.load import TOKENIZER_FILES
+    from ..io.load import TOKENIZER_FILES, open_source
     from ..layout import compact_layout
     from .hf import hf_family, load_hf
     from .hub import resolve_model_path
@@ -30,7 +28,7 @@ def run(args) -> int:
     # before reading what may be many gigabytes (the tokenizer's files are known once the source is found)
     check_output(args.out_dir, args.overwrite, inputs=[args.hf_dir], own=model_dir_names(TOKENIZER_FILES))
     source = resolve_model_path(args.hf_dir)
-    tokenizer = [os.path.join(source, name) for name in TOKENIZER_FILES if os.path.isfile(os.path.join(source, name))]
+    tokenizer = open_source(source).tokenizer_files()
     with io_faults(f"importing {args.hf_dir} to {args.out_dir}",
                    kept=f"{args.out_dir} was not changed (the partial output was removed)"):
         model = load_hf(source, dtype=args.dtype)
