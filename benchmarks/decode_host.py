@@ -124,13 +124,16 @@ def time_ops(config, device, dtype, args) -> dict:
 
 @contextlib.contextmanager
 def attention_context(name: str):
-    """The decode step's attention: the split kernel (as shipped), or its twin under one SDPA backend."""
-    if name == "split_kernel":
-        yield
-        return
+    """The decode step's attention: the split kernel (what a captured step runs; eager decoding ships
+    sdpa_default, the cheaper launch), or its twin under one SDPA backend."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from hybridcore import ops
+
+    if name == "split_kernel":
+        with ops.use_kernels("on"):
+            yield
+        return
 
     backend = name.removeprefix("sdpa_")
     chosen = {"efficient": [SDPBackend.EFFICIENT_ATTENTION], "math": [SDPBackend.MATH],

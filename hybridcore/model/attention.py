@@ -124,8 +124,9 @@ class Attention(KeepsInferenceValues):
         """forward for one token per row [B, 1, d_model] against every slot of a static-shape cache, under
         the decode step's shared mask, in few tensor ops (decoding is bound by op launches): one op rotates
         queries and keys and writes keys and values at the decode slot, and the query heads of each
-        key/value head ride in the query-length dimension, and attention splits over the cache's keys
-        (ops.decode_attention: SDPA gives a row's key/value head one program)."""
+        key/value head ride in the query-length dimension (ops.decode_attention: split over the cache's
+        keys inside a captured CUDA graph, where SDPA's one program per row and key/value head is slow;
+        SDPA in eager decoding, where its one launch costs less host time)."""
         batch, length, _ = x.shape
         assert length == 1, "static-shape decoding feeds one token per row"
         q = rope_cache_write(*self.project(x), *inputs.rope_tables(),

@@ -70,6 +70,11 @@ def use_kernels(mode: str | bool):
         _MODE = previous
 
 
+def capturing_cuda_graph(t) -> bool:
+    """Is a CUDA graph recording on t's device's current stream?"""
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def plain_tensors(*tensors) -> bool:
     """Plain tensors (or parameters) only, None skipped: a DTensor or another subclass keeps the PyTorch path,
     which dispatches through it."""
@@ -158,8 +163,12 @@ def swiglu(gate, up, multiplier):
 
 def decode_attention(q, keys, values, mask, slot):
     """One token's query heads per key/value head against a static cache (see attention.decode_attention_ref);
-    split over the keys in inference."""
-    if inference_kernels_active(q) and _fused()[2].decode_attention_supported(q, keys, values, mask):
+    split over the keys while a CUDA graph records the decode step (or with the kernels forced on)."""
+    # Where GPU time decides (a graph replay) the split kernel pays: 24 us against SDPA's 70 at
+    # falcon-h1-0.5b's 4K cache on an H100. Eager decoding is bound by host time, and there SDPA's one
+    # launch costs less than the kernel's two (29 against 119 us): benchmarks/decode_host.py.
+    if (inference_kernels_active(q) and (_MODE == "on" or capturing_cuda_graph(q))
+            and _fused()[2].decode_attention_supported(q, keys, values, mask)):
         return _fused()[2].decode_attention(q, keys, values, mask, slot)
     return decode_attention_ref(q, keys, values, mask, slot)
 
