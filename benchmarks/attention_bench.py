@@ -1,6 +1,7 @@
 """Packed-document attention alone, forward + backward: the causal SDPA kernel (no document masking, the
 speed to approach) against FlexAttention's document mask, with the block mask built inside the compiled
-region (as the model does) or once outside it, and with some of its kernel options.
+region (as the model does) or once outside it, and with some of its kernel options, and against
+FlashAttention's variable-length kernel with the documents as its sequences (CUDA only).
 
     python benchmarks/attention_bench.py                  # falcon-h1-0.5b's attention, 4 x 4096, GPU
     python benchmarks/attention_bench.py --smoke          # CPU, tiny: the variants run (no timing claims)
@@ -44,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--documents", type=int, default=3200, help="mean document length (bench.document_ids)")
     p.add_argument("--iters", type=int, default=30)
-    p.add_argument("--variants", nargs="+", default=["sdpa_causal", "flex_inside", *VARIANTS])
+    p.add_argument("--variants", nargs="+", default=["sdpa_causal", "flex_inside", *VARIANTS, "varlen"])
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
@@ -63,6 +64,8 @@ def make_variant(name: str, seq_idx: torch.Tensor, length: int, device):
 
     if name == "sdpa_causal":
         return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    if name == "varlen":
+        return varlen_documents(seq_idx)
     if name == "flex_inside":  # as attention.py runs it: the block mask built in every compiled call
         def inside(q, k, v):
             mask = create_block_mask(causal_same_document, q.shape[0], None, length, length, device=q.device)
@@ -72,6 +75,34 @@ def make_variant(name: str, seq_idx: torch.Tensor, length: int, device):
     mask = create_block_mask(causal_same_document, seq_idx.shape[0], None, length, length, device=device)
     compiled = torch.compile(flex_attention, dynamic=False)
     return lambda q, k, v: compiled(q, k, v, block_mask=mask, enable_gqa=True, kernel_options=dict(options) or None)
+
+
+def varlen_documents(seq_idx: torch.Tensor):
+    """FlashAttention's variable-length kernel over the documents as sequences (torch.nn.attention.varlen),
+    causal inside each. Its layout is [tokens, heads, head_dim]: the transposes from the bench's
+    [B, heads, L, head_dim] are copies timed with it (the model's projections give that layout as a view)."""
+    import inspect
+
+    from torch.nn.attention.varlen import varlen_attn
+
+    batch, length = seq_idx.shape
+    starts = torch.ones_like(seq_idx, dtype=torch.bool)
+    starts[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
+    cu = torch.cat([starts.flatten().nonzero().flatten(), torch.tensor([batch * length], device=seq_idx.device)])
+    cu = cu.to(torch.int32)
+    longest = int((cu[1:] - cu[:-1]).max())
+    parameters = inspect.signature(varlen_attn).parameters
+    causal = {"is_causal": True} if "is_causal" in parameters else {"window_size": (-1, 0)}
+    gqa = "enable_gqa" in parameters
+
+    def attend(q, k, v):
+        heads = q.shape[1]
+        if not gqa:  # this torch's varlen_attn wants as many key/value heads as query heads
+            k, v = (t.repeat_interleave(heads // t.shape[1], dim=1) for t in (k, v))
+        flat = [t.transpose(1, 2).reshape(batch * length, t.shape[1], t.shape[3]) for t in (q, k, v)]
+        out = varlen_attn(*flat, cu, cu, longest, longest, **causal, **({"enable_gqa": True} if gqa else {}))
+        return out.view(batch, length, heads, -1).transpose(1, 2)
+    return attend
 
 
 def time_variant(fn, q, k, v, grad, iters: int, cuda: bool) -> list[float]:
