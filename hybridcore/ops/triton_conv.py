@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_autotune import autotune
 from .triton_ssd import INTERPRET, _configs
 
 # The backward's weight-gradient partials are laid out per block of L, so its BLOCK_L is fixed here and
@@ -18,7 +19,7 @@ from .triton_ssd import INTERPRET, _configs
 BWD_BLOCK_L = 16 if INTERPRET else 64
 
 
-@triton.autotune(
+@autotune(
     configs=_configs([(dict(BLOCK_L=64, BLOCK_C=128), 4, 1), (dict(BLOCK_L=32, BLOCK_C=128), 4, 1),
                       (dict(BLOCK_L=128, BLOCK_C=64), 4, 1), (dict(BLOCK_L=64, BLOCK_C=256), 8, 1),
                       (dict(BLOCK_L=128, BLOCK_C=128), 8, 1), (dict(BLOCK_L=32, BLOCK_C=64), 2, 1)],
@@ -56,7 +57,7 @@ def _conv_fwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, seq_ptr, y_ptr, L, C,
              acc.to(y_ptr.dtype.element_ty), mask=l_ok[:, None] & c_ok[None, :])
 
 
-@triton.autotune(
+@autotune(
     configs=_configs([(dict(BLOCK_C=128), 4, 1), (dict(BLOCK_C=64), 4, 1), (dict(BLOCK_C=256), 8, 1),
                       (dict(BLOCK_C=128), 8, 1), (dict(BLOCK_C=64), 2, 1)], dict(BLOCK_C=16)),
     key=["C", "K"])

@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_autotune import autotune
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -95,7 +97,7 @@ def _dt_fwd_kernel(dt_ptr, bias_ptr, A_ptr, dt_out_ptr, a_out_ptr, L, H, nchunks
 # ---------------------------------------------------------------------------------------------------
 # forward 2: CB = C B^T per chunk and group (fp32)
 # ---------------------------------------------------------------------------------------------------
-@triton.autotune(
+@autotune(
     configs=_configs([(dict(BLOCK_M=64, BLOCK_S=64, BLOCK_K=64), 4, 3),
                       (dict(BLOCK_M=128, BLOCK_S=128, BLOCK_K=32), 8, 3),
                       (dict(BLOCK_M=64, BLOCK_S=128, BLOCK_K=64), 4, 3)],
@@ -139,7 +141,7 @@ def _cb_fwd_kernel(C_ptr, B_ptr, cb_ptr, L, nchunks, G, N,
 #   MODE 0 (chunk states):    X = x,  Y = B, w_l = dt_l e^{a_last - a_l} [doc_l == doc at chunk end]
 #   MODE 1 (local state grad): X = dy, Y = C, w_l = e^{a_l}             [doc_l == doc entering chunk]
 # ---------------------------------------------------------------------------------------------------
-@triton.autotune(
+@autotune(
     configs=_configs([(dict(BLOCK_P=64, BLOCK_N=64, BLOCK_L=64), 4, 3),
                       (dict(BLOCK_P=64, BLOCK_N=128, BLOCK_L=64), 4, 3),
                       (dict(BLOCK_P=64, BLOCK_N=128, BLOCK_L=32), 4, 4),
@@ -205,7 +207,7 @@ _STATE_PASS_CONFIGS = _configs([(dict(BLOCK=block), warps, 1)
                                dict(BLOCK=64))
 
 
-@triton.autotune(configs=_STATE_PASS_CONFIGS, key=["PN", "nchunks", "HAS_SEQ"])
+@autotune(configs=_STATE_PASS_CONFIGS, key=["PN", "nchunks", "HAS_SEQ"])
 @triton.jit
 def _state_pass_fwd_kernel(local_ptr, enter_ptr, final_ptr, init_ptr, a_ptr, seq_ptr, L, H, nchunks, PN,
                            s_seq_b, s_seq_l, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr,
@@ -256,7 +258,7 @@ def _state_pass_fwd_kernel(local_ptr, enter_ptr, final_ptr, init_ptr, a_ptr, seq
 # ---------------------------------------------------------------------------------------------------
 # forward 5: chunk scan, y = inter-chunk (C S^T) + intra-chunk (masked CB @ x) + D x
 # ---------------------------------------------------------------------------------------------------
-@triton.autotune(
+@autotune(
     configs=_configs([(dict(BLOCK_M=64, BLOCK_P=64, BLOCK_K=64, BLOCK_KN=64), 4, 3),
                       (dict(BLOCK_M=128, BLOCK_P=64, BLOCK_K=64, BLOCK_KN=64), 8, 3),
                       (dict(BLOCK_M=64, BLOCK_P=64, BLOCK_K=32, BLOCK_KN=128), 4, 2),
@@ -338,7 +340,7 @@ def _chunk_scan_fwd_kernel(x_ptr, C_ptr, cb_ptr, dt_ptr, a_ptr, enter_ptr, D_ptr
 # state chunk c adds (that is, of the state leaving chunk c). The decay's gradient, which needs dCS_c and
 # the entering state together, is left to the dB/dC kernel: a reduction here would sit in the serial loop.
 # ---------------------------------------------------------------------------------------------------
-@triton.autotune(configs=_STATE_PASS_CONFIGS, key=["PN", "nchunks", "HAS_SEQ"],
+@autotune(configs=_STATE_PASS_CONFIGS, key=["PN", "nchunks", "HAS_SEQ"],
                  restore_value=["g_ptr"])  # in place: each timed config starts from the same local grads
 @triton.jit
 def _state_pass_bwd_kernel(g_ptr, dfinal_ptr, dinit_ptr, a_ptr, seq_ptr, L, H, nchunks, PN, s_seq_b, s_seq_l,
@@ -393,7 +395,7 @@ def _state_pass_bwd_kernel(g_ptr, dfinal_ptr, dinit_ptr, a_ptr, seq_ptr, L, H, n
 #   da row term = sum_s (dy_l . x_s) e^{a_l-a_s} CB[l,s] dt_s
 # BLOCK_M is chosen by the caller (it fixes the partial buffer's layout), so autotuning varies warps only.
 # ---------------------------------------------------------------------------------------------------
-@triton.autotune(
+@autotune(
     configs=_configs([({}, 4, 1), ({}, 8, 1), ({}, 4, 2), ({}, 8, 2)], {}),
     key=["CHUNK", "P", "BLOCK_M", "HPG"])
 @triton.jit
@@ -451,7 +453,7 @@ def _dcb_bwd_kernel(dy_ptr, x_ptr, cb_ptr, dt_ptr, a_ptr, seq_ptr, dcb_ptr, ddt_
 # and (first row block only) the passing decay's term d a_last = e^{a_last} sum(dCS * S), zero where a
 # document starts inside the chunk.
 # ---------------------------------------------------------------------------------------------------
-@triton.autotune(
+@autotune(
     configs=_configs([(dict(BLOCK_M=64, BLOCK_K=32), 8, 2),
                       (dict(BLOCK_M=32, BLOCK_K=64), 4, 2),
                       (dict(BLOCK_M=64, BLOCK_K=64), 8, 1),
@@ -557,7 +559,7 @@ def _dbc_bwd_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dcb_ptr, dt_ptr, a_ptr, enter_p
 # backward 5: dx_s = sum_{l>=s} CB[l,s] e^{a_l - a_s} dt_s dy_l + w_s B_s dCS^T + D dy_s, and partials of
 # dD = sum dy . x (the tile of dy is already loaded here)
 # ---------------------------------------------------------------------------------------------------
-@triton.autotune(
+@autotune(
     configs=_configs([(dict(BLOCK_M=64, BLOCK_P=64, BLOCK_K=64, BLOCK_KN=64), 4, 3),
                       (dict(BLOCK_M=128, BLOCK_P=64, BLOCK_K=64, BLOCK_KN=64), 8, 3),
                       (dict(BLOCK_M=64, BLOCK_P=64, BLOCK_K=32, BLOCK_KN=128), 4, 2),

@@ -1,0 +1,58 @@
+"""Autotuning compiles its candidates together (ops/triton_autotune.py): the hook that runs before the
+autotuner times them, checked with a stand-in for the jit function (compiling needs a GPU target)."""
+
+import pytest
+
+triton = pytest.importorskip("triton")
+
+from hybridcore.ops import triton_autotune  # noqa: E402
+
+
+class RecordingKernel:
+    def __init__(self):
+        self.calls = []
+
+    def warmup(self, grid, **arguments):
+        mode = triton_autotune.active_mode.get() if triton_autotune.active_mode is not None else None
+        self.calls.append((grid, arguments, mode is not None))
+
+
+def candidates():
+    return [triton.Config({"BLOCK": 64}, num_warps=4), triton.Config({"BLOCK": 128}, num_warps=8)]
+
+
+@pytest.mark.skipif(triton_autotune.AsyncCompileMode is None, reason="this Triton has no AsyncCompileMode")
+def test_every_candidate_is_compiled_inside_one_async_compile():
+    kernel, configs = RecordingKernel(), candidates()
+    kept = triton_autotune.compile_together(kernel, configs, {"x_ptr": "x", "n": 7}, {"HAS_BIAS": True})
+    assert kept is configs
+    assert [call[1]["BLOCK"] for call in kernel.calls] == [64, 128]
+    assert [call[1]["num_warps"] for call in kernel.calls] == [4, 8]
+    assert all(call[1]["x_ptr"] == "x" and call[1]["n"] == 7 and call[1]["HAS_BIAS"] for call in kernel.calls)
+    assert all(inside for _, _, inside in kernel.calls)  # submitted to the pool, not compiled one by one
+    assert triton_autotune.active_mode.get() is None  # and the mode is closed again
+
+
+def test_one_candidate_or_an_open_async_compile_is_left_alone():
+    kernel = RecordingKernel()
+    assert triton_autotune.compile_together(kernel, candidates()[:1], {}, {}) == candidates()[:1]
+    assert kernel.calls == []
+    if triton_autotune.AsyncCompileMode is not None:  # somebody else's async compile: theirs to finish
+        with triton_autotune.AsyncCompileMode(triton_autotune._pool()):
+            triton_autotune.compile_together(kernel, candidates(), {}, {})
+        assert kernel.calls == []
+
+
+@pytest.mark.skipif(triton_autotune.AsyncCompileMode is None, reason="this Triton has no AsyncCompileMode")
+def test_every_autotuned_kernel_compiles_its_candidates_together(monkeypatch):
+    from triton.runtime.autotuner import Autotuner
+
+    from hybridcore.ops import triton_conv, triton_ssd
+
+    kernels = [k for module in (triton_ssd, triton_conv) for k in vars(module).values() if isinstance(k, Autotuner)]
+    assert len(kernels) == 10
+    for kernel in kernels:
+        recorder = RecordingKernel()
+        monkeypatch.setattr(kernel.fn, "warmup", recorder.warmup)  # the kernel's own jit function
+        assert kernel.early_config_prune(candidates(), {"n": 1}) == candidates()
+        assert len(recorder.calls) == 2, kernel.base_fn.__name__
