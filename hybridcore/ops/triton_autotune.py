@@ -38,7 +38,9 @@ def compile_together(fn, candidates: list, nargs: dict, meta: dict) -> list:
     # ignore_errors: a candidate that fails to compile is left to the autotuner, which records it as unusable
     with AsyncCompileMode(_pool(), ignore_errors=True):
         for config in candidates:
-            fn.warmup(grid=(1,), **{**nargs, **meta, **config.all_kwargs()})
+            arguments = {**nargs, **meta, **config.all_kwargs()}
+            arguments.pop("warmup", None)  # the launch's own keywords, which reach the autotuner with the rest
+            fn.warmup(grid=arguments.pop("grid", (1,)), **arguments)
     return candidates
 
 

@@ -24,11 +24,14 @@ def candidates():
 @pytest.mark.skipif(triton_autotune.AsyncCompileMode is None, reason="this Triton has no AsyncCompileMode")
 def test_every_candidate_is_compiled_inside_one_async_compile():
     kernel, configs = RecordingKernel(), candidates()
-    kept = triton_autotune.compile_together(kernel, configs, {"x_ptr": "x", "n": 7}, {"HAS_BIAS": True})
+    # the launch's grid and warmup flag reach the autotuner's hook among the kernel's keywords
+    meta = {"HAS_BIAS": True, "grid": (3, 1), "warmup": False}
+    kept = triton_autotune.compile_together(kernel, configs, {"x_ptr": "x", "n": 7}, meta)
     assert kept is configs
     assert [call[1]["BLOCK"] for call in kernel.calls] == [64, 128]
     assert [call[1]["num_warps"] for call in kernel.calls] == [4, 8]
     assert all(call[1]["x_ptr"] == "x" and call[1]["n"] == 7 and call[1]["HAS_BIAS"] for call in kernel.calls)
+    assert all(grid == (3, 1) and "warmup" not in arguments for grid, arguments, _ in kernel.calls)
     assert all(inside for _, _, inside in kernel.calls)  # submitted to the pool, not compiled one by one
     assert triton_autotune.active_mode.get() is None  # and the mode is closed again
 
