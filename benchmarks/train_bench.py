@@ -114,9 +114,9 @@ def main(argv=None) -> dict:
 
     report = {"benchmark": "train", "command": "python benchmarks/train_bench.py " + " ".join(argv or sys.argv[1:]),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "versions": versions(), "commit": _commit(), "preset": args.preset, "batch_size": args.batch_size,
-              "seq_len": args.seq_len, "compile_mode": args.compile_mode, "documents": "packed (embedded corpus)",
-              "runs": {}}
+              "gpu": _gpu(), "versions": versions(), "commit": _commit(), "preset": args.preset,
+              "batch_size": args.batch_size, "seq_len": args.seq_len, "compile_mode": args.compile_mode,
+              "documents": "packed (embedded corpus)", "runs": {}}
     flops = flops_per_token(get_preset(args.preset), args.seq_len).total
     with tempfile.TemporaryDirectory(prefix="hybridcore-train-bench-") as scratch:
         scratch = Path(scratch)
@@ -142,6 +142,12 @@ def main(argv=None) -> dict:
               f"(the step itself {r.get('first_step_s') or 0:.1f} s); {r.get('tokens_per_s') or 0:,.0f} tok/s "
               f"median, MFU {100 * (r.get('mfu') or 0):.1f}%")
     return report
+
+
+def _gpu() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
 def _commit() -> str | None:
