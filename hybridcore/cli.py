@@ -23,6 +23,9 @@ COMMANDS = {
     "bench": ("hybridcore.bench", "time one contender's training step (ours or transformers') on one GPU"),
     "check": ("hybridcore.train.check", "list a run's checkpoints and whether each is intact, and its lock"),
 }
+# Commands that run as several processes under torchrun; every other command is one process's work, which
+# each rank would do whole (and `prepare` or `export-hf` would write over each other).
+TORCHRUN_COMMANDS = {"train"}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -50,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     rank = os.environ.get("RANK", "0")
     prefix = f"hybridcore {args.command}: " + (f"rank {rank}: " if os.environ.get("WORLD_SIZE", "1") != "1" else "")
     try:
+        if os.environ.get("WORLD_SIZE", "1") != "1" and args.command not in TORCHRUN_COMMANDS:
+            raise ValueError(f"`hybridcore {args.command}` runs in one process: start it without torchrun (under "
+                             f"torchrun every rank would do all of its work; only `train` runs as several)")
         return int(importlib.import_module(args._module).run(args) or 0)
     except ValueError as error:  # a user's mistake: say what and where, no traceback
         if rank == "0":  # under torchrun every rank finds it: say it once

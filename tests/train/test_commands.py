@@ -129,3 +129,19 @@ def test_without_data_the_default_corpus_is_prepared_once(tmp_path, monkeypatch,
     config = tiny_train_config(out, None, steps=4, save_every=0, eval_every=0)
     train(config, resume=True)
     assert "preparing" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_one_process_commands_refuse_torchrun(rank, monkeypatch, capsys, tmp_path):
+    """Under torchrun every rank would evaluate (or prepare, or export) all of it: refused, said once."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    assert main(["prepare", "--out", str(tmp_path / "data"), "--quiet"]) == 2
+    assert main(["eval", str(tmp_path / "run"), "--data", str(tmp_path / "data")]) == 2
+    assert not (tmp_path / "data").exists()
+    err = capsys.readouterr().err
+    if rank == "0":
+        assert "`hybridcore prepare` runs in one process" in err and "without torchrun" in err
+        assert "`hybridcore eval` runs in one process" in err
+    else:
+        assert err == ""
