@@ -36,16 +36,12 @@ def add_arguments(parser) -> None:
 
 def check_arguments(args) -> None:
     """The flags' own limits, named as flags, before any model is read."""
-    import math
+    from .generation.sampling import check_sampling_arguments
 
     if args.max_new_tokens < 0:
         raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    if not (math.isfinite(args.temperature) and args.temperature >= 0):
-        raise ValueError(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
-    if args.top_k is not None and args.top_k < 1:
-        raise ValueError(f"--top-k must be an integer >= 1, got {args.top_k}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
+    check_sampling_arguments(args.temperature, args.top_k, args.top_p,
+                             names={"temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p"})
     for flag, value in (("--top-k", args.top_k), ("--top-p", args.top_p)):
         if value is not None and args.temperature == 0:
             raise ValueError(f"{flag} applies when sampling, and --temperature 0 is greedy: give --temperature "

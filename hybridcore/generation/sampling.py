@@ -5,15 +5,20 @@ from __future__ import annotations
 import torch
 
 
-def check_sampling_arguments(temperature: float, top_k: int | None, top_p: float | None) -> None:
+def check_sampling_arguments(temperature: float, top_k: int | None, top_p: float | None,
+                             names: dict[str, str] | None = None) -> None:
+    """The sampling arguments' limits; `names` shows them under other names (the CLI's flags, where None is
+    a flag left out and needs no mention)."""
+    shown = names or {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p"}
+    or_none = "" if names else " None or"
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature >= 0 \
             or temperature == float("inf"):
-        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+        raise ValueError(f"{shown['temperature']} must be a finite number >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-        raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+        raise ValueError(f"{shown['top_k']} must be{or_none} an integer >= 1, got {top_k!r}")
     if top_p is not None and (not isinstance(top_p, (int, float)) or isinstance(top_p, bool)
                               or not 0.0 < top_p <= 1.0):
-        raise ValueError(f"top_p must be None or in (0, 1], got {top_p!r}")
+        raise ValueError(f"{shown['top_p']} must be{or_none} in (0, 1], got {top_p!r}")
 
 
 def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
