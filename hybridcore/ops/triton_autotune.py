@@ -1,10 +1,11 @@
 """triton.autotune, with every candidate config compiled side by side before any is timed.
 
 Triton's autotuner compiles each candidate when it first times it, one after the other. A cold start of
-falcon-h1-0.5b's training spent about 36 s there on an H100 (eleven kernels, two to six candidates
-each). Compiling runs mostly outside the GIL (LLVM, ptxas), so the candidates are handed to threads first
-through Triton's own AsyncCompileMode; the autotuner then finds them compiled. A Triton without that mode
-compiles one by one, as before.
+falcon-h1-0.5b's training spent about 36 s compiling and timing them on an H100 (ten kernels, two to six
+candidates each). Compiling runs mostly outside the GIL (LLVM, ptxas), so the candidates are handed to
+threads first through Triton's own AsyncCompileMode, and the autotuner then finds them compiled: the
+eager cold start's first step took 35.1 s instead of 46.6. A Triton without that mode compiles one by
+one, as before.
 """
 
 from __future__ import annotations
