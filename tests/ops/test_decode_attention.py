@@ -78,6 +78,24 @@ def test_dispatch_takes_the_kernel_only_without_gradients(monkeypatch):
     assert calls == [1]
 
 
+@pytest.mark.parametrize("mode,capturing,kernel", [("auto", True, True), ("auto", False, False),
+                                                    ("on", False, True)])
+def test_eager_decoding_keeps_sdpa_and_a_captured_step_takes_the_kernel(monkeypatch, mode, capturing, kernel):
+    """By default the split kernel runs only while a CUDA graph records the step (its GPU time counts
+    there); eager decoding is bound by host time, where SDPA's one launch costs less. Forced on, it
+    always runs (the tests' way to reach it on a CPU)."""
+    calls = []
+    twin = ops.decode_attention_ref
+    monkeypatch.setattr(triton_attention, "decode_attention", lambda *a: calls.append(1) or twin(*a))
+    monkeypatch.setattr(fused_decode, "INTERPRET", False)
+    monkeypatch.setattr(ops, "kernels_active", lambda t: True)  # as on a CUDA tensor
+    monkeypatch.setattr(ops, "capturing_cuda_graph", lambda t: capturing)
+    inputs = decode_inputs(1, 2, 4, 16, 20, 7, torch.float32)
+    with ops.use_kernels(mode), torch.no_grad():
+        torch.testing.assert_close(ops.decode_attention(*inputs), twin(*inputs))
+    assert calls == ([1] if kernel else [])
+
+
 def test_unsupported_layouts_keep_the_twin():
     q, keys, values, mask, _ = decode_inputs(1, 2, 4, 16, 20, 7, torch.float32)
     assert fused_decode.decode_attention_supported(q, keys, values, mask)
