@@ -40,7 +40,7 @@ from .model_setup import build_train_model, resolve_model_config
 from .optim import set_hyperparameters
 from .parallel_layout import launched_world_size, resolve_layout
 from ..parallel import ParallelConfig, build_mesh, parallelize
-from ..parallel.compile import failed_compilations
+from ..parallel.compile import default_cache_dir, failed_compilations
 from ..parallel.pipeline import local_stage_filter
 from .resume import checkpoint_names, kept_in_run, resolve_resume_from, resume_checkpoint
 from .run_config import check_resumed_config, write_run_config
@@ -378,6 +378,9 @@ class _Run:
         warning = no_validation_warning(self.data_dir, config) if not self.val_batches else None
         if warning:
             self._say(f"warning: {warning}", error=True)
+        if config.compile and self.start_step < config.steps:  # a first step that would otherwise look stuck
+            self._say(f"compiling each layer kind in the first steps: minutes with a cold compile cache, seconds "
+                      f"with a warm one ({config.compile_cache_dir or default_cache_dir()})")
         self.bar = tqdm(total=config.steps, initial=self.start_step, unit="step", dynamic_ncols=True,
                         disable=not (config.progress and self.is_main), desc="train")
         try:

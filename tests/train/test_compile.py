@@ -18,7 +18,7 @@ def _column(run_dir, key):
 
 
 @pytest.mark.skipif(not hasattr(torch.nn.Module, "compile"), reason="Module.compile needs torch >= 2.2")
-def test_compiled_layers_train_like_eager_and_save_the_same_keys(tmp_path, data_dir, monkeypatch):
+def test_compiled_layers_train_like_eager_and_save_the_same_keys(tmp_path, data_dir, monkeypatch, capsys):
     compiled_layers = []
     module_compile = torch.nn.Module.compile
 
@@ -28,7 +28,10 @@ def test_compiled_layers_train_like_eager_and_save_the_same_keys(tmp_path, data_
 
     monkeypatch.setattr(torch.nn.Module, "compile", compile_without_inductor)
     for name, compiled in (("eager", False), ("compiled", True)):
+        capsys.readouterr()
         train(tiny_train_config(tmp_path / name, data_dir, steps=3, save_every=3, eval_every=0, compile=compiled))
+        # the slow first steps are announced, with the cache that makes the next run's fast
+        assert ("compiling each layer kind in the first steps" in capsys.readouterr().out) == compiled
     eager, compiled = _column(tmp_path / "eager", "loss"), _column(tmp_path / "compiled", "loss")
     assert len(compiled_layers) == 2  # both sub-layers of "P-", in the compiled run only
     assert len(eager) == len(compiled) == 3
