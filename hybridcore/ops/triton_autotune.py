@@ -26,7 +26,9 @@ _POOL: concurrent.futures.ThreadPoolExecutor | None = None
 def _pool() -> concurrent.futures.ThreadPoolExecutor:
     global _POOL
     if _POOL is None:
-        workers = max(1, min(8, os.cpu_count() or 1))
+        # the host's cores, shared by the processes torchrun started on it
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        workers = max(1, min(8, (os.cpu_count() or 1) // max(1, local_processes)))
         _POOL = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="hybridcore-triton-compile")
     return _POOL
 
