@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..model.cache import DecodeSlots, LayerCache
+from ..ops import graph_capture_kernels
 
 PAD_DOC, PROMPT_DOC = 0, 1
 
@@ -79,10 +80,11 @@ class DecodeStep:
         return self._forward()
 
     def _run_then_capture(self) -> torch.Tensor:
-        # Warm up on a side stream, as CUDA graphs require; this run is the real step.
+        # Warm up on a side stream, as CUDA graphs require, with the kernels the capture takes; this run is
+        # the real step.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        with torch.cuda.stream(side), graph_capture_kernels():
             logits = self._forward()
         torch.cuda.current_stream().wait_stream(side)
         # Capturing only records kernels: caches, slots and positions stay as they are until a replay.

@@ -70,9 +70,24 @@ def use_kernels(mode: str | bool):
         _MODE = previous
 
 
+_WARMING_UP_A_CAPTURE = False
+
+
+@contextlib.contextmanager
+def graph_capture_kernels():
+    """Inside: the kernels a CUDA-graph capture takes (decode attention's split kernel among them), for
+    the eager run before a capture, which then compiles and loads them and computes what replays will."""
+    global _WARMING_UP_A_CAPTURE
+    previous, _WARMING_UP_A_CAPTURE = _WARMING_UP_A_CAPTURE, True
+    try:
+        yield
+    finally:
+        _WARMING_UP_A_CAPTURE = previous
+
+
 def capturing_cuda_graph(t) -> bool:
-    """Is a CUDA graph recording on t's device's current stream?"""
-    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+    """Is a CUDA graph recording on t's device's current stream (or its warm-up running)?"""
+    return _WARMING_UP_A_CAPTURE or (t.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
 def plain_tensors(*tensors) -> bool:
@@ -179,4 +194,4 @@ __all__ = ["ssd", "ssd_step", "causal_conv1d", "gated_rms_norm", "gated_rms_norm
            "rms_norm_ref",
            "causal_conv1d_step", "causal_conv1d_step_ref", "rope_cache_write", "rope_cache_write_ref", "swiglu",
            "swiglu_ref", "decode_attention", "decode_attention_ref",
-           "use_kernels", "ssd_chunked", "ssd_recurrent", "ssd_step_ref", "causal_conv1d_ref"]
+           "use_kernels", "graph_capture_kernels", "ssd_chunked", "ssd_recurrent", "ssd_step_ref", "causal_conv1d_ref"]

@@ -96,6 +96,26 @@ def test_eager_decoding_keeps_sdpa_and_a_captured_step_takes_the_kernel(monkeypa
     assert calls == ([1] if kernel else [])
 
 
+def test_the_warm_up_before_a_capture_takes_the_captured_kernel(monkeypatch):
+    """DecodeStep's eager run before it records the graph compiles, loads and runs what the graph will."""
+    calls = []
+    twin = ops.decode_attention_ref
+    monkeypatch.setattr(triton_attention, "decode_attention", lambda *a: calls.append(1) or twin(*a))
+    monkeypatch.setattr(fused_decode, "INTERPRET", False)
+    # as on a CUDA tensor (outside any capture), where only "off" turns the kernels off
+    monkeypatch.setattr(ops, "kernels_active", lambda t: ops._MODE != "off")
+    inputs = decode_inputs(1, 2, 4, 16, 20, 7, torch.float32)
+    with torch.no_grad():
+        with ops.graph_capture_kernels():
+            ops.decode_attention(*inputs)
+        assert calls == [1]
+        ops.decode_attention(*inputs)  # after it, eager decoding is back on SDPA
+        assert calls == [1]
+        with ops.use_kernels("off"), ops.graph_capture_kernels():  # kernels turned off stay off
+            ops.decode_attention(*inputs)
+        assert calls == [1]
+
+
 def test_unsupported_layouts_keep_the_twin():
     q, keys, values, mask, _ = decode_inputs(1, 2, 4, 16, 20, 7, torch.float32)
     assert fused_decode.decode_attention_supported(q, keys, values, mask)
