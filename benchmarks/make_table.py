@@ -43,12 +43,12 @@ def read_figures(results: Path) -> dict:
     return found
 
 
-def newest(results: Path, benchmark: str) -> tuple[dict, str] | None:
-    """(the newest JSON of benchmarks/<benchmark>_bench.py, its file name), or None."""
+def newest(results: Path, benchmark: str, keep=lambda data: True) -> tuple[dict, str] | None:
+    """(the newest JSON of benchmarks/<benchmark>_bench.py that `keep` accepts, its file name), or None."""
     runs = []
     for path in results.glob("*.json"):
         data = loads(path.read_text())
-        if data.get("benchmark") == benchmark:
+        if data.get("benchmark") == benchmark and keep(data):
             runs.append((data.get("date") or data.get("time"), path.name, data))
     if not runs:
         return None
@@ -138,8 +138,9 @@ def table(results: Path = RESULTS) -> str:
 
 def train_run_rows(results: Path, figures: dict, files: list[str]) -> list[str]:
     """`hybridcore train` on packed documents, against the bench's step at the same shape (no peer can
-    mask documents), and its first step cold and warm."""
-    found = newest(results, "train")
+    mask documents), and its first step cold and warm. Only a run with train's default settings (`--compile-mode
+    auto`) makes the row: one with --no-compile or a chosen mode is a diagnostic."""
+    found = newest(results, "train", keep=lambda data: data.get("compile_mode", "auto") == "auto")
     if found is None:
         return []
     data, name = found
@@ -169,6 +170,7 @@ def generate_rows(results: Path, files: list[str]) -> list[str]:
     data, name = found
     rows = []
     peer = data.get("sides", {}).get("transformers", {}).get("results", {})
+    which = peer_words(data.get("sides", {}).get("transformers", {}).get("peer_packages") or {})
     for shape in sorted(data.get("ratios", {}), key=lambda key: [int(part) for part in key.split("x")]):
         context, batch = shape.split("x")
         theirs = peer.get(shape, {})
@@ -179,12 +181,22 @@ def generate_rows(results: Path, files: list[str]) -> list[str]:
                 continue
             mine = f"**{ours['decode_tokens_per_s']:,.1f}** / {ours['prefill_tokens_per_s']:,.0f}"
             rows.append(f"| generate {data['preset']}, {context}-token prompt, batch {batch}, {words}: decode / "
-                        f"prefill tokens/s | {mine} | {theirs['decode_tokens_per_s']:,.1f} / "
+                        f"prefill tokens/s{which} | {mine} | {theirs['decode_tokens_per_s']:,.1f} / "
                         f"{theirs['prefill_tokens_per_s']:,.0f} | | {ratios['decode_speedup']:.2f}x / "
                         f"{ratios['prefill_speedup']:.2f}x |")
     if rows:
         files.append(f"`{name}`")
     return rows
+
+
+def peer_words(packages: dict) -> str:
+    """Which kernels transformers' generate had, where it lacked some of the column's (its `peer_packages`:
+    True where a package imported, else why not)."""
+    if packages.get("mamba_ssm") is True and packages.get("causal_conv1d") is True:
+        return ""
+    if packages.get("mamba_ssm") is True:
+        return " (transformers with mamba_ssm, its conv in PyTorch)"
+    return " (transformers' PyTorch path)" if packages else ""
 
 
 def figure_order(name: str, figures: dict):

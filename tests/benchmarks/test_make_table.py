@@ -104,6 +104,10 @@ def test_the_trainer_and_generation_rows(tmp_path, make_table):
                   "transformers": {"results": {"4096x1": peer}}},
         "ratios": {"4096x1": {"hybridcore": {"decode_speedup": 10.0, "prefill_speedup": 2.0},
                               "hybridcore_eager": {"decode_speedup": 10.0, "prefill_speedup": 2.0}}}})
+    eager = {"cold": dict(runs["cold"], tokens_per_s=40_000.0)}  # newer, but not train's default: no row
+    write(tmp_path, "train-none.json", {"benchmark": "train", "date": "2026-12-06T11:00:00+00:00",
+                                        "preset": "falcon-h1-0.5b", "batch_size": 4, "seq_len": 4096, "runs": eager,
+                                        "compile_mode": "none"})
     found = rows(make_table.table(tmp_path))
     trainer = found["`hybridcore train` falcon-h1-0.5b, 4 x 4096, packed documents, tokens/s (first step after "
                     "launch: cold 120 s, warm 20 s)"]
@@ -157,3 +161,19 @@ def test_a_documents_step_alone_makes_no_row(tmp_path, make_table):
     text = make_table.table(tmp_path)
     trainer = next(cells for name, cells in rows(text).items() if name.startswith("`hybridcore train`"))
     assert trainer[3] == "0.97x the bench's step; 1.00x the bench's step on packed documents"
+
+
+def test_the_h100_table_is_what_the_script_makes_from_its_results(make_table):
+    page = (ROOT / "benchmarks" / "README.md").read_text()
+    assert make_table.replace_table(page, make_table.table(make_table.RESULTS / "h100")) == page, \
+        ("benchmarks/README.md's H100 table is stale: run `python benchmarks/make_table.py --results "
+         "benchmarks/results/h100 --write benchmarks/README.md`")
+
+
+def test_a_generation_peer_without_every_kernel_says_which_it_had(make_table):
+    assert make_table.peer_words({"mamba_ssm": True, "causal_conv1d": True}) == ""
+    assert make_table.peer_words({"mamba_ssm": True, "causal_conv1d": "ModuleNotFoundError: no module"}) == (
+        " (transformers with mamba_ssm, its conv in PyTorch)")
+    assert make_table.peer_words({"mamba_ssm": "ImportError", "causal_conv1d": "ImportError"}) == (
+        " (transformers' PyTorch path)")
+    assert make_table.peer_words({}) == ""  # a file from before peer_packages was recorded
