@@ -145,20 +145,26 @@ def time_steps(step, steps: int, device) -> list[float]:
     return times
 
 
-def measure(build, tokens: int, args, device, after_window) -> dict:
+def measure(build, tokens: int, args, device, after_window, say=lambda message: None) -> dict:
     """Build the contender's step, warm it up, time --repeats windows (calling `after_window(result)` after
-    each, so a run cut short keeps what it measured), and record peak memory."""
+    each, so a run cut short keeps what it measured), and record peak memory. `say` hears of each phase
+    (compiling can take minutes before the first window)."""
     _clean(device)
     result = {"status": "incomplete", "windows_step_ms": []}
     try:
         step, info = build()
         result.update(info)
+        started = time.perf_counter()
+        say(f"warming up: {args.warmup} untimed step(s) (compiling and autotuning happen here)")
         for _ in range(args.warmup):
             step()
         synchronize(device)
-        for _ in range(args.repeats):
+        say(f"warm after {time.perf_counter() - started:.1f} s; timing {args.repeats} window(s) of "
+            f"{args.steps} step(s)")
+        for window in range(args.repeats):
             times = time_steps(step, args.steps, device)
             result["windows_step_ms"].append([round(1e3 * t, 3) for t in times])
+            say(f"window {window + 1}/{args.repeats}: {tokens / statistics.median(times):,.0f} tok/s")
             summarize_windows(result, tokens)
             if device.type == "cuda":
                 result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
@@ -420,7 +426,8 @@ def run(args) -> int:
                 print(f"  {args.contender}: unavailable: {record['reason']}\n  wrote {path}")
                 return 0
         build = build_hf(config, ids, args, device, kernels)
-    result = measure(build, tokens, args, device, after_window=save)
+    result = measure(build, tokens, args, device, after_window=save,
+                     say=lambda message: print(f"  {message}", flush=True))
     if args.check and result["status"] == "ok":
         from .bench_check import check
 

@@ -19,9 +19,12 @@ def bench(tmp_path, *flags, name="out"):
     return status, json.loads(files[0].read_text()) if files else None
 
 
-def test_ours_writes_one_figure_with_its_environment_and_one_mfu_definition(tmp_path):
+def test_ours_writes_one_figure_with_its_environment_and_one_mfu_definition(tmp_path, capsys):
     status, result = bench(tmp_path)
     assert status == 0 and result["status"] == "ok" and result["contender"] == "ours"
+    said = capsys.readouterr().out  # each phase as it starts: compiling can hold the warm-up for minutes
+    assert "warming up: 1 untimed step(s)" in said and "timing 2 window(s) of 1 step(s)" in said
+    assert "window 1/2:" in said and "window 2/2:" in said
     assert result["figure"] == "train_step-debug-2x64" and result["preset"] == "debug"
     assert set(result["versions"]) == {"python", "torch", "triton", "transformers", "mamba_ssm", "causal_conv1d"}
     assert {"gpu", "git_commit", "git_dirty", "date", "command"} <= set(result)
