@@ -4,6 +4,8 @@ layout and switches (or the one named)."""
 
 from __future__ import annotations
 
+import sys
+
 from .safetensors_io import parse_size
 
 
@@ -36,7 +38,8 @@ def run(args) -> int:
                    kept=f"{args.out_hf_dir} was not changed (the partial output was removed)"):
         model = load_model(args.src, device="cpu")
         family = save_hf(model, args.out_hf_dir, max_shard_bytes=limit, overwrite=args.overwrite,
-                         inputs=[args.src], family=requested, extra_files=tokenizer)
+                         inputs=[args.src], family=requested, extra_files=tokenizer,
+                         progress=sys.stderr.isatty())
     with_tokenizer = (f", with {', '.join(f.name for f in tokenizer)}" if tokenizer else
                       " (no Hugging Face tokenizer goes with it: the byte tokenizer, or none found)")
     print(f"exported {args.src} -> {args.out_hf_dir}: {family.name} ({family.architecture}), "

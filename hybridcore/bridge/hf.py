@@ -110,10 +110,12 @@ def hf_output_names(extra_files=()) -> tuple[str, ...]:
 
 
 def save_hf(model: HybridLM, path: str, max_shard_bytes: int | str = DEFAULT_MAX_SHARD_BYTES,
-            overwrite: bool = False, inputs=(), family: str | Family | None = None, extra_files=()) -> Family:
+            overwrite: bool = False, inputs=(), family: str | Family | None = None, extra_files=(),
+            progress: bool = False) -> Family:
     """Write `path` as a directory transformers' from_pretrained loads, in the format of `family` (a
     model_type or name; None: the first family whose format holds the model), with `extra_files` (the
-    tokenizer's) copied in. Returns the family written.
+    tokenizer's) copied in; `progress`: a bar on stderr while several safetensors files are written.
+    Returns the family written.
 
     The directory appears complete or not at all; `overwrite` replaces only an earlier output of this
     function: never one of `inputs` (what the model was read from), a training run, or a directory holding
@@ -129,6 +131,6 @@ def save_hf(model: HybridLM, path: str, max_shard_bytes: int | str = DEFAULT_MAX
     sizes = [(key, sum(t.numel() * t.element_size() for t in parts)) for key, parts in tensors.items()]
     with atomic_directory(path, overwrite, inputs, own) as staging:
         write_json(staging / CONFIG_FILE, hf_config, indent=2, sort_keys=True)
-        write_checkpoint(str(staging), sizes, lambda key: _joined(tensors[key]), limit)
+        write_checkpoint(str(staging), sizes, lambda key: _joined(tensors[key]), limit, progress=progress)
         copy_files(extra_files, staging)
     return family

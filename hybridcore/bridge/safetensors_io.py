@@ -11,6 +11,7 @@ from contextlib import ExitStack
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tqdm import tqdm
 
 from ..io.json_codec import read_json_object, write_json
 
@@ -134,23 +135,28 @@ def _umask_mode() -> int:
 
 
 def write_checkpoint(directory: str, sizes: list[tuple[str, int]], fetch: Callable[[str], torch.Tensor],
-                     max_shard_bytes: int | None = None) -> list[str]:
+                     max_shard_bytes: int | None = None, progress: bool = False) -> list[str]:
     """Write the named tensors (fetched shard by shard, so only one shard is copied at a time).
 
     One shard is written as `model.safetensors`; several as `model-0000i-of-0000n.safetensors` plus the
-    index. Returns the file names written.
+    index. `progress`: a bar on stderr, shard by shard, where there are several. Returns the file names
+    written.
     """
     shards = plan_shards(sizes, max_shard_bytes)
     names = [SINGLE_FILE] if len(shards) == 1 else \
         [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     weight_map, mode = {}, _umask_mode()
+    bar = tqdm(total=sum(n for _, n in sizes), unit="B", unit_scale=True, desc="writing safetensors",
+               disable=not progress or len(shards) < 2, dynamic_ncols=True)
     for name, keys in zip(names, shards):
         tensors = {key: fetch(key).detach().to("cpu").contiguous() for key in keys}
         path = os.path.join(directory, name)
         save_file(tensors, path, metadata={"format": "pt"})
         os.chmod(path, mode)  # safetensors writes 0600; the directory's other files follow the umask
         weight_map.update({key: name for key in keys})
+        bar.update(sum(t.numel() * t.element_size() for t in tensors.values()))
         del tensors
+    bar.close()
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(n for _, n in sizes)}, "weight_map": weight_map}
         write_json(os.path.join(directory, INDEX_FILE), index, indent=2, sort_keys=True)

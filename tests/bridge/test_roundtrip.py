@@ -46,6 +46,19 @@ def test_bfloat16_checkpoint_keeps_its_dtype_unless_asked(tmp_path):
     assert torch.equal(upcast.embed.weight, ours.embed.weight.float())
 
 
+def test_a_sharded_export_can_show_its_progress(tmp_path, capsys):
+    save_random_hf(tmp_path / "hf")
+    model = load_hf(str(tmp_path / "hf"))
+    capsys.readouterr()
+    save_hf(model, str(tmp_path / "quiet"), max_shard_bytes=20_000)
+    assert capsys.readouterr().err == ""  # a bar only when asked (the CLI asks on a terminal)
+    save_hf(model, str(tmp_path / "shown"), max_shard_bytes=20_000, progress=True)
+    err = capsys.readouterr().err
+    assert "writing safetensors" in err and "100%" in err
+    save_hf(model, str(tmp_path / "one"), progress=True)  # one file: nothing to count
+    assert capsys.readouterr().err == ""
+
+
 def test_sharded_checkpoints_load_and_save(tmp_path):
     reference = save_random_hf(tmp_path / "hf", max_shard_size="20KB")
     assert (tmp_path / "hf" / "model.safetensors.index.json").exists()
