@@ -53,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     rank = os.environ.get("RANK", "0")
     prefix = f"hybridcore {args.command}: " + (f"rank {rank}: " if os.environ.get("WORLD_SIZE", "1") != "1" else "")
     try:
-        if os.environ.get("WORLD_SIZE", "1") != "1" and args.command not in TORCHRUN_COMMANDS:
-            raise ValueError(f"`hybridcore {args.command}` runs in one process: start it without torchrun (under "
-                             f"torchrun every rank would do all of its work; only `train` runs as several)")
+        world = os.environ.get("WORLD_SIZE", "1")
+        if world != "1" and args.command not in TORCHRUN_COMMANDS:
+            raise ValueError(f"`hybridcore {args.command}` runs in one process, and WORLD_SIZE={world} says this is "
+                             f"one of several (torchrun sets it): start it without torchrun, or with WORLD_SIZE "
+                             f"unset (every rank would do all of its work; only `train` runs as several)")
         return int(importlib.import_module(args._module).run(args) or 0)
     except ValueError as error:  # a user's mistake: say what and where, no traceback
         if rank == "0":  # under torchrun every rank finds it: say it once
