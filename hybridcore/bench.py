@@ -34,7 +34,7 @@ import traceback
 import torch
 
 from .bench_record import environment, kernel_times, matmul_tflops, median_and_spread, synchronize, versions
-from .train.config import fast_defaults
+from .train.config import CHECKPOINT_POLICIES, fast_defaults
 
 HF_MODULE = "transformers.models.falcon_h1.modeling_falcon_h1"
 PEER_PACKAGES = ("mamba_ssm", "causal_conv1d")
@@ -72,6 +72,9 @@ def add_arguments(parser) -> None:
                         help="recompute each layer in backward, ours and the peers alike (long sequences)")
     parser.add_argument("--checkpoint-layers", type=int, default=None, metavar="N",
                         help="ours, with --activation-checkpointing: recompute only the first N layers")
+    parser.add_argument("--checkpoint-policy", choices=CHECKPOINT_POLICIES, default="full",
+                        help="ours, with --activation-checkpointing: full recomputes each layer's forward; "
+                        "selective keeps its matrix products', attention's and collectives' outputs")
     parser.add_argument("--compile-cache-dir", default=None, metavar="DIR",
                         help="with --compile, where Inductor's and Triton's caches persist (as `train`)")
     parser.add_argument("--fp8", choices=["tensorwise", "rowwise", "rowwise_with_gw_hp"], default=None,
@@ -98,7 +101,8 @@ def add_arguments(parser) -> None:
 
 # flags that change how ours runs; the peers run as transformers ships them: (flag, attribute, its default)
 OURS_ONLY = [("--compile", "compile", None), ("--compile-mode", "compile_mode", None),
-             ("--checkpoint-layers", "checkpoint_layers", None), ("--loss", "loss", "chunked"),
+             ("--checkpoint-layers", "checkpoint_layers", None), ("--checkpoint-policy", "checkpoint_policy", "full"),
+             ("--loss", "loss", "chunked"),
              ("--no-kernels", "no_kernels", False), ("--sdpa-backend", "sdpa_backend", "auto"),
              ("--documents", "documents", 0), ("--check", "check", False)]
 
@@ -118,6 +122,8 @@ def check_arguments(args) -> None:
         raise ValueError(f"--compile-mode {args.compile_mode} compiles: it cannot go with --no-compile")
     if args.checkpoint_layers is not None and not args.activation_checkpointing:
         raise ValueError("--checkpoint-layers needs --activation-checkpointing")
+    if args.checkpoint_policy != "full" and not args.activation_checkpointing:
+        raise ValueError(f"--checkpoint-policy {args.checkpoint_policy} needs --activation-checkpointing")
     if args.contender != "ours":
         for flag, attribute, default in OURS_ONLY:
             if getattr(args, attribute) != default:
@@ -251,7 +257,8 @@ def build_ours(config, ids, args, device, compiled=False, mode="default"):
         dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
         model = parallelize(build_model(config, device=device, dtype=dtype, seed=0),
                             activation_checkpointing=args.activation_checkpointing,
-                            checkpoint_layers=args.checkpoint_layers, compile=compiled, compile_mode=mode,
+                            checkpoint_layers=args.checkpoint_layers, checkpoint_policy=args.checkpoint_policy,
+                            compile=compiled, compile_mode=mode,
                             compile_cache_dir=args.compile_cache_dir, float8=args.fp8,
                             float8_min_size=args.fp8_min_size)
         model.train()
@@ -351,7 +358,8 @@ def figure_name(args) -> str:
     figure (one run's result never replaces another's)."""
     variants = [args.tag] if args.tag else []
     variants += [args.precision] if args.precision != "amp" and not args.smoke else []  # --smoke's CPU fp32
-    variants += ["ac" + (f"{args.checkpoint_layers}" if args.checkpoint_layers else "")] \
+    variants += ["ac" + (f"{args.checkpoint_layers}" if args.checkpoint_layers else "")
+                 + ("-selective" if args.checkpoint_policy == "selective" else "")] \
         if args.activation_checkpointing else []
     variants += {True: ["compiled"], False: ["eager"]}.get(args.compile, [])
     variants += [args.compile_mode] if args.compile_mode else []
@@ -388,6 +396,7 @@ def run(args) -> int:
         "warmup_steps": args.warmup, "steps_per_window": args.steps, "windows": args.repeats,
         "activation_checkpointing": args.activation_checkpointing,
         "checkpoint_layers": args.checkpoint_layers,  # None: every layer (with activation_checkpointing)
+        "checkpoint_policy": args.checkpoint_policy if args.activation_checkpointing else None,
         "documents": args.documents,
         "flex_attention": flex_enabled,  # packed documents in compiled CUDA layers (HYBRIDCORE_FLEX_ATTENTION)
         "flops_per_token": flops, "num_gpus": 1, "peak_tflops": args.peak_tflops,

@@ -21,13 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.device_mesh import DeviceMesh
 
 from ..model.attention import use_sdpa_for_documents
 from ..model.model import HybridLM
 from . import float8 as float8_training
 from . import fsdp
+from .activation_checkpointing import check_policy, checkpointed
 from .compile import COMPILE_MODES, compile_layers
 from .config import MESH_DIMS, ParallelConfig
 from .context_parallel import ContextParallel
@@ -110,13 +110,14 @@ def as_parallel_model(model) -> ParallelModel:
 
 def parallelize(model: HybridLM, mesh: DeviceMesh | None = None, config: ParallelConfig | None = None, *,
                 activation_checkpointing: bool = False, checkpoint_layers: int | None = None,
-                compile: bool = False, compile_mode: str = "default", compile_cache_dir=None,
-                compile_fallback: bool = False, float8: str | None = None,
+                checkpoint_policy: str = "full", compile: bool = False, compile_mode: str = "default",
+                compile_cache_dir=None, compile_fallback: bool = False, float8: str | None = None,
                 float8_min_size: int = float8_training.DEFAULT_MIN_SIZE,
                 seq_len: int = 4096, loss_chunk: int = 8192) -> ParallelModel:
     """Apply the layout `config` over `mesh` (None: one process) to the initialised `model`, in place.
 
     checkpoint_layers: with activation checkpointing, only the layout's first N layers (None: all).
+    checkpoint_policy: what a checkpointed layer's backward recomputes (activation_checkpointing.POLICIES).
     compile_cache_dir: where Inductor's and Triton's caches persist (compile.py's default when None).
     compile_fallback: a layer that fails to compile runs eagerly instead of raising (compile.py).
     float8: a torchao float8 recipe (float8.RECIPES) for the linears with both weight dimensions of at
@@ -138,6 +139,7 @@ def parallelize(model: HybridLM, mesh: DeviceMesh | None = None, config: Paralle
         raise ValueError(f"ParallelConfig asks for {config.world_size} ranks: give the mesh (build_mesh)")
     if compile_mode not in COMPILE_MODES:
         raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {compile_mode!r}")
+    check_policy(checkpoint_policy)
     if float8 is not None:
         float8_training.check_float8_options(float8, float8_min_size)
         if config.tp > 1:
@@ -145,9 +147,9 @@ def parallelize(model: HybridLM, mesh: DeviceMesh | None = None, config: Paralle
                              "torchao's tensor-parallel styles; use fsdp or pp with --fp8")
     all_gather8 = float8 == "tensorwise" and fsdp.applies(mesh)
     options = dict(activation_checkpointing=activation_checkpointing, checkpoint_layers=checkpoint_layers,
-                   compile=compile, compile_mode=compile_mode, compile_cache_dir=compile_cache_dir,
-                   compile_fallback=compile_fallback, float8=float8, float8_min_size=float8_min_size,
-                   float8_all_gather=all_gather8)
+                   checkpoint_policy=checkpoint_policy, compile=compile, compile_mode=compile_mode,
+                   compile_cache_dir=compile_cache_dir, compile_fallback=compile_fallback, float8=float8,
+                   float8_min_size=float8_min_size, float8_all_gather=all_gather8)
     dtype = next(p for p in model.parameters() if not p.is_meta).dtype
     if config.pp == 1:
         layouts = _parallelize_part(model, mesh, config, **options)
@@ -166,7 +168,8 @@ def parallelize(model: HybridLM, mesh: DeviceMesh | None = None, config: Paralle
 
 
 def _parallelize_part(model: HybridLM, mesh: DeviceMesh | None, config: ParallelConfig, *,
-                      activation_checkpointing: bool, checkpoint_layers: int | None, compile: bool,
+                      activation_checkpointing: bool, checkpoint_layers: int | None, checkpoint_policy: str,
+                      compile: bool,
                       compile_mode: str, compile_cache_dir, compile_fallback: bool, float8: str | None,
                       float8_min_size: int, float8_all_gather: bool,
                       pipelined: bool = False) -> dict[str, ParameterLayout]:
@@ -181,7 +184,7 @@ def _parallelize_part(model: HybridLM, mesh: DeviceMesh | None, config: Parallel
     if activation_checkpointing:
         for name in model.leading_layer_names(checkpoint_layers):
             use_sdpa_for_documents(model.layers[name])
-            model.layers[name] = checkpoint_wrapper(model.layers[name], preserve_rng_state=False)
+            model.layers[name] = checkpointed(model.layers[name], checkpoint_policy)
     if compile:
         compile_layers(model, compile_mode, cache_dir=compile_cache_dir, fall_back_to_eager=compile_fallback)
     if fsdp.applies(mesh):

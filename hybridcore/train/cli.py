@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from .config import (COMPILE_MODES, DEVICES, DTYPES, FP8_RECIPES, MIXER_MODES, PARALLEL_FIELDS, PIPELINE_SCHEDULES,
+from .config import (CHECKPOINT_POLICIES, COMPILE_MODES, DEVICES, DTYPES, FP8_RECIPES, MIXER_MODES, PARALLEL_FIELDS, PIPELINE_SCHEDULES,
                      SCHEDULES, TrainConfig)
 
 _DEFAULTS = TrainConfig()
@@ -76,6 +76,10 @@ def add_arguments(parser) -> None:
     _flag(execution, "--checkpoint-layers", type=int, metavar="N",
           help="with --activation-checkpointing, recompute only the first N layers of the layout (less "
                "recomputation where memory allows)")
+    _flag(execution, "--checkpoint-policy", choices=CHECKPOINT_POLICIES,
+          help="with --activation-checkpointing: full (default) recomputes each checkpointed layer's forward; "
+               "selective keeps the outputs of its matrix products, attention and collectives and recomputes "
+               "the rest (more memory, less recomputation)")
     execution.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                            help="torch.compile each layer (default: on with CUDA, where a layer that fails to "
                            "compile runs eagerly with a warning; off on CPU). --compile makes a compile failure stop "

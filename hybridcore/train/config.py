@@ -26,6 +26,7 @@ DEVICES = ("cpu", "cuda")
 DTYPES = ("fp32", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")  # torch.compile's, as --compile-mode
 FP8_RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")  # hybridcore.parallel.float8's, without importing it
+CHECKPOINT_POLICIES = ("full", "selective")  # hybridcore.parallel.activation_checkpointing's, the same way
 # Settings a resumed run cannot change without changing the data order or the meaning of a step.
 FIXED_ON_RESUME = ("seed", "batch_size", "seq_len", "grad_accum", "data", "doc_masking")
 
@@ -65,6 +66,9 @@ class TrainConfig:
     dtype: str | None = None  # None: bf16 on cuda, fp32 on cpu; bf16 is autocast over fp32 master weights
     activation_checkpointing: bool = False
     checkpoint_layers: int | None = None  # with activation_checkpointing: only the first N layers (None: all)
+    # with activation_checkpointing: "full" recomputes each checkpointed layer's forward; "selective" keeps
+    # its matrix products', attention's and collectives' outputs and recomputes the rest
+    checkpoint_policy: str = "full"
     compile: bool | None = None  # torch.compile each layer; None: on with CUDA, off on CPU (with_fast_defaults)
     compile_mode: str | None = None  # None: reduce-overhead where CUDA graphs apply, else default
     # Inductor/Triton caches; None: $HYBRIDCORE_COMPILE_CACHE or ~/.cache/hybridcore/compile
@@ -137,6 +141,11 @@ class TrainConfig:
                 raise ValueError(f"--checkpoint-layers must be at least 1, got {self.checkpoint_layers}")
             if not self.activation_checkpointing:
                 raise ValueError("--checkpoint-layers needs --activation-checkpointing")
+        if self.checkpoint_policy not in CHECKPOINT_POLICIES:
+            raise ValueError(f"--checkpoint-policy must be one of {', '.join(CHECKPOINT_POLICIES)}, got "
+                             f"{self.checkpoint_policy!r}")
+        if self.checkpoint_policy != "full" and not self.activation_checkpointing:
+            raise ValueError(f"--checkpoint-policy {self.checkpoint_policy} needs --activation-checkpointing")
         if not self.peak_flops > 0:
             raise ValueError(f"--peak-flops must be positive, got {self.peak_flops}")
         if not (math.isfinite(self.eps) and self.eps > 0):

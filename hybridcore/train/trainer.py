@@ -220,7 +220,8 @@ class _Run:
                                                              model_config.vocab_size)
         self.model = parallelize(model, mesh, layout or ParallelConfig(dp_shard=1),
                                  activation_checkpointing=config.activation_checkpointing,
-                                 checkpoint_layers=config.checkpoint_layers, compile=config.compile,
+                                 checkpoint_layers=config.checkpoint_layers,
+                                 checkpoint_policy=config.checkpoint_policy, compile=config.compile,
                                  compile_mode=config.compile_mode, compile_cache_dir=config.compile_cache_dir,
                                  compile_fallback=self.compile_falls_back,
                                  float8=config.fp8, float8_min_size=config.fp8_min_size, seq_len=config.seq_len,

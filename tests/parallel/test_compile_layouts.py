@@ -1,7 +1,8 @@
 """Every layer compiles whole in every layout: one training step with each layer torch.compile'd (through
 dynamo and AOTAutograd, forward and backward) reports no graph break, in one process (every layer kind)
 and under fsdp2, tp2, pp2, cp2 and mixer-parallel tp2 ("P-": the P layer holds the Mamba-2 mixer and
-attention that M and * layers hold), with and without activation checkpointing."""
+attention that M and * layers hold), with and without activation checkpointing (and, in one process, with
+selective checkpointing)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def _check(results: dict) -> None:
     assert not failures, "\n".join(failures)
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("checkpointing", [False, True, "selective"])
 def test_one_process_compiles_every_layer_without_graph_breaks(checkpointing):
     _check(compiled_graph_breaks({"one process": ({"dp_shard": 1}, checkpointing)}))
 

@@ -165,9 +165,9 @@ def _layers_compile_with(backend: str):
 
 
 def compiled_graph_breaks(scenarios: dict[str, tuple], layout: str = "M*-P") -> dict:
-    """name -> (parallel config fields, activation checkpointing): the graph breaks dynamo reports in one
-    training step of `layout` with packed documents, each layer compiled, the number of graphs it made and
-    of layer kinds this rank holds."""
+    """name -> (parallel config fields, activation checkpointing: False, True (full) or "selective"): the
+    graph breaks dynamo reports in one training step of `layout` with packed documents, each layer compiled,
+    the number of graphs it made and of layer kinds this rank holds."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
@@ -180,7 +180,9 @@ def compiled_graph_breaks(scenarios: dict[str, tuple], layout: str = "M*-P") -> 
         with _layers_compile_with("aot_eager"):
             model, optimizer = build_parallel_model(named_config(layout), parallel_config, mesh, seed=0,
                                                     seq_len=SEQ_LEN, device=DEVICE, compile=True,
-                                                    activation_checkpointing=checkpointing)
+                                                    activation_checkpointing=bool(checkpointing),
+                                                    checkpoint_policy="selective" if checkpointing == "selective"
+                                                    else "full")
             train_steps(model, optimizer, global_batch(), steps=1, seq_idx=document_index())
         kinds = {getattr(layer, "_checkpoint_wrapped_module", layer).kind for part in model.parts
                  for layer in part.layers.values()}

@@ -8,10 +8,11 @@ import argparse
 import pytest
 
 from hybridcore.cli import build_parser
+from hybridcore.parallel import activation_checkpointing
 from hybridcore.parallel import compile as compile_module
 from hybridcore.parallel import float8
 from hybridcore.train.cli import config_from_args
-from hybridcore.train.config import COMPILE_MODES, FP8_RECIPES, TrainConfig
+from hybridcore.train.config import CHECKPOINT_POLICIES, COMPILE_MODES, FP8_RECIPES, TrainConfig
 
 
 def config(**changes) -> TrainConfig:
@@ -22,6 +23,7 @@ def test_constants_agree_with_the_parallel_package():
     assert FP8_RECIPES == float8.RECIPES
     assert TrainConfig.fp8_min_size == float8.DEFAULT_MIN_SIZE
     assert COMPILE_MODES == compile_module.COMPILE_MODES
+    assert CHECKPOINT_POLICIES == activation_checkpointing.POLICIES
 
 
 @pytest.mark.parametrize("changes,flag", [
@@ -31,6 +33,8 @@ def test_constants_agree_with_the_parallel_package():
     (dict(compile=False, compile_cache_dir="cache"), "--compile-cache-dir .* cannot go with --no-compile"),
     (dict(compile=False, compile_mode="reduce-overhead"), "cannot go with --no-compile"),
     (dict(compile_mode="fastest"), "--compile-mode must be one of"),
+    (dict(activation_checkpointing=True, checkpoint_policy="some"), "--checkpoint-policy must be one of"),
+    (dict(checkpoint_policy="selective"), "--checkpoint-policy selective needs --activation-checkpointing"),
 ])
 def test_bad_settings_name_the_flag(changes, flag):
     with pytest.raises(ValueError, match=flag):

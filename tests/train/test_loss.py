@@ -73,14 +73,21 @@ def loss_and_grads(model, ids):
     return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("layers", [None, 1])
-def test_activation_checkpointing_keeps_values_gradients_and_keys(layers):
-    """Every layer, or (--checkpoint-layers 1) only the first: the plain model's loss, gradients and keys."""
+@pytest.mark.parametrize("layers,policy", [(None, "full"), (1, "full"), (None, "selective")])
+def test_activation_checkpointing_keeps_values_gradients_and_keys(layers, policy, monkeypatch):
+    """Every layer, or (--checkpoint-layers 1) only the first, recomputed whole or (selective) all but the
+    matrix products and attention: the plain model's loss, gradients and keys."""
+    from hybridcore.parallel import activation_checkpointing
+
+    decisions = []
+    keep = activation_checkpointing._keep_costly_outputs
+    monkeypatch.setattr(activation_checkpointing, "_keep_costly_outputs",
+                        lambda ctx, op, *a, **k: decisions.append(keep(ctx, op, *a, **k)) or decisions[-1])
     ids = torch.randint(0, 256, (2, 17), generator=torch.Generator().manual_seed(2))
     plain = loss_and_grads(tiny_model(), ids)
     model = tiny_model()
     keys = list(model.state_dict())
-    parallelize(model, activation_checkpointing=True, checkpoint_layers=layers)
+    parallelize(model, activation_checkpointing=True, checkpoint_layers=layers, checkpoint_policy=policy)
     assert list(model.state_dict()) == keys
     wrapped = [isinstance(layer, CheckpointWrapper) for layer in model.layers.values()]
     assert wrapped == ([True] * len(wrapped) if layers is None else [True] + [False] * (len(wrapped) - 1))
@@ -88,6 +95,8 @@ def test_activation_checkpointing_keeps_values_gradients_and_keys(layers):
     torch.testing.assert_close(plain[0], checkpointed[0])
     for a, b in zip(plain[1], checkpointed[1]):
         torch.testing.assert_close(a, b)
+    kept = sum(decision.name == "MUST_SAVE" for decision in decisions)
+    assert (kept > 0 and len(decisions) > kept) if policy == "selective" else decisions == []
 
 
 def test_checkpoint_layers_beyond_the_model_is_an_error():
