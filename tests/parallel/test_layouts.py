@@ -43,6 +43,8 @@ TWO_RANKS = {
     "tp2/M*-P/activation-checkpointing": (dict(tp=2), "M*-P", False, {"activation_checkpointing": True}),
     "tp2/M*-P/selective-checkpointing": (dict(tp=2), "M*-P", True, {"activation_checkpointing": True,
                                                                     "checkpoint_policy": "selective"}),
+    "fsdp2/M*-P/selective-checkpointing": (dict(dp_shard=2), "M*-P", False, {"activation_checkpointing": True,
+                                                                            "checkpoint_policy": "selective"}),
     **{f"fsdp2/{layout}": (dict(dp_shard=2), layout, False, {}) for layout in LAYOUTS},
     "pp2-1f1b/M*-P": (dict(pp=2), "M*-P", False, {}),
     "pp2-1f1b/M*-P/checkpoint-2-layers": (dict(pp=2), "M*-P", False,
