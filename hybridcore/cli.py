@@ -50,10 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None
     args = build_parser(command).parse_args(argv)
-    rank = os.environ.get("RANK", "0")
-    prefix = f"hybridcore {args.command}: " + (f"rank {rank}: " if os.environ.get("WORLD_SIZE", "1") != "1" else "")
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    prefix = f"hybridcore {args.command}: " + (f"rank {rank}: " if world != "1" else "")
     try:
-        world = os.environ.get("WORLD_SIZE", "1")
         if world != "1" and args.command not in TORCHRUN_COMMANDS:
             raise ValueError(f"`hybridcore {args.command}` runs in one process, and WORLD_SIZE={world} says this is "
                              f"one of several (torchrun sets it): start it without torchrun, or with WORLD_SIZE "

@@ -89,8 +89,6 @@ def decode_attention(q, keys, values, mask, slot):
                    decode_attention_ref, q, keys, values, mask, slot)
 
 
-
-
 def rms_norm_supported(x: Tensor, weight: Tensor) -> bool:
     return (plain_tensors(x, weight) and x.stride(-1) == 1 and x.shape[-1] <= 32768 and weight.is_contiguous()
             and x.numel() > 0)

@@ -13,6 +13,7 @@ import functools
 import torch
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
 POLICIES = ("full", "selective")
 
@@ -35,9 +36,7 @@ def kept_ops() -> frozenset:
     return frozenset(found)
 
 
-def _keep_costly_outputs(ctx, op, *args, **kwargs):
-    from torch.utils.checkpoint import CheckpointPolicy
-
+def _keep_costly_outputs(ctx, op, *args, **kwargs):  # asked for every op of a checkpointed forward
     return CheckpointPolicy.MUST_SAVE if op in kept_ops() else CheckpointPolicy.PREFER_RECOMPUTE
 
 
@@ -51,7 +50,5 @@ def checkpointed(layer: nn.Module, policy: str = "full") -> nn.Module:
     check_policy(policy)
     options = {}
     if policy == "selective":
-        from torch.utils.checkpoint import create_selective_checkpoint_contexts
-
         options["context_fn"] = functools.partial(create_selective_checkpoint_contexts, _keep_costly_outputs)
     return checkpoint_wrapper(layer, preserve_rng_state=False, **options)

@@ -169,8 +169,7 @@ def parallelize(model: HybridLM, mesh: DeviceMesh | None = None, config: Paralle
 
 def _parallelize_part(model: HybridLM, mesh: DeviceMesh | None, config: ParallelConfig, *,
                       activation_checkpointing: bool, checkpoint_layers: int | None, checkpoint_policy: str,
-                      compile: bool,
-                      compile_mode: str, compile_cache_dir, compile_fallback: bool, float8: str | None,
+                      compile: bool, compile_mode: str, compile_cache_dir, compile_fallback: bool, float8: str | None,
                       float8_min_size: int, float8_all_gather: bool,
                       pipelined: bool = False) -> dict[str, ParameterLayout]:
     """The ordered steps on one model or one pipeline stage (a HybridLM holding some of the layers)."""

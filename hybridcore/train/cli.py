@@ -10,8 +10,8 @@ import argparse
 import os
 import sys
 
-from .config import (CHECKPOINT_POLICIES, COMPILE_MODES, DEVICES, DTYPES, FP8_RECIPES, MIXER_MODES, PARALLEL_FIELDS, PIPELINE_SCHEDULES,
-                     SCHEDULES, TrainConfig)
+from .config import (CHECKPOINT_POLICIES, COMPILE_MODES, DEVICES, DTYPES, FP8_RECIPES, MIXER_MODES, PARALLEL_FIELDS,
+                     PIPELINE_SCHEDULES, SCHEDULES, TrainConfig)
 
 _DEFAULTS = TrainConfig()
 
