@@ -32,6 +32,21 @@ except ImportError:  # pragma: no cover - older torch keeps the SDPA paths
     create_block_mask = flex_attention = None
 
 
+# Block sizes for head_dim <= 64, chosen over FlexAttention's defaults on an H100 at falcon-h1-0.5b's
+# attention (4 x 4096, 8 query / 2 key-value heads, documents of ~3,200 tokens), forward + backward:
+# 0.95 ms against 1.10 (benchmarks/attention_bench.py, variant flex_tuned). ROWS_GUARANTEED_SAFE and
+# BLOCKS_ARE_CONTIGUOUS are not for a document mask: a query's first key block can lie wholly in an
+# earlier document, and they gave NaN and wrong outputs there.
+SMALL_HEAD_OPTIONS = {"fwd_BLOCK_M": 64, "fwd_BLOCK_N": 64, "fwd_num_warps": 4, "fwd_num_stages": 3,
+                      "bwd_BLOCK_M1": 64, "bwd_BLOCK_N1": 64, "bwd_BLOCK_M2": 64, "bwd_BLOCK_N2": 64,
+                      "bwd_num_warps": 4, "bwd_num_stages": 3}
+
+
+def flex_kernel_options(head_dim: int) -> dict | None:
+    """FlexAttention's kernel_options for this head size (None: its own choice)."""
+    return dict(SMALL_HEAD_OPTIONS) if head_dim <= 64 else None
+
+
 def flex_document_attention_applies(q: torch.Tensor) -> bool:
     """Inside torch.compile on CUDA, where flex_attention becomes a fused kernel, in a forward that records
     gradients (training; see the module's docstring for evaluation)."""
@@ -49,7 +64,8 @@ def flex_document_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s
         return (kv_index <= q_index) & (seq_idx[b, q_index] == seq_idx[b, kv_index])
 
     block_mask = create_block_mask(causal_same_document, batch, None, length, length, device=q.device)
-    return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
+    return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa,
+                          kernel_options=flex_kernel_options(q.shape[-1]))
 
 
-__all__ = ["flex_document_attention", "flex_document_attention_applies"]
+__all__ = ["flex_document_attention", "flex_document_attention_applies", "flex_kernel_options"]

@@ -37,6 +37,13 @@ _FUSED = None  # the fused modules once imported, False if Triton is missing
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # float64 stays on the reference
 
 
+def load_kernels() -> bool:
+    """Import the fused kernels' modules now (False: Triton is missing). torch.compile calls it before
+    tracing: a first import inside a traced layer would leave a guard on the not-yet-imported state, and
+    every compiled layer would compile again on its second call."""
+    return bool(_fused())
+
+
 def _fused():
     global _FUSED
     if _FUSED is None:
@@ -190,8 +197,8 @@ def decode_attention(q, keys, values, mask, slot):
 
 __all__ = ["ssd", "ssd_step", "causal_conv1d", "gated_rms_norm", "gated_rms_norm_ref", "gated_rms_norm_spanning",
            "gated_rms_norm_spanning_ref",
-           "chunked_cross_entropy", "kernels_active", "inference_kernels_active", "plain_tensors", "rms_norm",
-           "rms_norm_ref",
+           "chunked_cross_entropy", "kernels_active", "load_kernels", "inference_kernels_active", "plain_tensors",
+           "rms_norm", "rms_norm_ref",
            "causal_conv1d_step", "causal_conv1d_step_ref", "rope_cache_write", "rope_cache_write_ref", "swiglu",
            "swiglu_ref", "decode_attention", "decode_attention_ref",
            "use_kernels", "graph_capture_kernels", "ssd_chunked", "ssd_recurrent", "ssd_step_ref", "causal_conv1d_ref"]

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from torch import nn
 
+from ..ops import load_kernels
+
 CACHE_ENV = "HYBRIDCORE_COMPILE_CACHE"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 _KERNEL_MODULES = ("hybridcore.ops.triton_ssd", "hybridcore.ops.triton_conv", "hybridcore.ops.triton_norm",
@@ -90,6 +92,7 @@ def compile_layers(model: nn.Module, mode: str = "default", cache_dir: str | os.
     if mode not in COMPILE_MODES:
         raise ValueError(f"--compile-mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
     root = configure_compile_cache(cache_dir)
+    load_kernels()  # before tracing: see ops.load_kernels
     options = {"backend": backend, "dynamic": False}
     if mode != "default":
         options["mode"] = mode

@@ -27,7 +27,12 @@ def resolve_chunk(num_tokens: int, vocab_size: int, chunk_tokens: int = 0) -> in
         return min(chunk_tokens, num_tokens)
     if num_tokens * vocab_size <= AUTO_CHUNK_ELEMENTS:
         return num_tokens
-    return max(1, AUTO_CHUNK_ELEMENTS // vocab_size)
+    most = max(1, AUTO_CHUNK_ELEMENTS // vocab_size)
+    # equal chunks where a divisor is near the largest: a shorter last chunk is another shape to compile
+    for chunk in range(most, most // 2, -1):
+        if num_tokens % chunk == 0:
+            return chunk
+    return most
 
 
 def _chunk_losses(model, h_ND: torch.Tensor, labels_N: torch.Tensor) -> torch.Tensor:

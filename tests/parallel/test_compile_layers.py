@@ -112,6 +112,34 @@ def test_bad_mode_names_the_flag(isolated_cache):
         compile_layers(build_model(tiny("-"), seed=0), mode="fast", cache_dir=isolated_cache)
 
 
+def test_kernels_are_imported_before_tracing(isolated_cache, monkeypatch):
+    """A first import of the kernels inside a traced layer leaves Dynamo a guard on the unimported state,
+    and every layer compiles again on its second call: compile_layers imports them first."""
+    import hybridcore.ops as ops
+    from torch._dynamo.testing import CompileCounter
+
+    x = torch.ones(3)
+
+    def calls_twice(load_first: bool) -> int:
+        torch._dynamo.reset()
+        monkeypatch.setattr(ops, "_FUSED", None)
+        frames = CompileCounter()
+        probe = torch.compile(lambda t: t + 1 if ops.kernels_active(t) else t - 1, backend=frames)
+        if load_first:
+            ops.load_kernels()
+        with ops.use_kernels("on"):
+            probe(x)
+            probe(x)
+        return frames.frame_count
+
+    if calls_twice(load_first=False) == 1:
+        pytest.skip("this torch does not guard on the import's global")
+    assert calls_twice(load_first=True) == 1
+    monkeypatch.setattr(ops, "_FUSED", None)
+    compile_layers(build_model(tiny("-"), seed=0), cache_dir=isolated_cache, backend="eager")
+    assert ops._FUSED is not None
+
+
 CHILD = """
 import json, sys, torch
 from torch._dynamo.utils import counters

@@ -9,7 +9,7 @@ from hybridcore.config import apply_overrides
 from hybridcore.model import build_model
 from hybridcore.parallel import parallelize
 from hybridcore.train import token_losses, train
-from hybridcore.train.loss import IGNORE_INDEX, resolve_chunk
+from hybridcore.train.loss import AUTO_CHUNK_ELEMENTS, IGNORE_INDEX, resolve_chunk
 from hybridcore.presets import get_preset
 
 from .conftest import TINY, tiny_train_config
@@ -65,6 +65,9 @@ def test_chunked_logits_give_the_same_loss_and_gradients():
         torch.testing.assert_close(grad, grads[1][1][name], atol=1e-6, rtol=1e-5, msg=name)
     assert resolve_chunk(4096, 261120) < 4096  # a 261K vocabulary is chunked automatically
     assert resolve_chunk(1000, 258) == 1000
+    # equal chunks where a divisor is near the cap (one compiled shape), else the cap itself
+    assert resolve_chunk(16384, 32784) == 4096 and 16384 * 32784 > AUTO_CHUNK_ELEMENTS
+    assert resolve_chunk(16381, 32784) == AUTO_CHUNK_ELEMENTS // 32784  # 16381 is prime
 
 
 def loss_and_grads(model, ids):
