@@ -7,8 +7,10 @@ FlashAttention's variable-length kernel with the documents as its sequences (CUD
     python benchmarks/attention_bench.py --smoke          # CPU, tiny: the variants run (no timing claims)
 
 Each variant is compiled on its own (static shapes), warmed up, then timed with CUDA events over
---iters iterations; the median and range are printed and written as JSON. One process runs every
-variant: these are kernel timings of one op at one shape, not a contender comparison.
+--iters iterations (the median and range, host time included: "ms"), and its kernels' GPU time summed
+by the profiler over as many more ("kernel_ms", what a CUDA-graphed step pays); all written as JSON.
+One process runs every variant: these are kernel timings of one op at one shape, not a contender
+comparison.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ import torch.nn.functional as F
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# FlexAttention kernel_options tried on top of the document mask (FlexAttention's own names). Not
-# ROWS_GUARANTEED_SAFE: a document mask leaves rows with no key inside some of the blocks visited, and
-# with that option set those rows came out NaN.
+# FlexAttention kernel_options tried on top of the document mask (FlexAttention's own names); flex_tuned
+# is what the model passes (hybridcore.model.flex_document.flex_kernel_options). Not ROWS_GUARANTEED_SAFE
+# or BLOCKS_ARE_CONTIGUOUS: a document mask leaves rows with no key inside some of the blocks visited, and
+# with those options set such rows came out NaN or wrong.
 VARIANTS = {
     "flex": {},
+    "flex_tuned": None,
     "flex_fwd128x128w8": {"fwd_BLOCK_M": 128, "fwd_BLOCK_N": 128, "fwd_num_warps": 8, "fwd_num_stages": 3},
     "flex_bwd64x64": {"bwd_BLOCK_M1": 64, "bwd_BLOCK_N1": 64, "bwd_BLOCK_M2": 64, "bwd_BLOCK_N2": 64,
                       "bwd_num_warps": 4, "bwd_num_stages": 3},
@@ -56,7 +60,7 @@ def parse_args(argv=None):
     return args
 
 
-def make_variant(name: str, seq_idx: torch.Tensor, length: int, device):
+def make_variant(name: str, seq_idx: torch.Tensor, length: int, head_dim: int, device):
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     def causal_same_document(b, h, q_index, kv_index):
@@ -66,15 +70,23 @@ def make_variant(name: str, seq_idx: torch.Tensor, length: int, device):
         return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     if name == "varlen":
         return varlen_documents(seq_idx)
+    options = variant_options(name, head_dim)
     if name == "flex_inside":  # as attention.py runs it: the block mask built in every compiled call
         def inside(q, k, v):
             mask = create_block_mask(causal_same_document, q.shape[0], None, length, length, device=q.device)
-            return flex_attention(q, k, v, block_mask=mask, enable_gqa=True)
+            return flex_attention(q, k, v, block_mask=mask, enable_gqa=True, kernel_options=options)
         return torch.compile(inside, dynamic=False)
-    options = VARIANTS[name]
     mask = create_block_mask(causal_same_document, seq_idx.shape[0], None, length, length, device=device)
     compiled = torch.compile(flex_attention, dynamic=False)
-    return lambda q, k, v: compiled(q, k, v, block_mask=mask, enable_gqa=True, kernel_options=dict(options) or None)
+    return lambda q, k, v: compiled(q, k, v, block_mask=mask, enable_gqa=True, kernel_options=options)
+
+
+def variant_options(name: str, head_dim: int) -> dict | None:
+    """The kernel_options a FlexAttention variant passes (None: FlexAttention's own choice)."""
+    if name in ("flex_inside", "flex_tuned"):
+        from hybridcore.model.flex_document import flex_kernel_options
+        return flex_kernel_options(head_dim)
+    return dict(VARIANTS[name]) or None if name in VARIANTS else None
 
 
 def varlen_documents(seq_idx: torch.Tensor):
@@ -129,6 +141,18 @@ def time_variant(fn, q, k, v, grad, iters: int, cuda: bool) -> list[float]:
     return times
 
 
+def kernel_ms(fn, q, k, v, grad, iters: int) -> float:
+    """GPU time of one forward + backward from the profiler's kernel records (launch gaps left out)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn(q, k, v).backward(grad)
+        torch.cuda.synchronize()
+    q.grad = k.grad = v.grad = None
+    return sum(event.self_device_time_total for event in prof.key_averages()) / iters / 1000
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -154,19 +178,23 @@ def main(argv=None) -> dict:
     reference = None
     for name in args.variants:
         started = time.perf_counter()
+        torch._dynamo.reset()  # each variant compiles flex_attention afresh (no recompile limit reached)
         try:
-            fn = make_variant(name, seq_idx, L, device)
+            fn = make_variant(name, seq_idx, L, D, device)
             out = fn(q, k, v).detach().float()
             if reference is None and name != "sdpa_causal":  # the first document path is the reference
                 reference = out
             error = None if name == "sdpa_causal" else float((out - reference).norm() / reference.norm())
             times = time_variant(fn, q, k, v, grad, args.iters, cuda)
-            row = {"ms": statistics.median(times), "ms_range": [min(times), max(times)], "rel_error_vs_first": error,
-                   "options": VARIANTS.get(name), "compile_and_warm_s": time.perf_counter() - started}
+            row = {"ms": statistics.median(times), "ms_range": [min(times), max(times)],
+                   "kernel_ms": kernel_ms(fn, q, k, v, grad, args.iters) if cuda else None,
+                   "rel_error_vs_first": error, "options": variant_options(name, D),
+                   "compile_and_warm_s": time.perf_counter() - started}
         except Exception as exc:  # one variant's failure (an option the kernel rejects) leaves the others
             row = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
         report["variants"][name] = row
-        print(f"{name:20s} " + (f"{row['ms']:.3f} ms ({row['ms_range'][0]:.3f}-{row['ms_range'][1]:.3f}) "
+        kernels = f", kernels {row['kernel_ms']:.3f} ms" if row.get("kernel_ms") is not None else ""
+        print(f"{name:20s} " + (f"{row['ms']:.3f} ms ({row['ms_range'][0]:.3f}-{row['ms_range'][1]:.3f}){kernels} "
                                 f"err {row['rel_error_vs_first']}" if "ms" in row else row["error"]), flush=True)
     if args.out is not None or not args.smoke:
         out = args.out or RESULTS / f"attention-{B}x{L}-{H}h{KV}kv{D}-doc{args.documents}.json"
