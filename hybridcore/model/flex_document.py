@@ -33,8 +33,8 @@ except ImportError:  # pragma: no cover - older torch keeps the SDPA paths
 
 
 # Block sizes for head_dim <= 64, chosen over FlexAttention's defaults on an H100 at falcon-h1-0.5b's
-# attention (4 x 4096, 8 query / 2 key-value heads, documents of ~3,200 tokens), forward + backward:
-# 0.95 ms against 1.10 (benchmarks/attention_bench.py, variant flex_tuned). ROWS_GUARANTEED_SAFE and
+# attention (4 x 4096, 8 query / 2 key-value heads, documents of ~3,200 tokens), forward + backward kernel
+# time: 0.88 ms against 1.09 (benchmarks/attention_bench.py, variant flex_tuned). ROWS_GUARANTEED_SAFE and
 # BLOCKS_ARE_CONTIGUOUS are not for a document mask: a query's first key block can lie wholly in an
 # earlier document, and they gave NaN and wrong outputs there.
 SMALL_HEAD_OPTIONS = {"fwd_BLOCK_M": 64, "fwd_BLOCK_N": 64, "fwd_num_warps": 4, "fwd_num_stages": 3,
