@@ -2,8 +2,10 @@
 
 `convert_to_float8(model, recipe, min_size)` swaps the eligible nn.Linear modules for torchao's
 Float8Linear, in place, before activation checkpointing, compile and FSDP2 (after tensor parallel).
-The master weights stay what they were (fp32 parameters under the same names), so checkpoints, resume,
-evaluation and export see an ordinary model; the matmuls run in float8 with dynamic scales.
+Under tensor parallelism it runs on each rank's slices, which the filter judges and each matmul scales
+on its own (plain tensors, so torchao's DTensor styles are not needed). The master weights stay what
+they were (fp32 parameters under the same names), so checkpoints, resume, evaluation and export see an
+ordinary model; the matmuls run in float8 with dynamic scales.
 
 Recipes (torchao's names):
     tensorwise           one scale per tensor; the fastest; FSDP2 can all-gather the weights in float8

@@ -1,9 +1,10 @@
 """`parallelize`: the one ordered entry point, in torchtitan's order, for every layout and one process.
 
     0. pipeline stages (pp > 1)         this rank's stages cut from the model; each stage below
-       float8 (optional)                 the large linears swapped for torchao's float8 ones (float8.py)
     1. tensor (+ sequence) parallel      the model's plans applied: each parameter replaced by its slice
        (mixer parallel)                  a P layer's branches on the two halves of the tp ranks (mixer.py)
+       float8 (optional)                 the large linears swapped for torchao's float8 ones (float8.py),
+                                         judged by this rank's slices
        context parallel                  the context strategy across the cp ranks
     2. activation checkpointing          per layer (the layout's first N), after TP so the recompute
                                          includes its collectives
@@ -121,7 +122,8 @@ def parallelize(model: HybridLM, mesh: DeviceMesh | None = None, config: Paralle
     compile_cache_dir: where Inductor's and Triton's caches persist (compile.py's default when None).
     compile_fallback: a layer that fails to compile runs eagerly instead of raising (compile.py).
     float8: a torchao float8 recipe (float8.RECIPES) for the linears with both weight dimensions of at
-    least float8_min_size (the LM head stays in bf16); None trains in the autocast dtype only.
+    least float8_min_size on this rank (under tp, its slice; the LM head stays in bf16); None trains in
+    the autocast dtype only.
     seq_len: the training sequence length (balances pipeline stages by FLOPs when the layout has no '|').
     loss_chunk: tokens per chunk of the fused LM head and loss under a pipeline.
     """
@@ -142,9 +144,6 @@ def parallelize(model: HybridLM, mesh: DeviceMesh | None = None, config: Paralle
     check_policy(checkpoint_policy)
     if float8 is not None:
         float8_training.check_float8_options(float8, float8_min_size)
-        if config.tp > 1:
-            raise ValueError("--fp8 with ParallelConfig.tp > 1 is not supported: the float8 linears would need "
-                             "torchao's tensor-parallel styles; use fsdp or pp with --fp8")
     all_gather8 = float8 == "tensorwise" and fsdp.applies(mesh)
     options = dict(activation_checkpointing=activation_checkpointing, checkpoint_layers=checkpoint_layers,
                    checkpoint_policy=checkpoint_policy, compile=compile, compile_mode=compile_mode,
@@ -173,11 +172,11 @@ def _parallelize_part(model: HybridLM, mesh: DeviceMesh | None, config: Parallel
                       float8_min_size: int, float8_all_gather: bool,
                       pipelined: bool = False) -> dict[str, ParameterLayout]:
     """The ordered steps on one model or one pipeline stage (a HybridLM holding some of the layers)."""
-    if float8 is not None:
-        float8_training.convert_to_float8(model, float8, float8_min_size, fsdp_float8_all_gather=float8_all_gather)
     branches = branch_view_mesh(mesh)
     layouts = apply_tensor_parallel(model, mesh["tp"] if mesh is not None else None, config.sequence_parallel,
                                     config.mixer_parallel, branches["tp"] if branches is not None else None)
+    if float8 is not None:  # on this rank's slices: each matmul scales its own operands (tensorwise per slice)
+        float8_training.convert_to_float8(model, float8, float8_min_size, fsdp_float8_all_gather=float8_all_gather)
     if config.cp > 1:
         model.use_parallelism(context=ContextParallel(mesh["cp"]))
     if activation_checkpointing:

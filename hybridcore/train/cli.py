@@ -95,7 +95,7 @@ def add_arguments(parser) -> None:
           help="float8 matmuls through torchao (pip install 'hybridcore[fp8]'); the LM head and small linears "
                "stay in bf16, checkpoints keep fp32 weights")
     _flag(execution, "--fp8-min-size", type=int,
-          help="with --fp8, linears with a weight dimension below N stay in bf16")
+          help="with --fp8, linears with a weight dimension below N stay in bf16 (under --tp: of the rank's slice)")
     execution.add_argument("--no-doc-masking", dest="doc_masking", action="store_false", default=None,
                            help="let attention and the Mamba state cross document boundaries in a packed row")
     _flag(execution, "--loss-chunk", type=int, help="tokens per logits chunk in the loss (0: automatic)")

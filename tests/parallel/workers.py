@@ -42,7 +42,12 @@ def _layout_losses(parallel: dict, layout: str, docs: bool, options: dict) -> di
     losses = train_steps(model, optimizer, global_batch(), steps=STEPS, seq_idx=document_index() if docs else None)
     weights = full_state_dict(model, cpu_offload=False)  # this rank's stages' tensors under pp
     return {"losses": losses, "local_fraction": local_fraction(model, config), "weights": weights,
-            "checkpointed": checkpointed_layers(model)}
+            "checkpointed": checkpointed_layers(model), "float8_linears": float8_linears(model)}
+
+
+def float8_linears(model) -> int:
+    """This rank's linears converted to torchao's Float8Linear."""
+    return sum(type(module).__name__ == "Float8Linear" for part in model.parts for module in part.modules())
 
 
 def checkpointed_layers(model) -> list[str]:
