@@ -1,6 +1,8 @@
 """Autotuning compiles its candidates together (ops/triton_autotune.py): the hook that runs before the
 autotuner times them, checked with a stand-in for the jit function (compiling needs a GPU target)."""
 
+import inspect
+
 import pytest
 
 triton = pytest.importorskip("triton")
@@ -59,3 +61,23 @@ def test_every_autotuned_kernel_compiles_its_candidates_together(monkeypatch):
         monkeypatch.setattr(kernel.fn, "warmup", recorder.warmup)  # the kernel's own jit function
         assert kernel.early_config_prune(candidates(), {"n": 1}) == candidates()
         assert len(recorder.calls) == 2, kernel.base_fn.__name__
+
+
+def test_every_autotuned_kernel_times_with_the_short_budget(monkeypatch):
+    from triton.runtime.autotuner import Autotuner
+
+    from hybridcore.ops import triton_conv, triton_ssd
+
+    if "do_bench" not in inspect.signature(triton.autotune).parameters:
+        pytest.skip("this Triton's autotune takes no do_bench")
+    kernels = [k for module in (triton_ssd, triton_conv) for k in vars(module).values() if isinstance(k, Autotuner)]
+    assert kernels and all(kernel.do_bench is triton_autotune.quick_bench for kernel in kernels)
+    seen = {}
+
+    def do_bench(kernel_call, warmup, rep, quantiles=None):
+        seen.update(warmup=warmup, rep=rep, quantiles=quantiles)
+        return [1.0, 0.9, 1.1]
+
+    monkeypatch.setattr(triton.testing, "do_bench", do_bench)
+    assert triton_autotune.quick_bench(lambda: None, quantiles=(0.5, 0.2, 0.8)) == [1.0, 0.9, 1.1]
+    assert seen == {"warmup": 5, "rep": 25, "quantiles": (0.5, 0.2, 0.8)}
