@@ -48,9 +48,10 @@ def compile_together(fn, candidates: list, nargs: dict, meta: dict) -> list:
     return candidates
 
 
-# Triton times each candidate for 25 ms of warm-up and 100 ms of repeats (L2 flushes between calls
-# included): about 0.15 s a candidate, several seconds of a cold start over a few dozen. These kernels run
-# 0.02-0.5 ms at training shapes, so 5 + 25 ms still time each of them tens to hundreds of times.
+# Triton times each candidate for 25 ms of warm-up and 100 ms of repeats (its L2 flushes between calls
+# counted in them): at least 0.125 s a candidate, seconds of a cold start over a few dozen. These kernels
+# run 0.02-0.5 ms at training shapes, so 5 + 25 ms still time each of them tens to hundreds of times.
+# (The saving is not yet measured on a GPU.)
 BENCH_WARMUP_MS, BENCH_REPEAT_MS = 5, 25
 
 
