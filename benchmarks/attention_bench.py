@@ -61,6 +61,7 @@ def parse_args(argv=None):
 
 
 def make_variant(name: str, seq_idx: torch.Tensor, length: int, head_dim: int, device):
+    """A callable (q, k, v) -> attention output for the variant `name`."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     def causal_same_document(b, h, q_index, kv_index):
@@ -70,7 +71,7 @@ def make_variant(name: str, seq_idx: torch.Tensor, length: int, head_dim: int, d
         return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     if name == "varlen":
         return varlen_documents(seq_idx)
-    options = variant_options(name, head_dim)
+    options = variant_options(name, head_dim, device)
     if name == "flex_inside":  # as attention.py runs it: the block mask built in every compiled call
         def inside(q, k, v):
             mask = create_block_mask(causal_same_document, q.shape[0], None, length, length, device=q.device)
@@ -81,11 +82,11 @@ def make_variant(name: str, seq_idx: torch.Tensor, length: int, head_dim: int, d
     return lambda q, k, v: compiled(q, k, v, block_mask=mask, enable_gqa=True, kernel_options=options)
 
 
-def variant_options(name: str, head_dim: int) -> dict | None:
+def variant_options(name: str, head_dim: int, device) -> dict | None:
     """The kernel_options a FlexAttention variant passes (None: FlexAttention's own choice)."""
     if name in ("flex_inside", "flex_tuned"):
         from hybridcore.model.flex_document import flex_kernel_options
-        return flex_kernel_options(head_dim)
+        return flex_kernel_options(head_dim, device)
     return dict(VARIANTS[name]) or None if name in VARIANTS else None
 
 
@@ -188,7 +189,7 @@ def main(argv=None) -> dict:
             times = time_variant(fn, q, k, v, grad, args.iters, cuda)
             row = {"ms": statistics.median(times), "ms_range": [min(times), max(times)],
                    "kernel_ms": kernel_ms(fn, q, k, v, grad, args.iters) if cuda else None,
-                   "rel_error_vs_first": error, "options": variant_options(name, D),
+                   "rel_error_vs_first": error, "options": variant_options(name, D, device),
                    "compile_and_warm_s": time.perf_counter() - started}
         except Exception as exc:  # one variant's failure (an option the kernel rejects) leaves the others
             row = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}

@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover - older torch keeps the SDPA paths
     create_block_mask = flex_attention = None
 
 
-# Block sizes for head_dim <= 64, chosen over FlexAttention's defaults on an H100 at falcon-h1-0.5b's
+# Block sizes for head_dim <= 64 on Hopper, chosen over FlexAttention's defaults on an H100 at falcon-h1-0.5b's
 # attention (4 x 4096, 8 query / 2 key-value heads, documents of ~3,200 tokens), forward + backward kernel
 # time: 0.88 ms against 1.09 (benchmarks/attention_bench.py, variant flex_tuned). ROWS_GUARANTEED_SAFE and
 # BLOCKS_ARE_CONTIGUOUS are not for a document mask: a query's first key block can lie wholly in an
@@ -42,9 +42,19 @@ SMALL_HEAD_OPTIONS = {"fwd_BLOCK_M": 64, "fwd_BLOCK_N": 64, "fwd_num_warps": 4, 
                       "bwd_num_warps": 4, "bwd_num_stages": 3}
 
 
-def flex_kernel_options(head_dim: int) -> dict | None:
-    """FlexAttention's kernel_options for this head size (None: its own choice)."""
-    return dict(SMALL_HEAD_OPTIONS) if head_dim <= 64 else None
+def flex_kernel_options(head_dim: int, device: torch.device | str = "cuda") -> dict | None:
+    """FlexAttention's kernel_options for this head size on this device (None: its own choice). Only
+    Hopper (H100, H200), where they were measured: other GPUs have other shared-memory limits."""
+    device = torch.device(device)
+    hopper = device.type == "cuda" and _is_hopper(device.index if device.index is not None else -1)
+    return dict(SMALL_HEAD_OPTIONS) if hopper and head_dim <= 64 else None
+
+
+@torch.compiler.assume_constant_result  # read once while a compiled layer is traced, not traced into
+def _is_hopper(index: int) -> bool:
+    if not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_properties(index if index >= 0 else torch.cuda.current_device()).major == 9
 
 
 def flex_document_attention_applies(q: torch.Tensor) -> bool:
@@ -65,7 +75,7 @@ def flex_document_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s
 
     block_mask = create_block_mask(causal_same_document, batch, None, length, length, device=q.device)
     return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa,
-                          kernel_options=flex_kernel_options(q.shape[-1]))
+                          kernel_options=flex_kernel_options(q.shape[-1], q.device))
 
 
 __all__ = ["flex_document_attention", "flex_document_attention_applies", "flex_kernel_options"]

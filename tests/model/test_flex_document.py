@@ -4,6 +4,8 @@ FlexAttention has no backward on CPU, so CI compares forwards (the block mask's 
 document, grouped heads) and the routing; the GPU test compares a compiled layer's forward and
 gradients with the eager mask path's."""
 
+import types
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -113,3 +115,28 @@ def test_activation_checkpointing_keeps_documents_on_sdpa():
     parallelize(model, activation_checkpointing=True)
     assert not any(layer.flex_for_documents for layer in layers)
 
+
+
+@pytest.mark.parametrize("capability,head_dim,tuned", [((9, 0), 64, True), ((9, 0), 128, False),
+                                                       ((8, 0), 64, False), (None, 64, False)])
+def test_block_sizes_only_where_measured(monkeypatch, capability, head_dim, tuned):
+    """The tuned block sizes on Hopper at heads of 64 or less; FlexAttention's own choice elsewhere
+    (other GPUs have other shared-memory limits)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: capability is not None)
+    properties = types.SimpleNamespace(major=capability[0] if capability else None)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: properties)
+    options = flex_document.flex_kernel_options(head_dim, "cuda:0")
+    assert (options == flex_document.SMALL_HEAD_OPTIONS) if tuned else options is None
+    assert flex_document.flex_kernel_options(64, "cpu") is None
+
+
+def test_block_sizes_are_a_constant_inside_a_compiled_layer(monkeypatch):
+    """The device query runs once at trace time, without a graph break."""
+    from torch._dynamo.testing import CompileCounter
+
+    monkeypatch.setattr(flex_document, "_is_hopper", torch.compiler.assume_constant_result(lambda index: True))
+    frames = CompileCounter()
+    probe = torch.compile(lambda x: x + len(flex_document.flex_kernel_options(64, "cuda") or ()), backend=frames,
+                          fullgraph=True)
+    assert probe(torch.zeros(1)).item() == len(flex_document.SMALL_HEAD_OPTIONS)
+    assert frames.frame_count == 1
