@@ -212,7 +212,9 @@ def run_throughput(args, argv, work_dir, report):
 def run_loss(args, argv, work_dir, report):
     from hybridcore.data import prepare
 
-    prepare(None, work_dir / "data", tokenizer="byte", progress=False)
+    # no validation split: the comparison is of training losses, and an evaluation at the end would compile
+    # the layers' no-grad forward (the bf16 run once ran out of --process-timeout there)
+    prepare(None, work_dir / "data", tokenizer="byte", val_fraction=0, progress=False)
     part = report.setdefault("loss", {"preset": args.loss_preset, "set": args.loss_sets, "steps": args.loss_steps,
                                       "batch_size": args.loss_batch_size, "seq_len": args.loss_seq_len,
                                       "fp8_min_size": args.loss_min_size, "runs": {}})
