@@ -34,9 +34,9 @@ except ImportError:  # pragma: no cover - older torch keeps the SDPA paths
 
 # Block sizes for head_dim <= 64 on Hopper, chosen over FlexAttention's defaults on an H100 at falcon-h1-0.5b's
 # attention (4 x 4096, 8 query / 2 key-value heads, documents of ~3,200 tokens), forward + backward kernel
-# time: 0.88 ms against 1.09 (benchmarks/attention_bench.py, variant flex_tuned). ROWS_GUARANTEED_SAFE and
-# BLOCKS_ARE_CONTIGUOUS are not for a document mask: a query's first key block can lie wholly in an
-# earlier document, and they gave NaN and wrong outputs there.
+# time: 0.88 ms against 1.09 (benchmarks/attention_bench.py, variant flex_tuned). Not for a document mask:
+# ROWS_GUARANTEED_SAFE (a query's first key block can lie wholly in an earlier document: NaN) and
+# BLOCKS_ARE_CONTIGUOUS (wrong outputs, a relative error of 0.16).
 SMALL_HEAD_OPTIONS = {"fwd_BLOCK_M": 64, "fwd_BLOCK_N": 64, "fwd_num_warps": 4, "fwd_num_stages": 3,
                       "bwd_BLOCK_M1": 64, "bwd_BLOCK_N1": 64, "bwd_BLOCK_M2": 64, "bwd_BLOCK_N2": 64,
                       "bwd_num_warps": 4, "bwd_num_stages": 3}
