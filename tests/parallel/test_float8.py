@@ -97,10 +97,11 @@ def test_conversion_keeps_the_parameter_objects():
 
 
 @pytest.mark.slow
-def test_tensor_parallel_float8_trains_like_one_process(tmp_path):
+def test_tensor_parallel_and_fsdp_float8_train_like_one_process(tmp_path):
     """Under tp each rank's float8 matmuls scale their own slices (tensorwise: one scale per slice, not per
-    whole weight), so the losses agree with one process's float8 run to float8's rounding rather than
-    1e-5: 0.01-0.06% measured, where a lost collective or a wrong slice moves them by percents."""
+    whole weight); under fsdp2 tensorwise gathers the weights in float8 with scales computed after each
+    step. The losses agree with one process's float8 run to float8's rounding rather than 1e-5 (0.01-0.06%
+    measured), where a lost collective or a wrong slice moves them by percents."""
     pytest.importorskip("torchao.float8")
     from .common import DEVICE, LAYOUT_OPTIMIZER, STEPS, global_batch, long_memory, named_config, run_workers
     from .harness import build_parallel_model, train_steps
@@ -109,15 +110,18 @@ def test_tensor_parallel_float8_trains_like_one_process(tmp_path):
     if DEVICE != "cpu":
         pytest.skip("compared on CPU ranks")
     options = {recipe: {"float8": recipe, "float8_min_size": 16} for recipe in ("tensorwise", "rowwise")}
-    scenarios = {recipe: (dict(tp=2), "M*-P", False, option) for recipe, option in options.items()}
+    layouts = {"tp2": dict(tp=2), "fsdp2": dict(dp_shard=2)}
+    scenarios = {f"{layout}/{recipe}": (fields, "M*-P", False, option)
+                 for layout, fields in layouts.items() for recipe, option in options.items()}
     ranks = run_workers(run_all, 2, tmp_path, [("runs", ("layout_scenarios", (scenarios,)))])
     for recipe, option in options.items():
         model, optimizer = build_parallel_model(named_config("M*-P"), seed=0, prepare=long_memory,
                                                 **LAYOUT_OPTIMIZER, **option)
         reference = train_steps(model, optimizer, global_batch(), steps=STEPS)
-        for rank, result in enumerate(ranks):
-            run = result["runs"][recipe]
-            assert "error" not in run, run.get("error")
-            assert run["float8_linears"] >= 5, (recipe, rank)  # the MLP's, out_proj, o_proj on the slices
-            errors = [abs(got - want) / abs(want) for got, want in zip(run["losses"], reference)]
-            assert max(errors) < 2e-3, (recipe, rank, run["losses"], reference)
+        for layout in layouts:
+            for rank, result in enumerate(ranks):
+                run = result["runs"][f"{layout}/{recipe}"]
+                assert "error" not in run, run.get("error")
+                assert run["float8_linears"] >= 5, (layout, recipe, rank)  # the MLP's, out_proj, o_proj
+                errors = [abs(got - want) / abs(want) for got, want in zip(run["losses"], reference)]
+                assert max(errors) < 2e-3, (layout, recipe, rank, run["losses"], reference)
