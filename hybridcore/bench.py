@@ -34,7 +34,7 @@ import traceback
 import torch
 
 from .bench_record import environment, kernel_times, matmul_tflops, median_and_spread, synchronize, versions
-from .train.config import CHECKPOINT_POLICIES, fast_defaults
+from .train.config import CHECKPOINT_POLICIES, FP8_RECIPES, TrainConfig, fast_defaults
 
 HF_MODULE = "transformers.models.falcon_h1.modeling_falcon_h1"
 PEER_PACKAGES = ("mamba_ssm", "causal_conv1d")
@@ -77,9 +77,9 @@ def add_arguments(parser) -> None:
                         "selective keeps its matrix products', attention's and collectives' outputs")
     parser.add_argument("--compile-cache-dir", default=None, metavar="DIR",
                         help="with --compile, where Inductor's and Triton's caches persist (as `train`)")
-    parser.add_argument("--fp8", choices=["tensorwise", "rowwise", "rowwise_with_gw_hp"], default=None,
+    parser.add_argument("--fp8", choices=FP8_RECIPES, default=None,
                         help="ours with float8 matmuls through torchao (as `train --fp8`)")
-    parser.add_argument("--fp8-min-size", type=int, default=2048, metavar="N",
+    parser.add_argument("--fp8-min-size", type=int, default=TrainConfig.fp8_min_size, metavar="N",
                         help="with --fp8, linears with a weight dimension below N stay in bf16")
     parser.add_argument("--loss", choices=["chunked", "plain"], default="chunked",
                         help="ours: chunked linear + cross-entropy, or full logits")

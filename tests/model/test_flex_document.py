@@ -116,7 +116,6 @@ def test_activation_checkpointing_keeps_documents_on_sdpa():
     assert not any(layer.flex_for_documents for layer in layers)
 
 
-
 @pytest.mark.parametrize("capability,head_dim,tuned", [((9, 0), 64, True), ((9, 0), 128, False),
                                                        ((8, 0), 64, False), (None, 64, False)])
 def test_block_sizes_only_where_measured(monkeypatch, capability, head_dim, tuned):

@@ -48,13 +48,18 @@ def test_one_candidate_or_an_open_async_compile_is_left_alone():
         assert kernel.calls == []
 
 
-@pytest.mark.skipif(triton_autotune.AsyncCompileMode is None, reason="this Triton has no AsyncCompileMode")
-def test_every_autotuned_kernel_compiles_its_candidates_together(monkeypatch):
+def autotuned_kernels() -> list:
+    """The SSD and conv kernels' autotuners."""
     from triton.runtime.autotuner import Autotuner
 
     from hybridcore.ops import triton_conv, triton_ssd
 
-    kernels = [k for module in (triton_ssd, triton_conv) for k in vars(module).values() if isinstance(k, Autotuner)]
+    return [k for module in (triton_ssd, triton_conv) for k in vars(module).values() if isinstance(k, Autotuner)]
+
+
+@pytest.mark.skipif(triton_autotune.AsyncCompileMode is None, reason="this Triton has no AsyncCompileMode")
+def test_every_autotuned_kernel_compiles_its_candidates_together(monkeypatch):
+    kernels = autotuned_kernels()
     assert len(kernels) == 10
     for kernel in kernels:
         recorder = RecordingKernel()
@@ -64,13 +69,9 @@ def test_every_autotuned_kernel_compiles_its_candidates_together(monkeypatch):
 
 
 def test_every_autotuned_kernel_times_with_the_short_budget(monkeypatch):
-    from triton.runtime.autotuner import Autotuner
-
-    from hybridcore.ops import triton_conv, triton_ssd
-
     if "do_bench" not in inspect.signature(triton.autotune).parameters:
         pytest.skip("this Triton's autotune takes no do_bench")
-    kernels = [k for module in (triton_ssd, triton_conv) for k in vars(module).values() if isinstance(k, Autotuner)]
+    kernels = autotuned_kernels()
     assert kernels and all(kernel.do_bench is triton_autotune.quick_bench for kernel in kernels)
     seen = {}
 
