@@ -1,7 +1,9 @@
 """Packed-document attention alone, forward + backward: the causal SDPA kernel (no document masking, the
-speed to approach) against FlexAttention's document mask, with the block mask built inside the compiled
-region (as the model does) or once outside it, and with some of its kernel options, and against
-FlashAttention's variable-length kernel with the documents as its sequences (CUDA only).
+speed to approach) against FlexAttention's document mask: with the block mask built inside the compiled
+region by create_block_mask (flex_inside), or once outside it by create_block_mask or by the model's
+document_block_mask (flex_model; flex_model64 with 64-token mask blocks), and with some kernel options;
+and against FlashAttention's variable-length kernel with the documents as its sequences (CUDA only).
+The model's block mask build is timed on its own ("mask_build_ms": once per forward, for every layer).
 
     python benchmarks/attention_bench.py                  # falcon-h1-0.5b's attention, 4 x 4096, GPU
     python benchmarks/attention_bench.py --smoke          # CPU, tiny: the variants run (no timing claims)
@@ -49,14 +51,15 @@ def parse_args(argv=None):
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--documents", type=int, default=3200, help="mean document length (bench.document_ids)")
     p.add_argument("--iters", type=int, default=30)
-    p.add_argument("--variants", nargs="+", default=["sdpa_causal", "flex_inside", *VARIANTS, "varlen"])
+    p.add_argument("--variants", nargs="+",
+                   default=["sdpa_causal", "flex_model", "flex_model64", "flex_inside", *VARIANTS, "varlen"])
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     if args.smoke:
         args.batch_size, args.seq_len, args.heads, args.kv_heads, args.head_dim = 1, 256, 2, 1, 16
         args.documents, args.iters = 64, 2
-        args.variants = ["sdpa_causal", "flex_inside", "flex"]
+        args.variants = ["sdpa_causal", "flex_model", "flex_inside", "flex"]
     return args
 
 
@@ -72,7 +75,12 @@ def make_variant(name: str, seq_idx: torch.Tensor, length: int, head_dim: int, d
     if name == "varlen":
         return varlen_documents(seq_idx)
     options = variant_options(name, head_dim, device)
-    if name == "flex_inside":  # as attention.py runs it: the block mask built in every compiled call
+    if name.startswith("flex_model"):  # as the model runs it: document_block_mask once per forward
+        from hybridcore.model.flex_document import MASK_BLOCK, document_block_mask
+        mask = document_block_mask(seq_idx, 64 if name == "flex_model64" else MASK_BLOCK)
+        compiled = torch.compile(flex_attention, dynamic=False)
+        return lambda q, k, v: compiled(q, k, v, block_mask=mask, enable_gqa=True, kernel_options=options)
+    if name == "flex_inside":  # the block mask built in every compiled call, by create_block_mask
         def inside(q, k, v):
             mask = create_block_mask(causal_same_document, q.shape[0], None, length, length, device=q.device)
             return flex_attention(q, k, v, block_mask=mask, enable_gqa=True, kernel_options=options)
@@ -84,7 +92,7 @@ def make_variant(name: str, seq_idx: torch.Tensor, length: int, head_dim: int, d
 
 def variant_options(name: str, head_dim: int, device) -> dict | None:
     """The kernel_options a FlexAttention variant passes (None: FlexAttention's own choice)."""
-    if name in ("flex_inside", "flex_tuned"):
+    if name in ("flex_inside", "flex_tuned", "flex_model", "flex_model64"):
         from hybridcore.model.flex_document import flex_kernel_options
         return flex_kernel_options(head_dim, device)
     return dict(VARIANTS[name]) or None if name in VARIANTS else None
@@ -142,6 +150,22 @@ def time_variant(fn, q, k, v, grad, iters: int, cuda: bool) -> list[float]:
     return times
 
 
+def mask_build_ms(seq_idx: torch.Tensor, iters: int) -> list[float]:
+    """Wall time of the model's eager block mask build (document_block_mask), host and GPU, per call."""
+    from hybridcore.model.flex_document import document_block_mask
+
+    for _ in range(3):
+        document_block_mask(seq_idx)
+    times = []
+    for _ in range(iters):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        document_block_mask(seq_idx)
+        torch.cuda.synchronize()
+        times.append(1000 * (time.perf_counter() - t))
+    return times
+
+
 def kernel_ms(fn, q, k, v, grad, iters: int) -> float:
     """GPU time of one forward + backward from the profiler's kernel records (launch gaps left out)."""
     from torch.profiler import ProfilerActivity, profile
@@ -176,6 +200,10 @@ def main(argv=None) -> dict:
               "versions": versions(), "git_commit": git_state()["git_commit"],
               "shape": dict(batch=B, seq_len=L, heads=H, kv_heads=KV, head_dim=D),
               "mean_document": args.documents, "variants": {}}
+    if cuda:
+        build = mask_build_ms(seq_idx, args.iters)
+        report["mask_build_ms"] = {"median": statistics.median(build), "range": [min(build), max(build)]}
+        print(f"document_block_mask  {report['mask_build_ms']['median']:.3f} ms per forward", flush=True)
     reference = None
     for name in args.variants:
         started = time.perf_counter()

@@ -83,7 +83,7 @@ class Attention(KeepsInferenceValues):
         if self.query_multiplier is not None:
             q = q * self.query_multiplier
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, L, head_dim]
-        out = inputs.context.attend(q, k, v, inputs.seq_idx, self.flex_for_documents)
+        out = inputs.context.attend(q, k, v, inputs.seq_idx, inputs.document_mask if self.flex_for_documents else None)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -138,12 +138,13 @@ class Attention(KeepsInferenceValues):
 
 
 def attend_within_documents(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx: torch.Tensor,
-                            flex: bool) -> torch.Tensor:
-    """Causal attention inside the documents of seq_idx [B, L], the whole sequence on this rank."""
+                            document_mask=None) -> torch.Tensor:
+    """Causal attention inside the documents of seq_idx [B, L], the whole sequence on this rank; through
+    FlexAttention with document_mask (flex_document.document_block_mask of seq_idx) where it applies."""
     batch, _, length, _ = q.shape
     gqa = q.shape[1] != k.shape[1]
-    if flex and flex_document_attention_applies(q):
-        return flex_document_attention(q, k, v, seq_idx, gqa)
+    if document_mask is not None and flex_document_attention_applies(q):
+        return flex_document_attention(q, k, v, document_mask, gqa)
     if document_mask_is_large(batch, length, length):
         return attend_by_document(q, k, v, seq_idx, seq_idx, 0, gqa)
     slots = torch.arange(length, device=q.device)

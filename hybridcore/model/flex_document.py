@@ -15,6 +15,12 @@ an illegal memory access in its final evaluation, the first no-grad forward of t
 found (upstream has open reports of illegal memory accesses from compiled FlexAttention and
 create_block_mask, e.g. pytorch/pytorch#174923 and #166070, none known to be this one); until it is,
 FlexAttention serves the training forward and backward only.
+
+The block mask is built once per forward, outside the compiled layers (HybridLM.layer_inputs through the
+context strategy), from the document runs directly (`document_block_mask`): a block of queries sees a block
+of keys when their runs meet, and sees all of it when both lie inside one document. Built inside every
+compiled layer with `create_block_mask`, it cost each layer 0.09 ms of GPU time a step, and compiling that
+one op took 53 s against 3 s (benchmarks/attention_bench.py, variant flex_inside against flex_tuned, H100).
 """
 
 from __future__ import annotations
@@ -27,9 +33,13 @@ import torch
 ENABLED = os.environ.get("HYBRIDCORE_FLEX_ATTENTION", "1") != "0"
 
 try:  # torch >= 2.5
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
 except ImportError:  # pragma: no cover - older torch keeps the SDPA paths
-    create_block_mask = flex_attention = None
+    BlockMask = flex_attention = None
+
+# Tokens per side of a block mask's blocks: FlexAttention's default, a multiple of every kernel block size
+# used here (SMALL_HEAD_OPTIONS and FlexAttention's own choices).
+MASK_BLOCK = 128
 
 
 # Block sizes for head_dim <= 64 on Hopper, chosen over FlexAttention's defaults on an H100 at falcon-h1-0.5b's
@@ -57,6 +67,13 @@ def _is_hopper(index: int) -> bool:
     return torch.cuda.get_device_properties(index if index >= 0 else torch.cuda.current_device()).major == 9
 
 
+def document_mask_wanted(seq_idx: torch.Tensor | None) -> bool:
+    """Whether a forward over these document ids should build a block mask for compiled layers (on CUDA,
+    with gradients: where flex_document_attention_applies may hold inside them)."""
+    return (ENABLED and flex_attention is not None and seq_idx is not None and seq_idx.is_cuda
+            and torch.is_grad_enabled())
+
+
 def flex_document_attention_applies(q: torch.Tensor) -> bool:
     """Inside torch.compile on CUDA, where flex_attention becomes a fused kernel, in a forward that records
     gradients (training; see the module's docstring for evaluation)."""
@@ -64,18 +81,55 @@ def flex_document_attention_applies(q: torch.Tensor) -> bool:
             and torch.is_grad_enabled())
 
 
-def flex_document_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx: torch.Tensor,
-                            enable_gqa: bool) -> torch.Tensor:
-    """Causal attention inside documents. q [B, heads, L, D], k/v [B, kv_heads, L, D], seq_idx [B, L]
-    (a document is a run of equal ids) -> [B, heads, L, D]."""
-    batch, _, length, _ = q.shape
+def document_runs(seq_idx: torch.Tensor) -> torch.Tensor:
+    """[B, L] -> [B, L] int32 numbering of the runs of equal ids in each row from 0: a document is a run
+    (as the Mamba state resets), so ids that recur later in a row start a new document."""
+    changes = (seq_idx[:, 1:] != seq_idx[:, :-1]).to(torch.int32)
+    return torch.cat([torch.zeros_like(changes[:, :1]), changes.cumsum(dim=1, dtype=torch.int32)], dim=1)
+
+
+def document_block_mask(seq_idx: torch.Tensor, block_size: int = MASK_BLOCK) -> BlockMask:
+    """FlexAttention's block mask of "causal and inside the same document" for seq_idx [B, L], built from
+    each block's first and last document (runs are numbered in order) in a few small tensor ops, without
+    evaluating the mask per token pair; the same blocks `create_block_mask` finds."""
+    batch, length = seq_idx.shape
+    runs = document_runs(seq_idx)
+    blocks = -(-length // block_size)
+    padded = torch.cat([runs, runs[:, -1:].expand(batch, blocks * block_size - length)], dim=1)
+    first, last = padded[:, ::block_size], padded[:, block_size - 1::block_size]  # [B, blocks]
+    index = torch.arange(blocks, device=seq_idx.device)
+    before = index[None, :] < index[:, None]  # [query block, key block]: keys wholly earlier
+    # Keys up to the diagonal are visible where the key block's last document reaches the query block's first.
+    visible = (before | torch.eye(blocks, dtype=torch.bool, device=seq_idx.device)) & (
+        last[:, None, :] >= first[:, :, None])
+    # Wholly visible: an earlier key block and the query block inside one and the same document (and both
+    # whole blocks of real tokens: a padded tail stays partial, for the kernel to mask).
+    whole = (first == last) & ((index + 1) * block_size <= length)
+    full = before & whole[:, :, None] & whole[:, None, :] & (first[:, :, None] == first[:, None, :])
+    partial = visible & ~full
 
     def causal_same_document(b, h, q_index, kv_index):
-        return (kv_index <= q_index) & (seq_idx[b, q_index] == seq_idx[b, kv_index])
+        return (kv_index <= q_index) & (runs[b, q_index] == runs[b, kv_index])
 
-    block_mask = create_block_mask(causal_same_document, batch, None, length, length, device=q.device)
+    return BlockMask.from_kv_blocks(*_ordered_blocks(partial), *_ordered_blocks(full), BLOCK_SIZE=block_size,
+                                    mask_mod=causal_same_document, seq_lengths=(length, length))
+
+
+def _ordered_blocks(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, query blocks, key blocks] booleans -> (count [B, 1, q], key block indices [B, 1, q, k], those set
+    first in ascending order): the layout BlockMask keeps (one head dimension, shared by every head)."""
+    counts = blocks.sum(dim=-1, dtype=torch.int32)
+    indices = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+    return counts[:, None], indices[:, None]
+
+
+def flex_document_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask,
+                            enable_gqa: bool) -> torch.Tensor:
+    """Causal attention inside documents. q [B, heads, L, D], k/v [B, kv_heads, L, D], block_mask from
+    `document_block_mask` -> [B, heads, L, D]."""
     return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa,
                           kernel_options=flex_kernel_options(q.shape[-1], q.device))
 
 
-__all__ = ["flex_document_attention", "flex_document_attention_applies", "flex_kernel_options"]
+__all__ = ["document_block_mask", "document_mask_wanted", "flex_document_attention",
+           "flex_document_attention_applies", "flex_kernel_options"]

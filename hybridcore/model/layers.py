@@ -35,6 +35,8 @@ class LayerInputs:
     cos: torch.Tensor
     sin: torch.Tensor
     seq_idx: torch.Tensor | None = None
+    # FlexAttention's block mask of seq_idx for compiled layers (the context strategy's document_mask)
+    document_mask: object | None = None
     region: LocalRegion = field(default=LOCAL_REGION)
     context: WholeSequence = field(default=WHOLE_SEQUENCE)
     # What the cache paths derive from the above once per forward and every layer reuses (rope tables,

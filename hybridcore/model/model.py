@@ -109,7 +109,8 @@ class HybridLM(nn.Module):
             else:
                 positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
         cos, sin = rope_cos_sin(positions, self.config.rotary_dim, self.config.rope_theta)
-        return LayerInputs(cos=cos, sin=sin, seq_idx=seq_idx, region=self.region, context=self.context)
+        return LayerInputs(cos=cos, sin=sin, seq_idx=seq_idx, document_mask=self.context.document_mask(seq_idx),
+                           region=self.region, context=self.context)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         if self.lm_head is None:

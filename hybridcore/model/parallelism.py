@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..ops import causal_conv1d, chunked_cross_entropy, ssd
 from .attention import attend_within_documents
+from .flex_document import document_block_mask, document_mask_wanted
 
 
 class LocalRegion:
@@ -52,11 +53,17 @@ class WholeSequence:
 
     size = 1
 
+    def document_mask(self, seq_idx: torch.Tensor | None):
+        """FlexAttention's block mask of the documents, once per forward for every compiled layer (None
+        where no layer could use it: no documents, not CUDA, no gradients)."""
+        return document_block_mask(seq_idx) if document_mask_wanted(seq_idx) else None
+
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx: torch.Tensor | None,
-               flex: bool) -> torch.Tensor:
-        """q [B, heads, L, D], k/v [B, kv_heads, L, D] -> [B, heads, L, D], causal inside documents."""
+               document_mask=None) -> torch.Tensor:
+        """q [B, heads, L, D], k/v [B, kv_heads, L, D] -> [B, heads, L, D], causal inside documents
+        (through document_mask where FlexAttention applies)."""
         if seq_idx is not None:
-            return attend_within_documents(q, k, v, seq_idx, flex)
+            return attend_within_documents(q, k, v, seq_idx, document_mask)
         return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, enable_gqa=q.shape[1] != k.shape[1])
 
     def conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

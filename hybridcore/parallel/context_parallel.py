@@ -97,7 +97,11 @@ class ContextParallel:
         self.mesh = mesh
         self.size, self.rank = mesh.size(), mesh.get_local_rank()
 
-    def attend(self, q, k, v, seq_idx, flex: bool):
+    def document_mask(self, seq_idx):
+        """No FlexAttention block mask: the chunks attend through the paths below."""
+        return None
+
+    def attend(self, q, k, v, seq_idx, document_mask=None):
         length = q.shape[2]
         keys, values = gather_chunks(k, self.mesh, dim=2), gather_chunks(v, self.mesh, dim=2)
         gqa = q.shape[1] != k.shape[1]

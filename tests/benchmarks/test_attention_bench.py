@@ -14,7 +14,7 @@ def test_smoke_records_a_time_or_a_reason_for_each_variant(tmp_path):
     module.main(["--smoke", "--out", str(out)])
     report = json.loads(out.read_text())
     variants = report["variants"]
-    assert set(variants) == {"sdpa_causal", "flex_inside", "flex"}
+    assert set(variants) == {"sdpa_causal", "flex_model", "flex_inside", "flex"}
     assert variants["sdpa_causal"]["ms"] > 0
     for name, row in variants.items():
         assert ("ms" in row) != ("error" in row), name

@@ -1,8 +1,8 @@
 """FlexAttention for packed documents (model/flex_document.py) against the boolean-mask SDPA path.
 
 FlexAttention has no backward on CPU, so CI compares forwards (the block mask's meaning: causal, same
-document, grouped heads) and the routing; the GPU test compares a compiled layer's forward and
-gradients with the eager mask path's."""
+document, grouped heads), the block mask against FlexAttention's own create_block_mask, and the routing;
+the GPU test compares a compiled layer's forward and gradients with the eager mask path's."""
 
 import types
 
@@ -40,7 +40,77 @@ def test_block_mask_means_causal_inside_documents():
     seq_idx, slots = document_ids(), torch.arange(LENGTH)
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=document_causal_mask(seq_idx, seq_idx, slots, slots),
                                               enable_gqa=True)
-    torch.testing.assert_close(flex_document.flex_document_attention(q, k, v, seq_idx, enable_gqa=True), expected)
+    mask = flex_document.document_block_mask(seq_idx)
+    torch.testing.assert_close(flex_document.flex_document_attention(q, k, v, mask, enable_gqa=True), expected)
+
+
+def _block_sets(counts: torch.Tensor, indices: torch.Tensor) -> list:
+    """A BlockMask's ordered (count, indices) as the set of key blocks of each (row, query block)."""
+    return [[set(indices[b, 0, i, :counts[b, 0, i]].tolist()) for i in range(counts.shape[2])]
+            for b in range(counts.shape[0])]
+
+
+@pytest.mark.parametrize("length,block_size", [(300, 128), (512, 128), (300, 64), (1000, 128)])
+def test_block_mask_has_the_blocks_create_block_mask_finds(length, block_size):
+    """Partial and full blocks as FlexAttention's own create_block_mask finds them by evaluating the mask:
+    documents of random lengths (some shorter than a block, some spanning several), a padded last block,
+    and ids that recur later in a row (a new document, as for the Mamba state)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    generator = torch.Generator().manual_seed(length + block_size)
+    starts = torch.rand(3, length, generator=generator) < torch.tensor([[0.002], [0.02], [0.2]])
+    seq_idx = starts.long().cumsum(dim=1)
+    seq_idx[2] %= 3  # 0, 1, 2, 0, 1, ...: recurring ids
+    runs = flex_document.document_runs(seq_idx)
+
+    def causal_same_run(b, h, q_index, kv_index):
+        return (kv_index <= q_index) & (runs[b, q_index] == runs[b, kv_index])
+
+    ours = flex_document.document_block_mask(seq_idx, block_size)
+    theirs = create_block_mask(causal_same_run, 3, None, length, length, device="cpu", BLOCK_SIZE=block_size)
+    assert _block_sets(ours.kv_num_blocks, ours.kv_indices) == _block_sets(theirs.kv_num_blocks, theirs.kv_indices)
+    assert (_block_sets(ours.full_kv_num_blocks, ours.full_kv_indices)
+            == _block_sets(theirs.full_kv_num_blocks, theirs.full_kv_indices))
+    assert any(any(row) for row in _block_sets(ours.full_kv_num_blocks, ours.full_kv_indices))  # not vacuous
+
+
+def test_document_runs_number_runs_of_equal_ids():
+    assert flex_document.document_runs(torch.tensor([[4, 4, 5, 5, 4], [0, 0, 0, 0, 0]])).tolist() == [
+        [0, 0, 1, 1, 2], [0, 0, 0, 0, 0]]
+
+
+def test_a_new_block_mask_each_step_does_not_recompile_the_layer(monkeypatch):
+    """The mask comes with each batch (its mask_mod a new closure over new ids): the compiled layer keeps
+    one graph, and its outputs follow each batch's documents."""
+    from torch._dynamo.testing import CompileCounter
+
+    monkeypatch.setattr(attention, "flex_document_attention_applies", lambda q: torch.compiler.is_compiling())
+    layer, x, _ = _layer_and_inputs("cpu", torch.float32)
+    frames = CompileCounter()
+    compiled = torch.compile(layer, backend=frames, fullgraph=True)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for _ in range(3):
+            seq_idx = (torch.rand(2, LENGTH, generator=generator) < 0.02).long().cumsum(dim=1)
+            inputs = _inputs(seq_idx)
+            plain = LayerInputs(inputs.cos, inputs.sin, seq_idx)  # no block mask: the SDPA mask path
+            torch.testing.assert_close(compiled(x, inputs), layer(x, plain))
+    assert frames.frame_count == 1
+
+
+def test_a_block_mask_is_built_where_compiled_layers_may_use_it(monkeypatch):
+    from types import SimpleNamespace
+
+    from hybridcore.model.parallelism import WHOLE_SEQUENCE
+
+    assert WHOLE_SEQUENCE.document_mask(document_ids()) is None  # CPU
+    assert WHOLE_SEQUENCE.document_mask(None) is None
+    cuda_ids = SimpleNamespace(is_cuda=True)
+    assert flex_document.document_mask_wanted(cuda_ids)
+    with torch.no_grad():
+        assert not flex_document.document_mask_wanted(cuda_ids)
+    monkeypatch.setattr(flex_document, "ENABLED", False)
+    assert not flex_document.document_mask_wanted(cuda_ids)
 
 
 def test_applies_only_inside_a_compiled_region_on_cuda_unless_switched_off(monkeypatch):
@@ -57,13 +127,20 @@ def test_applies_only_inside_a_compiled_region_on_cuda_unless_switched_off(monke
     assert not applies(cuda_query)
 
 
+CONFIG = dict(num_heads=4, num_kv_heads=2, head_dim=16, d_model=64, max_seq_len=LENGTH)
+
+
+def _inputs(seq_idx: torch.Tensor) -> LayerInputs:
+    """Layer inputs of packed rows, with the block mask a forward builds for compiled layers."""
+    positions = torch.arange(LENGTH, device=seq_idx.device).expand(seq_idx.shape[0], LENGTH)
+    cos, sin = rope_cos_sin(positions, CONFIG["head_dim"], tiny_config(**CONFIG).rope_theta)
+    return LayerInputs(cos, sin, seq_idx, document_mask=flex_document.document_block_mask(seq_idx))
+
+
 def _layer_and_inputs(device, dtype):
-    config = tiny_config(num_heads=4, num_kv_heads=2, head_dim=16, d_model=64, max_seq_len=LENGTH)
-    layer = Attention(config).to(device=device, dtype=dtype)
+    layer = Attention(tiny_config(**CONFIG)).to(device=device, dtype=dtype)
     x = torch.randn(2, LENGTH, 64, device=device, dtype=dtype, generator=torch.Generator(device).manual_seed(1))
-    positions = torch.arange(LENGTH, device=device).expand(2, LENGTH)
-    cos, sin = rope_cos_sin(positions, config.head_dim, config.rope_theta)
-    return layer, x, LayerInputs(cos, sin, document_ids(device))
+    return layer, x, _inputs(document_ids(device))
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
