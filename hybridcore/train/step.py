@@ -15,7 +15,7 @@ is the mean over every token of the step, so the numbers do not depend on the la
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -96,13 +96,40 @@ class StepResult:
     loss: torch.Tensor  # mean over the step's tokens of the whole global batch (a device scalar)
     grad_norm: torch.Tensor  # before clipping
     finite_flag: torch.Tensor  # a device bool: False when the update was skipped
+    # The three on the host, copied without waiting (start_reading) and ready once `ready` has passed.
+    host: torch.Tensor | None = field(default=None, repr=False)
+    ready: torch.cuda.Event | None = field(default=None, repr=False)
+
+    def start_reading(self) -> StepResult:
+        """Queue the copy of the loss, the norm and the flag to the host behind this step's work, so that
+        reading them later waits for this step alone, not for a step queued after it (on CUDA)."""
+        if self.loss.is_cuda:
+            values = torch.stack([self.loss.float(), self.grad_norm.float(), self.finite_flag.float()])
+            self.host = torch.empty(3, dtype=torch.float32, pin_memory=True)
+            self.host.copy_(values, non_blocking=True)
+            self.ready = torch.cuda.Event()
+            self.ready.record()
+        return self
+
+    def wait(self) -> None:
+        """Until the step's work has run (with start_reading: up to its last queued kernel)."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        elif self.loss.is_cuda:
+            torch.cuda.synchronize(self.loss.device)
 
     @property
     def finite(self) -> bool:
+        if self.host is not None:
+            self.wait()
+            return bool(self.host[2])
         return bool(self.finite_flag)  # waits for the step, as reading the loss does
 
     @property
     def values(self) -> tuple[float, float]:
+        if self.host is not None:
+            self.wait()
+            return float(self.host[0]), float(self.host[1])
         return self.loss.item(), self.grad_norm.item()
 
 
@@ -172,7 +199,7 @@ def train_step(model, optimizers, microbatches: list[Batch], *, max_norm: float 
         optimizer.zero_grad(set_to_none=not cuda_graphs or len(microbatches) == 1)
     if stepped:  # after a skipped update the weights are unchanged, so this recomputes the same values
         model.after_optimizer_step()
-    return StepResult(loss.detach(), grad_norm, finite)
+    return StepResult(loss.detach(), grad_norm, finite).start_reading()
 
 
 def skips_updates_on_device(optimizer) -> bool:

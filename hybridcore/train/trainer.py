@@ -46,7 +46,7 @@ from .resume import checkpoint_names, kept_in_run, resolve_resume_from, resume_c
 from .run_config import check_resumed_config, write_run_config
 from .run_lock import lock_run, refuse_if_locked
 from .schedule import schedule_from_config
-from .step import Batch, build_optimizers, evaluate, train_step
+from .step import Batch, StepResult, build_optimizers, evaluate, train_step
 from .watchdog import Heartbeats, describe_timeout, is_collective_timeout
 
 
@@ -54,6 +54,22 @@ class TrainingDiverged(Reported, RuntimeError):
     """The loss or gradient was not finite for --max-bad-steps optimizer steps in a row."""
 
     exit_code = EXIT_DIVERGED
+
+
+def reads_ahead(device: torch.device) -> bool:
+    """Whether the loop reads a step's loss while the next step runs (CUDA: the device never waits for the
+    host between steps); on a CPU each step's work is done when its call returns, so there is nothing to gain."""
+    return device.type == "cuda"
+
+
+@dataclass
+class _Launched:
+    """A step queued on the device, its metrics not read yet."""
+    step: int
+    lr: float
+    weight_decay: float
+    started: float  # time.perf_counter() at launch
+    result: StepResult
 
 
 @dataclass
@@ -241,6 +257,7 @@ class _Run:
         self.val_batches = val_batches(data_dir, config, 0, 1)
 
         self.start_step, self.tokens = 0, 0
+        self._last_step_done = 0.0  # time.perf_counter() when the last finished step was read
         if self.is_main:
             clean_partial(run_dir)
         distributed.barrier()
@@ -280,6 +297,11 @@ class _Run:
         return [next(self.loader) for _ in range(self.config.grad_accum)]
 
     def step(self, step: int) -> dict:
+        """Run one optimizer step and return its metrics record."""
+        return self.finish(self.launch(step))
+
+    def launch(self, step: int) -> _Launched:
+        """Queue one optimizer step's work on the device without waiting for it (`finish` reads it)."""
         config = self.config
         lr = config.lr * self.schedule.lr_factor(step)
         weight_decay = config.weight_decay * self.schedule.wd_factor(step)
@@ -290,18 +312,25 @@ class _Run:
         max_norm = config.clip if config.clip > 0 else math.inf
         result = train_step(self.model, self.optimizers, batches, max_norm=max_norm, autocast_dtype=self.autocast_dtype,
                             loss_chunk=self.loss_chunk, cuda_graphs=config.uses_cuda_graphs())
+        return _Launched(step, lr, weight_decay, started, result)
+
+    def finish(self, launched: _Launched) -> dict:
+        """Wait for a launched step and return its metrics record. Its time runs from its launch, or from the
+        end of the step before it where it was launched while that one ran."""
+        result = launched.result
         loss_value, grad_norm = result.values
         finite = result.finite
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        elapsed = time.perf_counter() - started
+        result.wait()
+        done = time.perf_counter()
+        elapsed = done - max(launched.started, self._last_step_done)
+        self._last_step_done = done
         self.tokens += self.tokens_per_step
-        record = {"step": step, "loss": loss_value if finite else None, "lr": lr, "weight_decay": weight_decay,
-                  "grad_norm": grad_norm if math.isfinite(grad_norm) else None, "tokens": self.tokens,
-                  "tokens_per_s": self.tokens_per_step / elapsed, "step_time_s": elapsed,
+        record = {"step": launched.step, "loss": loss_value if finite else None, "lr": launched.lr,
+                  "weight_decay": launched.weight_decay, "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
+                  "tokens": self.tokens, "tokens_per_s": self.tokens_per_step / elapsed, "step_time_s": elapsed,
                   "memory_gib": memory_gib(self.device)}
         if self.device.type == "cuda":
-            record["mfu"] = self.flops_per_token * record["tokens_per_s"] / (config.peak_flops * self.world_size)
+            record["mfu"] = self.flops_per_token * record["tokens_per_s"] / (self.config.peak_flops * self.world_size)
         if not finite:
             record["skipped"] = True
         return record
@@ -373,8 +402,8 @@ class _Run:
         config = self.config
         stop = _StopFlag()
         stop.install()
-        losses: dict[int, float] = {}
-        bad_in_a_row, step, val_loss, saved_at = 0, self.start_step, None, self.start_step
+        self.losses, self.bad_in_a_row = {}, 0
+        step, val_loss, saved_at, pending = self.start_step, None, self.start_step, None
         self.first_bad_step = first_skipped_step(read_metrics(self.run_dir)) if self.is_main else None
         warning = no_validation_warning(self.data_dir, config) if not self.val_batches else None
         if warning:
@@ -386,39 +415,33 @@ class _Run:
                         disable=not (config.progress and self.is_main), desc="train")
         try:
             for step in range(self.start_step + 1, config.steps + 1):
-                record = self.step(step)
-                self.metrics.log(record)
-                if step == self.start_step + 1:
-                    self._report_compile_fallback()
-                if record.get("skipped"):
-                    bad_in_a_row += 1
-                    if self.first_bad_step is None:
-                        self.first_bad_step = step
-                    self._say(self._bad_step_warning(step, record, bad_in_a_row), error=True)
-                    if bad_in_a_row >= config.max_bad_steps:
-                        raise self._diverged(step, bad_in_a_row)
-                else:
-                    bad_in_a_row = 0
-                    losses[step] = record["loss"]
-                shown = record["loss"] if record["loss"] is not None else math.nan
-                self.bar.set_postfix(loss=f"{shown:.4f}", lr=f"{record['lr']:.2e}",
-                                     tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
-                self.bar.update(1)
+                launched = self.launch(step)
+                if pending is not None:  # the step before, read while this one runs on the device
+                    self._account(self.finish(pending))
+                    pending = None
+                save_due = bool(config.save_every) and step % config.save_every == 0 and step < config.steps
+                eval_due = bool(config.eval_every) and step % config.eval_every == 0 and step < config.steps
+                stopping = distributed.any_rank(stop.requested is not None, self.device)
+                boundary = save_due or eval_due or stopping or step in (self.start_step + 1, config.steps)
+                if reads_ahead(self.device) and not boundary:
+                    pending = launched  # no step waits for the one before it to be read
+                    continue
+                record = self.finish(launched)
+                self._account(record)
                 # a checkpoint due at this step comes before its evaluation, which can fail (out of memory)
-                if config.save_every and step % config.save_every == 0 and step < config.steps:
-                    if self._save_unless_bad(step, record):
-                        saved_at = step
-                if config.eval_every and step % config.eval_every == 0 and step < config.steps:
+                if save_due and self._save_unless_bad(step, record):
+                    saved_at = step
+                if eval_due:
                     val_loss = self.evaluate(step)
                     if val_loss is not None:
                         self._say(f"step {step}: validation loss {val_loss:.4f}")
-                if distributed.any_rank(stop.requested is not None, self.device):
+                if stopping:
                     if saved_at != step and self._save_unless_bad(step, record):
                         saved_at = step
                     newest = latest_checkpoint(self.run_dir)
                     self._say(f"{stop.requested or 'a signal on another rank'}: stopped after step {step}; the "
                               f"newest checkpoint is {newest.name if newest else 'none'}; continue with --resume")
-                    return TrainResult(str(self.run_dir), step, losses, val_loss, stopped_by_signal=True)
+                    return TrainResult(str(self.run_dir), step, self.losses, val_loss, stopped_by_signal=True)
             self.bar.close()
             self.bar = None
             final_step = config.steps
@@ -429,7 +452,7 @@ class _Run:
             if distributed.any_rank(stop.requested is not None, self.device):
                 self._say(f"{stop.requested or 'a signal on another rank'}: the run is complete and saved; "
                           f"its final evaluation and sample are skipped")
-                return TrainResult(str(self.run_dir), final_step, losses, val_loss)
+                return TrainResult(str(self.run_dir), final_step, self.losses, val_loss)
             # a resume of a finished run evaluates again but does not log the same line twice
             val_loss = self.evaluate(final_step, log=self.start_step < final_step)
             if val_loss is not None:
@@ -443,13 +466,34 @@ class _Run:
             except KeyboardInterrupt:
                 self._say("stopped: the sample is skipped; the run is complete and saved", error=True)
                 sample = None
-            return TrainResult(str(self.run_dir), final_step, losses, val_loss, sample=sample)
+            return TrainResult(str(self.run_dir), final_step, self.losses, val_loss, sample=sample)
         finally:
             if self.bar is not None:
                 self.bar.close()
                 self.bar = None
             stop.restore()
             self.metrics.close()
+
+    def _account(self, record: dict) -> None:
+        """Log a finished step, count a skipped update (stopping after too many in a row), show progress."""
+        step = record["step"]
+        self.metrics.log(record)
+        if step == self.start_step + 1:
+            self._report_compile_fallback()
+        if record.get("skipped"):
+            self.bad_in_a_row += 1
+            if self.first_bad_step is None:
+                self.first_bad_step = step
+            self._say(self._bad_step_warning(step, record, self.bad_in_a_row), error=True)
+            if self.bad_in_a_row >= self.config.max_bad_steps:
+                raise self._diverged(step, self.bad_in_a_row)
+        else:
+            self.bad_in_a_row = 0
+            self.losses[step] = record["loss"]
+        shown = record["loss"] if record["loss"] is not None else math.nan
+        self.bar.set_postfix(loss=f"{shown:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}",
+                             refresh=False)
+        self.bar.update(1)
 
     def sample(self) -> str | None:
         # rank 0 alone; a sharded model is read back whole from the final checkpoint (no collectives)
