@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 
 RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hybridcore.model.flex_document import SMALL_HEAD_OPTIONS  # noqa: E402
 
 # FlexAttention kernel_options tried on top of the document mask (FlexAttention's own names); flex_tuned
 # is what the model passes (hybridcore.model.flex_document.flex_kernel_options). Not ROWS_GUARANTEED_SAFE
@@ -39,6 +41,11 @@ VARIANTS = {
     "flex_fwd128x128w8": {"fwd_BLOCK_M": 128, "fwd_BLOCK_N": 128, "fwd_num_warps": 8, "fwd_num_stages": 3},
     "flex_bwd64x64": {"bwd_BLOCK_M1": 64, "bwd_BLOCK_N1": 64, "bwd_BLOCK_M2": 64, "bwd_BLOCK_N2": 64,
                       "bwd_num_warps": 4, "bwd_num_stages": 3},
+    # the model's options with one change each
+    "flex_tuned_tma": {**SMALL_HEAD_OPTIONS, "USE_TMA": True},
+    "flex_tuned_fwd128x64": {**SMALL_HEAD_OPTIONS, "fwd_BLOCK_M": 128},
+    "flex_tuned_bwd_m32": {**SMALL_HEAD_OPTIONS, "bwd_BLOCK_M1": 32, "bwd_BLOCK_N2": 32},
+    "flex_tuned_stages4": {**SMALL_HEAD_OPTIONS, "fwd_num_stages": 4, "bwd_num_stages": 4},
 }
 
 
@@ -180,7 +187,6 @@ def kernel_ms(fn, q, k, v, grad, iters: int) -> float:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from hybridcore.bench import document_ids, versions
     from hybridcore.bench_record import git_state
     from hybridcore.io.json_codec import write_json
