@@ -422,7 +422,8 @@ class _Run:
                 save_due = bool(config.save_every) and step % config.save_every == 0 and step < config.steps
                 eval_due = bool(config.eval_every) and step % config.eval_every == 0 and step < config.steps
                 stopping = distributed.any_rank(stop.requested is not None, self.device)
-                boundary = save_due or eval_due or stopping or step in (self.start_step + 1, config.steps)
+                # the first two steps (compiling, recording CUDA graphs) are read at once: their times are their own
+                boundary = save_due or eval_due or stopping or step <= self.start_step + 2 or step == config.steps
                 if reads_ahead(self.device) and not boundary:
                     pending = launched  # no step waits for the one before it to be read
                     continue
