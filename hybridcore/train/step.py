@@ -107,9 +107,16 @@ class StepResult:
             values = torch.stack([self.loss.float(), self.grad_norm.float(), self.finite_flag.float()])
             self.host = torch.empty(3, dtype=torch.float32, pin_memory=True)
             self.host.copy_(values, non_blocking=True)
-            self.ready = torch.cuda.Event()
+            self.ready = torch.cuda.Event(enable_timing=True)
             self.ready.record()
         return self
+
+    def seconds_since(self, earlier: StepResult | None) -> float | None:
+        """Device time from the end of an earlier step's work to the end of this one's (both read: after
+        `wait`), or None where either was not timed on the device."""
+        if earlier is None or earlier.ready is None or self.ready is None:
+            return None
+        return earlier.ready.elapsed_time(self.ready) / 1000
 
     def wait(self) -> None:
         """Until the step's work has run (with start_reading: up to its last queued kernel)."""

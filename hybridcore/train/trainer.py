@@ -58,7 +58,9 @@ class TrainingDiverged(Reported, RuntimeError):
 
 def reads_ahead(device: torch.device) -> bool:
     """Whether the loop reads a step's loss while the next step runs (CUDA: the device never waits for the
-    host between steps); on a CPU each step's work is done when its call returns, so there is nothing to gain."""
+    host between steps); on a CPU each step's work is done when its call returns, so there is nothing to gain.
+    With CUDA graphs this moves where the allocator puts the block mask's tensors once (the third step),
+    and the backward graphs, which hold those addresses, are recorded again (about 4 s on an H100)."""
     return device.type == "cuda"
 
 
@@ -70,6 +72,7 @@ class _Launched:
     weight_decay: float
     started: float  # time.perf_counter() at launch
     result: StepResult
+    after: StepResult | None = None  # the step still unread when this one was launched
 
 
 @dataclass
@@ -257,7 +260,6 @@ class _Run:
         self.val_batches = val_batches(data_dir, config, 0, 1)
 
         self.start_step, self.tokens = 0, 0
-        self._last_step_done = 0.0  # time.perf_counter() when the last finished step was read
         if self.is_main:
             clean_partial(run_dir)
         distributed.barrier()
@@ -300,8 +302,9 @@ class _Run:
         """Run one optimizer step and return its metrics record."""
         return self.finish(self.launch(step))
 
-    def launch(self, step: int) -> _Launched:
-        """Queue one optimizer step's work on the device without waiting for it (`finish` reads it)."""
+    def launch(self, step: int, after: _Launched | None = None) -> _Launched:
+        """Queue one optimizer step's work on the device without waiting for it (`finish` reads it);
+        `after`: the launched step not read yet, whose work this one's follows on the device."""
         config = self.config
         lr = config.lr * self.schedule.lr_factor(step)
         weight_decay = config.weight_decay * self.schedule.wd_factor(step)
@@ -312,18 +315,19 @@ class _Run:
         max_norm = config.clip if config.clip > 0 else math.inf
         result = train_step(self.model, self.optimizers, batches, max_norm=max_norm, autocast_dtype=self.autocast_dtype,
                             loss_chunk=self.loss_chunk, cuda_graphs=config.uses_cuda_graphs())
-        return _Launched(step, lr, weight_decay, started, result)
+        return _Launched(step, lr, weight_decay, started, result, after.result if after is not None else None)
 
     def finish(self, launched: _Launched) -> dict:
-        """Wait for a launched step and return its metrics record. Its time runs from its launch, or from the
-        end of the step before it where it was launched while that one ran."""
+        """Wait for a launched step and return its metrics record. Its time runs from its launch to its end
+        (host time included), or, launched while the step before it ran, from the end of that step's work on
+        the device to the end of its own (the device's clock: when the host reads it does not matter)."""
         result = launched.result
         loss_value, grad_norm = result.values
         finite = result.finite
         result.wait()
-        done = time.perf_counter()
-        elapsed = done - max(launched.started, self._last_step_done)
-        self._last_step_done = done
+        elapsed = result.seconds_since(launched.after)
+        if elapsed is None:
+            elapsed = time.perf_counter() - launched.started
         self.tokens += self.tokens_per_step
         record = {"step": launched.step, "loss": loss_value if finite else None, "lr": launched.lr,
                   "weight_decay": launched.weight_decay, "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
@@ -415,7 +419,7 @@ class _Run:
                         disable=not (config.progress and self.is_main), desc="train")
         try:
             for step in range(self.start_step + 1, config.steps + 1):
-                launched = self.launch(step)
+                launched = self.launch(step, after=pending)
                 if pending is not None:  # the step before, read while this one runs on the device
                     self._account(self.finish(pending))
                     pending = None
