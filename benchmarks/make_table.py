@@ -150,7 +150,7 @@ def train_run_rows(results: Path, figures: dict, files: list[str]) -> list[str]:
     if not warm or warm.get("status") != "ok":
         return []
     figure = f"train_step-{data['preset']}-{data['batch_size']}x{data['seq_len']}"
-    of_step = "; ".join(f"{warm['tokens_per_s'] / step['tokens_per_s']:.2f}x the bench's step{words}"
+    of_step = "; ".join(f"{warm['tokens_per_s'] / step['tokens_per_s']:.3f}x the bench's step{words}"
                         for step, words in ((figures.get((figure, "ours")), ""),
                                             (figures.get((figure, "ours_documents")), " on packed documents"))
                         if step and step.get("status") == "ok")
@@ -208,7 +208,10 @@ def figure_order(name: str, figures: dict):
 
 
 def train_title(record: dict) -> str:
-    return f"{record['preset']} training step, {record['batch_size']} x {record['seq_len']}, tokens/s"
+    checkpointing = ""
+    if record.get("activation_checkpointing"):
+        checkpointing = f", activation checkpointing ({record.get('checkpoint_policy') or 'full'})"
+    return f"{record['preset']} training step, {record['batch_size']} x {record['seq_len']}{checkpointing}, tokens/s"
 
 
 def ssd_title(record: dict) -> str:
