@@ -99,3 +99,35 @@ def any_rank(flag: bool, device) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(value)
     return bool(value.item() > 0)
+
+
+class StopVote:
+    """Whether any rank has been asked to stop, agreed by every rank without the host waiting for the device
+    at each step (which `any_rank` does, and which would keep the training loop from launching the next step
+    while this one runs): each call queues this step's vote, an all-reduce, behind the step's work and
+    returns the vote of the call before. Every rank casts the same votes in the same order, so all stop
+    after the same step, one step after the signal reached any of them. In one process: the flag itself."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.previous = None  # (the last vote's sum, on the host, and the event after which it is there)
+
+    def __call__(self, flag: bool) -> bool:
+        if not is_distributed():
+            return flag
+        vote = torch.full((1,), 1.0 if flag else 0.0, device=self.device)  # a fill: no copy from the host to wait for
+        dist.all_reduce(vote, async_op=True).wait()  # NCCL: the stream waits, the host does not
+        ready = None
+        if vote.is_cuda:
+            host = torch.empty(1, pin_memory=True)
+            host.copy_(vote, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()
+            vote = host
+        previous, self.previous = self.previous, (vote, ready)
+        if previous is None:
+            return False
+        value, previous_ready = previous
+        if previous_ready is not None:
+            previous_ready.synchronize()
+        return bool(value.item() > 0)

@@ -407,6 +407,7 @@ class _Run:
         stop = _StopFlag()
         stop.install()
         self.losses, self.bad_in_a_row = {}, 0
+        vote = distributed.StopVote(self.device)  # every rank stops after the same step
         step, val_loss, saved_at, pending = self.start_step, None, self.start_step, None
         self.first_bad_step = first_skipped_step(read_metrics(self.run_dir)) if self.is_main else None
         warning = no_validation_warning(self.data_dir, config) if not self.val_batches else None
@@ -425,7 +426,7 @@ class _Run:
                     pending = None
                 save_due = bool(config.save_every) and step % config.save_every == 0 and step < config.steps
                 eval_due = bool(config.eval_every) and step % config.eval_every == 0 and step < config.steps
-                stopping = distributed.any_rank(stop.requested is not None, self.device)
+                stopping = vote(stop.requested is not None)
                 # the first two steps (compiling, recording CUDA graphs) are read at once: their times are their own
                 boundary = save_due or eval_due or stopping or step <= self.start_step + 2 or step == config.steps
                 if reads_ahead(self.device) and not boundary:
