@@ -12,6 +12,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from .host_read import HostRead
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -110,24 +112,12 @@ class StopVote:
 
     def __init__(self, device):
         self.device = torch.device(device)
-        self.previous = None  # (the last vote's sum, on the host, and the event after which it is there)
+        self.previous = None  # the last vote's sum, on its way to the host
 
     def __call__(self, flag: bool) -> bool:
         if not is_distributed():
             return flag
         vote = torch.full((1,), 1.0 if flag else 0.0, device=self.device)  # a fill: no copy from the host to wait for
         dist.all_reduce(vote, async_op=True).wait()  # NCCL: the stream waits, the host does not
-        ready = None
-        if vote.is_cuda:
-            host = torch.empty(1, pin_memory=True)
-            host.copy_(vote, non_blocking=True)
-            ready = torch.cuda.Event()
-            ready.record()
-            vote = host
-        previous, self.previous = self.previous, (vote, ready)
-        if previous is None:
-            return False
-        value, previous_ready = previous
-        if previous_ready is not None:
-            previous_ready.synchronize()
-        return bool(value.item() > 0)
+        previous, self.previous = self.previous, HostRead(vote)
+        return previous is not None and bool(previous.values().item() > 0)

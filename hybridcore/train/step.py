@@ -24,6 +24,7 @@ from ..parallel import ParallelModel, as_parallel_model, mesh_dim
 from ..parallel.context_parallel import global_positions, shard_sequence
 from ..parallel.clipping import clip_grad_norm_
 from ..parallel.pipeline import default_microbatches
+from .host_read import HostRead
 from .optim import build_optimizer
 
 IGNORE_INDEX = -100
@@ -96,48 +97,26 @@ class StepResult:
     loss: torch.Tensor  # mean over the step's tokens of the whole global batch (a device scalar)
     grad_norm: torch.Tensor  # before clipping
     finite_flag: torch.Tensor  # a device bool: False when the update was skipped
-    # The three on the host, copied without waiting (start_reading) and ready once `ready` has passed.
-    host: torch.Tensor | None = field(default=None, repr=False)
-    ready: torch.cuda.Event | None = field(default=None, repr=False)
+    # The three copied to the host behind the step's work: reading them waits for this step alone, not
+    # for a step queued after it.
+    read: HostRead = field(init=False, repr=False)
 
-    def start_reading(self) -> StepResult:
-        """Queue the copy of the loss, the norm and the flag to the host behind this step's work, so that
-        reading them later waits for this step alone, not for a step queued after it (on CUDA)."""
-        if self.loss.is_cuda:
-            values = torch.stack([self.loss.float(), self.grad_norm.float(), self.finite_flag.float()])
-            self.host = torch.empty(3, dtype=torch.float32, pin_memory=True)
-            self.host.copy_(values, non_blocking=True)
-            self.ready = torch.cuda.Event(enable_timing=True)
-            self.ready.record()
-        return self
+    def __post_init__(self):
+        self.read = HostRead(torch.stack([self.loss.float(), self.grad_norm.float(), self.finite_flag.float()]))
 
     def seconds_since(self, earlier: StepResult | None) -> float | None:
-        """Device time from the end of an earlier step's work to the end of this one's (both read: after
-        `wait`), or None where either was not timed on the device."""
-        if earlier is None or earlier.ready is None or self.ready is None:
-            return None
-        return earlier.ready.elapsed_time(self.ready) / 1000
-
-    def wait(self) -> None:
-        """Until the step's work has run (with start_reading: up to its last queued kernel)."""
-        if self.ready is not None:
-            self.ready.synchronize()
-        elif self.loss.is_cuda:
-            torch.cuda.synchronize(self.loss.device)
+        """Device time from the end of an earlier step's work to the end of this one's (both waited for), or
+        None where either was not timed on the device."""
+        return self.read.seconds_since(earlier.read) if earlier is not None else None
 
     @property
     def finite(self) -> bool:
-        if self.host is not None:
-            self.wait()
-            return bool(self.host[2])
-        return bool(self.finite_flag)  # waits for the step, as reading the loss does
+        return bool(self.read.values()[2])
 
     @property
     def values(self) -> tuple[float, float]:
-        if self.host is not None:
-            self.wait()
-            return float(self.host[0]), float(self.host[1])
-        return self.loss.item(), self.grad_norm.item()
+        host = self.read.values()
+        return float(host[0]), float(host[1])
 
 
 def _loss_of(part, local: LocalBatch, loss_chunk: int) -> torch.Tensor:
@@ -206,7 +185,7 @@ def train_step(model, optimizers, microbatches: list[Batch], *, max_norm: float 
         optimizer.zero_grad(set_to_none=not cuda_graphs or len(microbatches) == 1)
     if stepped:  # after a skipped update the weights are unchanged, so this recomputes the same values
         model.after_optimizer_step()
-    return StepResult(loss.detach(), grad_norm, finite).start_reading()
+    return StepResult(loss.detach(), grad_norm, finite)
 
 
 def skips_updates_on_device(optimizer) -> bool:

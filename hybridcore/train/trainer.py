@@ -322,9 +322,8 @@ class _Run:
         (host time included), or, launched while the step before it ran, from the end of that step's work on
         the device to the end of its own (the device's clock: when the host reads it does not matter)."""
         result = launched.result
-        loss_value, grad_norm = result.values
+        loss_value, grad_norm = result.values  # waits for the step
         finite = result.finite
-        result.wait()
         elapsed = result.seconds_since(launched.after)
         if elapsed is None:
             elapsed = time.perf_counter() - launched.started

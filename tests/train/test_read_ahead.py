@@ -47,13 +47,13 @@ def test_reading_ahead_stops_a_diverging_run_with_its_last_good_checkpoint(tmp_p
 
 def test_a_step_result_read_on_the_host_matches_the_device_values():
     loss, norm = torch.tensor(2.5), torch.tensor(0.75)
-    result = StepResult(loss, norm, torch.tensor(True)).start_reading()
+    result = StepResult(loss, norm, torch.tensor(True))
     assert result.values == (2.5, 0.75) and result.finite
     assert result.seconds_since(result) is None  # a CPU step has no device clock: the loop times it on the host
     if torch.cuda.is_available():
-        on_device = StepResult(loss.cuda(), norm.cuda(), torch.tensor(False, device="cuda")).start_reading()
+        on_device = StepResult(loss.cuda(), norm.cuda(), torch.tensor(False, device="cuda"))
         torch.cuda._sleep(1_000_000)  # about a millisecond of device work between the two ends
-        later = StepResult(loss.cuda(), norm.cuda(), torch.tensor(True, device="cuda")).start_reading()
-        assert on_device.host is not None and on_device.values == (2.5, 0.75) and not on_device.finite
-        later.wait()
+        later = StepResult(loss.cuda(), norm.cuda(), torch.tensor(True, device="cuda"))
+        assert on_device.read.ready is not None and on_device.values == (2.5, 0.75) and not on_device.finite
+        assert later.values == (2.5, 0.75)  # waits for the later step
         assert later.seconds_since(on_device) > 0
