@@ -67,18 +67,21 @@ def _is_hopper(index: int) -> bool:
     return torch.cuda.get_device_properties(index if index >= 0 else torch.cuda.current_device()).major == 9
 
 
+def _flex_serves(tensor) -> bool:
+    """FlexAttention on, and this forward one it serves: on CUDA, recording gradients (training; see the
+    module's docstring for evaluation)."""
+    return ENABLED and flex_attention is not None and tensor.is_cuda and torch.is_grad_enabled()
+
+
 def document_mask_wanted(seq_idx: torch.Tensor | None) -> bool:
-    """Whether a forward over these document ids should build a block mask for compiled layers (on CUDA,
-    with gradients: where flex_document_attention_applies may hold inside them)."""
-    return (ENABLED and flex_attention is not None and seq_idx is not None and seq_idx.is_cuda
-            and torch.is_grad_enabled())
+    """Whether a forward over these document ids should build a block mask for compiled layers (where
+    flex_document_attention_applies may hold inside them)."""
+    return seq_idx is not None and _flex_serves(seq_idx)
 
 
 def flex_document_attention_applies(q: torch.Tensor) -> bool:
-    """Inside torch.compile on CUDA, where flex_attention becomes a fused kernel, in a forward that records
-    gradients (training; see the module's docstring for evaluation)."""
-    return (ENABLED and flex_attention is not None and q.is_cuda and torch.compiler.is_compiling()
-            and torch.is_grad_enabled())
+    """Inside torch.compile, where flex_attention becomes a fused kernel, in a forward FlexAttention serves."""
+    return torch.compiler.is_compiling() and _flex_serves(q)
 
 
 def document_runs(seq_idx: torch.Tensor) -> torch.Tensor:
