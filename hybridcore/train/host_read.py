@@ -31,7 +31,7 @@ class HostRead:
         return self._values
 
     def seconds_since(self, earlier: HostRead) -> float | None:
-        """Device time from `earlier`'s point to this one's (both waited for), or None off the device."""
+        """Seconds on the GPU's clock from `earlier`'s point to this one's (both waited for); None off the GPU."""
         if earlier.ready is None or self.ready is None:
             return None
         return earlier.ready.elapsed_time(self.ready) / 1000

@@ -105,8 +105,8 @@ class StepResult:
         self.read = HostRead(torch.stack([self.loss.float(), self.grad_norm.float(), self.finite_flag.float()]))
 
     def seconds_since(self, earlier: StepResult | None) -> float | None:
-        """Device time from the end of an earlier step's work to the end of this one's (both waited for), or
-        None where either was not timed on the device."""
+        """Seconds on the GPU's clock from the end of an earlier step's work to the end of this one's (both
+        waited for), or None where either was not timed on the GPU."""
         return self.read.seconds_since(earlier.read) if earlier is not None else None
 
     @property
