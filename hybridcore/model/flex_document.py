@@ -29,6 +29,8 @@ import os
 
 import torch
 
+from .input_buffers import as_is
+
 # HYBRIDCORE_FLEX_ATTENTION=0 keeps the SDPA paths everywhere (to compare, or to work around a failure).
 ENABLED = os.environ.get("HYBRIDCORE_FLEX_ATTENTION", "1") != "0"
 
@@ -91,12 +93,13 @@ def document_runs(seq_idx: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.zeros_like(changes[:, :1]), changes.cumsum(dim=1, dtype=torch.int32)], dim=1)
 
 
-def document_block_mask(seq_idx: torch.Tensor, block_size: int = MASK_BLOCK) -> BlockMask:
+def document_block_mask(seq_idx: torch.Tensor, block_size: int = MASK_BLOCK, hold=as_is) -> BlockMask:
     """FlexAttention's block mask of "causal and inside the same document" for seq_idx [B, L], built from
     each block's first and last document (runs are numbered in order) in a few small tensor ops, without
-    evaluating the mask per token pair; the same blocks `create_block_mask` finds."""
+    evaluating the mask per token pair; the same blocks `create_block_mask` finds. Its tensors, and the
+    runs its mask_mod reads, pass through `hold` (model/input_buffers.py)."""
     batch, length = seq_idx.shape
-    runs = document_runs(seq_idx)
+    runs = hold("document_runs", document_runs(seq_idx))
     blocks = -(-length // block_size)
     padded = torch.cat([runs, runs[:, -1:].expand(batch, blocks * block_size - length)], dim=1)
     first, last = padded[:, ::block_size], padded[:, block_size - 1::block_size]  # [B, blocks]
@@ -114,8 +117,13 @@ def document_block_mask(seq_idx: torch.Tensor, block_size: int = MASK_BLOCK) -> 
     def causal_same_document(b, h, q_index, kv_index):
         return (kv_index <= q_index) & (runs[b, q_index] == runs[b, kv_index])
 
-    return BlockMask.from_kv_blocks(*_ordered_blocks(partial), *_ordered_blocks(full), BLOCK_SIZE=block_size,
+    mask = BlockMask.from_kv_blocks(*_ordered_blocks(partial), *_ordered_blocks(full), BLOCK_SIZE=block_size,
                                     mask_mod=causal_same_document, seq_lengths=(length, length))
+    if hold is not as_is:
+        for name, value in vars(mask).items():  # every tensor the kernels read (kv and q blocks, ...)
+            if isinstance(value, torch.Tensor):
+                setattr(mask, name, hold("block_mask." + name, value))
+    return mask
 
 
 def _ordered_blocks(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,6 +19,7 @@ from torch import nn
 from ..config import ModelConfig
 from .attention import document_start_slots
 from .cache import AttentionCache, LayerCache, MambaCache
+from .input_buffers import InputBuffers, as_is
 from .layers import LayerInputs, build_layer
 from .mamba2 import SegmentedLinear
 from .norm import RMSNorm
@@ -40,6 +41,7 @@ class HybridLM(nn.Module):
         super().__init__()
         self.config = config
         self.region, self.context, self.layer_regions = LOCAL_REGION, WHOLE_SEQUENCE, {}
+        self.input_buffers: InputBuffers | None = None  # keep_input_addresses
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         # A ModuleDict keyed by global index: pipeline stages delete layers and keep their names.
         self.layers = nn.ModuleDict({str(i): build_layer(kind, config) for i, kind in enumerate(config.layer_kinds)})
@@ -53,6 +55,11 @@ class HybridLM(nn.Module):
         self.region = region or self.region
         self.context = context or self.context
         self.layer_regions = layer_regions if layer_regions is not None else self.layer_regions
+
+    def keep_input_addresses(self) -> None:
+        """Hand the layers their per-step inputs at the same addresses in every forward with gradients, as
+        layers replayed as CUDA graphs need (model/input_buffers.py); one process only."""
+        self.input_buffers = self.input_buffers or InputBuffers()
 
     def tie_weights(self) -> None:
         """Share the embedding with the LM head when configured (again after `to_empty`, which unties)."""
@@ -109,7 +116,9 @@ class HybridLM(nn.Module):
             else:
                 positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
         cos, sin = rope_cos_sin(positions, self.config.rotary_dim, self.config.rope_theta)
-        return LayerInputs(cos=cos, sin=sin, seq_idx=seq_idx, document_mask=self.context.document_mask(seq_idx),
+        hold = self.input_buffers if self.input_buffers is not None and torch.is_grad_enabled() else as_is
+        cos, sin, seq_idx = hold("cos", cos), hold("sin", sin), hold("seq_idx", seq_idx)
+        return LayerInputs(cos=cos, sin=sin, seq_idx=seq_idx, document_mask=self.context.document_mask(seq_idx, hold),
                            region=self.region, context=self.context)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:

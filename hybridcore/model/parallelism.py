@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ..ops import causal_conv1d, chunked_cross_entropy, ssd
 from .attention import attend_within_documents
 from .flex_document import document_block_mask, document_mask_wanted
+from .input_buffers import as_is
 
 
 class LocalRegion:
@@ -53,10 +54,11 @@ class WholeSequence:
 
     size = 1
 
-    def document_mask(self, seq_idx: torch.Tensor | None):
+    def document_mask(self, seq_idx: torch.Tensor | None, hold=as_is):
         """FlexAttention's block mask of the documents, once per forward for every compiled layer (None
-        where no layer could use it: no documents, not CUDA, no gradients)."""
-        return document_block_mask(seq_idx) if document_mask_wanted(seq_idx) else None
+        where no layer could use it: no documents, not CUDA, no gradients); its tensors through `hold`
+        (model/input_buffers.py)."""
+        return document_block_mask(seq_idx, hold=hold) if document_mask_wanted(seq_idx) else None
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx: torch.Tensor | None,
                document_mask=None) -> torch.Tensor:

@@ -97,7 +97,7 @@ class ContextParallel:
         self.mesh = mesh
         self.size, self.rank = mesh.size(), mesh.get_local_rank()
 
-    def document_mask(self, seq_idx):
+    def document_mask(self, seq_idx, hold=None):
         """No FlexAttention block mask: the chunks attend through the paths below."""
         return None
 

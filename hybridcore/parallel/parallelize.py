@@ -185,6 +185,8 @@ def _parallelize_part(model: HybridLM, mesh: DeviceMesh | None, config: Parallel
             model.layers[name] = checkpointed(model.layers[name], checkpoint_policy)
     if compile:
         compile_layers(model, compile_mode, cache_dir=compile_cache_dir, fall_back_to_eager=compile_fallback)
+        if compile_mode == "reduce-overhead" and not pipelined:  # CUDA graphs: model/input_buffers.py
+            model.keep_input_addresses()
     if fsdp.applies(mesh):
         fsdp.apply_fsdp(model, mesh, pipelined)
     return layouts
