@@ -51,6 +51,9 @@ def parse_args(argv=None):
                    choices=["tensorwise", "rowwise", "rowwise_with_gw_hp"], help="throughput: FP8 recipes")
     p.add_argument("--min-sizes", type=int, nargs="+", default=[2048],
                    help="throughput: --fp8-min-size values to measure (one process per recipe and value)")
+    p.add_argument("--also-without", nargs="+", default=[], metavar="NAME",
+                   help="throughput: also measure each recipe and size with these linears (their own names, as "
+                        "in_proj) kept in bf16, to see what converting them gives")
     p.add_argument("--compile-mode", default="reduce-overhead",
                    choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"])
     p.add_argument("--loss-preset", default="falcon-h1-0.5b")
@@ -64,7 +67,7 @@ def parse_args(argv=None):
     p.add_argument("--process-timeout", type=int, default=540, help="seconds one contender's process may take")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny, float8 emulated; prints, writes nothing")
     p.add_argument("--out", type=Path, default=None, help="JSON file or directory (default: benchmarks/results/)")
-    p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # "throughput:RECIPE:MIN" or "loss:RECIPE"
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # "throughput:RECIPE:MIN:KEPT" or "loss:RECIPE"
     p.add_argument("--child-json", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--work-dir", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -102,15 +105,15 @@ def _recording_conversions() -> list[str]:
     return converted
 
 
-def convert(model, recipe: str, min_size: int, emulate: bool) -> list[str]:
-    from hybridcore.parallel.float8 import convert_to_float8
+def convert(model, recipe: str, min_size: int, emulate: bool, kept: tuple[str, ...] = ()) -> list[str]:
+    from hybridcore.parallel.float8 import SKIPPED_MODULES, convert_to_float8
 
     if emulate:
         _emulate_float8()
-    return convert_to_float8(model, recipe, min_size)
+    return convert_to_float8(model, recipe, min_size, skipped=SKIPPED_MODULES + kept)
 
 
-def throughput_child(args, recipe: str, min_size: int) -> dict:
+def throughput_child(args, recipe: str, min_size: int, kept: tuple[str, ...] = ()) -> dict:
     import torch
 
     from hybridcore import ops
@@ -122,7 +125,7 @@ def throughput_child(args, recipe: str, min_size: int) -> dict:
     device = torch.device(args.device)
     config = apply_overrides(get_preset(args.preset), args.sets)
     model = build_model(config, device=device, dtype=torch.float32, seed=0).train()
-    converted = convert(model, recipe, min_size, device.type != "cuda") if recipe != "bf16" else []
+    converted = convert(model, recipe, min_size, device.type != "cuda", kept) if recipe != "bf16" else []
     compile_layers(model, args.compile_mode, cache_dir=args.work_dir / "compile-cache",
                    backend="eager" if args.smoke else "inductor")  # the smoke run checks the plumbing only
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
@@ -151,7 +154,8 @@ def throughput_child(args, recipe: str, min_size: int) -> dict:
         losses.append(float(step()))  # float() waits for the step
         times.append(time.perf_counter() - start)
     tokens = args.batch_size * args.seq_len
-    return {"recipe": recipe, "min_size": min_size if recipe != "bf16" else None, "converted": converted,
+    return {"recipe": recipe, "min_size": min_size if recipe != "bf16" else None, "kept_in_bf16": list(kept),
+            "converted": converted,
             "tok_s": tokens / statistics.median(times), "step_ms": [round(1e3 * t, 2) for t in times],
             "losses": losses,
             "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None}
@@ -197,11 +201,13 @@ def launch(child: str, argv: list[str], work_dir: Path, timeout: int) -> dict:
 def run_throughput(args, argv, work_dir, report):
     runs = report.setdefault("throughput", {"preset": args.preset, "set": args.sets, "batch_size": args.batch_size,
                                             "seq_len": args.seq_len, "compile_mode": args.compile_mode, "runs": {}})
-    plan = ["bf16"] + [f"{recipe}@{size}" for recipe in args.recipes for size in args.min_sizes]
-    for name in plan:
-        recipe, _, size = name.partition("@")
+    without = ",".join(args.also_without)
+    plan = [("bf16", "bf16", 0, "")] + [
+        (f"{recipe}@{size}{suffix}", recipe, size, kept) for recipe in args.recipes for size in args.min_sizes
+        for suffix, kept in [("", "")] + ([(f" without {without}", without)] if without else [])]
+    for name, recipe, size, kept in plan:
         print(f"throughput {name}: own process", flush=True)
-        runs["runs"][name] = launch(f"throughput:{recipe}:{size or 0}", argv, work_dir, args.process_timeout)
+        runs["runs"][name] = launch(f"throughput:{recipe}:{size}:{kept}", argv, work_dir, args.process_timeout)
         base = runs["runs"].get("bf16", {}).get("tok_s")
         for result in runs["runs"].values():
             if base and result.get("tok_s"):
@@ -252,7 +258,10 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.child:
         kind, recipe, *rest = args.child.split(":")
-        result = throughput_child(args, recipe, int(rest[0])) if kind == "throughput" else loss_child(args, recipe)
+        if kind == "throughput":
+            result = throughput_child(args, recipe, int(rest[0]), tuple(filter(None, rest[1].split(","))))
+        else:
+            result = loss_child(args, recipe)
         args.child_json.write_text(json.dumps(result))
         return result
     import torch

@@ -16,14 +16,20 @@ pytest.importorskip("torchao.float8")
 def test_smoke_run_writes_a_complete_report(tmp_path):
     bench = load_script("fp8_bench")
     out = tmp_path / "fp8.json"
-    bench.main(["--smoke", "--out", str(out)])
+    bench.main(["--smoke", "--out", str(out), "--also-without", "in_proj"])
     report = json.loads(out.read_text())
     assert report["versions"]["torchao"] and report["smoke"] is True
     runs = report["throughput"]["runs"]
-    assert set(runs) == {"bf16", "tensorwise@16", "rowwise@16"}
+    assert set(runs) == {"bf16", "tensorwise@16", "rowwise@16", "tensorwise@16 without in_proj",
+                         "rowwise@16 without in_proj"}
     assert all(r["status"] == "ok" and r["tok_s"] > 0 for r in runs.values())
-    assert runs["bf16"]["converted"] == [] and len(runs["tensorwise@16"]["converted"]) > 0
-    assert not any(name.endswith("lm_head") for name in runs["tensorwise@16"]["converted"])
+    converted = runs["tensorwise@16"]["converted"]
+    assert runs["bf16"]["converted"] == [] and len(converted) > 0
+    assert not any(name.endswith("lm_head") for name in converted)
+    assert any(name.endswith("in_proj") for name in converted)
+    without = runs["tensorwise@16 without in_proj"]
+    assert without["kept_in_bf16"] == ["in_proj"]
+    assert without["converted"] == [name for name in converted if not name.endswith("in_proj")]
     loss = report["loss"]["runs"]
     assert len(loss["bf16"]["losses"]) == len(loss["tensorwise"]["losses"]) == 4
     assert loss["tensorwise"]["converted"] and abs(report["loss"]["final_loss_relative_difference"]) < 0.05
