@@ -66,7 +66,8 @@ class Attention(KeepsInferenceValues):
         self.v_proj = nn.Linear(config.d_model, config.num_kv_heads * config.head_dim, bias=bias)
         self.o_proj = nn.Linear(config.num_heads * config.head_dim, config.d_model, bias=bias)
         # FlexAttention for packed documents in compiled layers on CUDA; activation checkpointing turns it off
-        # (FlexAttention inside a checkpointed, compiled layer has open reports upstream, pytorch/pytorch#167116).
+        # (FlexAttention inside a checkpointed, compiled layer has open reports upstream, pytorch/pytorch#167116),
+        # and so does parallelize without compile. Where no layer has it, no forward builds the block mask.
         self.flex_for_documents = True
 
     def forward(self, x: torch.Tensor, inputs: LayerInputs, cache: AttentionCache | None = None) -> torch.Tensor:

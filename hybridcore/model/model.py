@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from .attention import document_start_slots
+from .attention import Attention, document_start_slots
 from .cache import AttentionCache, LayerCache, MambaCache
 from .input_buffers import InputBuffers, as_is
 from .layers import LayerInputs, build_layer
@@ -48,6 +48,9 @@ class HybridLM(nn.Module):
         self.final_norm = RMSNorm(config.d_model, config.norm_eps, config.norm_weight_in_fp32)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.tie_weights()
+        # Whether a forward builds FlexAttention's block mask: some attention layer may take it
+        # (Attention.flex_for_documents; a plain list, so these modules are not registered twice).
+        self._attentions = [module for module in self.modules() if isinstance(module, Attention)]
 
     def use_parallelism(self, region=None, context=None, layer_regions: dict | None = None) -> None:
         """The strategies through which the layers reach other ranks (tensor parallelism's region, the
@@ -118,7 +121,9 @@ class HybridLM(nn.Module):
         cos, sin = rope_cos_sin(positions, self.config.rotary_dim, self.config.rope_theta)
         hold = self.input_buffers if self.input_buffers is not None and torch.is_grad_enabled() else as_is
         cos, sin, seq_idx = hold("cos", cos), hold("sin", sin), hold("seq_idx", seq_idx)
-        return LayerInputs(cos=cos, sin=sin, seq_idx=seq_idx, document_mask=self.context.document_mask(seq_idx, hold),
+        flex = any(attention.flex_for_documents for attention in self._attentions)
+        return LayerInputs(cos=cos, sin=sin, seq_idx=seq_idx,
+                           document_mask=self.context.document_mask(seq_idx, hold) if flex else None,
                            region=self.region, context=self.context)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:

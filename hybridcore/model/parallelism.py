@@ -56,8 +56,8 @@ class WholeSequence:
 
     def document_mask(self, seq_idx: torch.Tensor | None, hold=as_is):
         """FlexAttention's block mask of the documents, once per forward for every compiled layer (None
-        where no layer could use it: no documents, not CUDA, no gradients); its tensors through `hold`
-        (model/input_buffers.py)."""
+        where no layer could use it: no documents, not CUDA, no gradients; HybridLM asks only where some
+        attention layer has Attention.flex_for_documents); its tensors through `hold` (model/input_buffers.py)."""
         return document_block_mask(seq_idx, hold=hold) if document_mask_wanted(seq_idx) else None
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx: torch.Tensor | None,

@@ -187,6 +187,8 @@ def _parallelize_part(model: HybridLM, mesh: DeviceMesh | None, config: Parallel
         compile_layers(model, compile_mode, cache_dir=compile_cache_dir, fall_back_to_eager=compile_fallback)
         if compile_mode == "reduce-overhead" and not pipelined:  # CUDA graphs: model/input_buffers.py
             model.keep_input_addresses()
+    else:  # FlexAttention serves compiled layers only: no block mask to build each forward
+        use_sdpa_for_documents(model)
     if fsdp.applies(mesh):
         fsdp.apply_fsdp(model, mesh, pipelined)
     return layouts

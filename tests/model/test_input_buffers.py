@@ -1,6 +1,6 @@
-"""Per-step layer inputs at fixed addresses (model/input_buffers.py), which layers replayed as CUDA graphs
-need: the same addresses forward after forward, the values of each forward, and the same losses and
-gradients as without them."""
+"""The per-step layer inputs: at fixed addresses (model/input_buffers.py), which layers replayed as CUDA
+graphs need (the same addresses forward after forward, the values of each forward, the same losses and
+gradients as without them), and FlexAttention's block mask only where a layer can take it."""
 
 import importlib
 
@@ -105,3 +105,35 @@ def test_parallelize_keeps_addresses_for_cuda_graphs(monkeypatch, mode, kept):
     model.init_weights(seed=0)
     parallelize(model, compile=True, compile_mode=mode)
     assert (model.input_buffers is not None) == kept
+
+
+class _MaskCounter:
+    """A context strategy that counts the block masks asked for (the CPU never builds one)."""
+
+    def __init__(self, context):
+        self.context, self.asked = context, 0
+
+    def document_mask(self, seq_idx, hold):
+        self.asked += 1
+        return "mask"
+
+    def __getattr__(self, name):
+        return getattr(self.context, name)
+
+
+@pytest.mark.parametrize("options,builds", [(dict(compile=False), False), (dict(compile=True), True),
+                                            (dict(compile=True, activation_checkpointing=True), False),
+                                            (dict(compile=True, activation_checkpointing=True, checkpoint_layers=1),
+                                             True)])
+def test_the_block_mask_is_built_only_where_a_layer_can_take_it(monkeypatch, options, builds):
+    """FlexAttention serves compiled layers that are not checkpointed: without one, no forward builds
+    the mask (a hundred small ops of host time)."""
+    monkeypatch.setattr(importlib.import_module("hybridcore.parallel.parallelize"), "compile_layers",
+                        lambda *args, **kwargs: None)
+    model = build_model(tiny_config(layout="*-*-"))  # two attention layers: checkpoint_layers=1 leaves one
+    model.init_weights(seed=0)
+    parallelize(model, **options)
+    counter = _MaskCounter(model.context)
+    model.use_parallelism(context=counter)
+    inputs = model.layer_inputs(torch.zeros(2, 32, dtype=torch.long), documents([[5], [9]], 32))
+    assert (inputs.document_mask == "mask") == builds and counter.asked == int(builds)
