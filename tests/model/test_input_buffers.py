@@ -137,3 +137,47 @@ def test_the_block_mask_is_built_only_where_a_layer_can_take_it(monkeypatch, opt
     model.use_parallelism(context=counter)
     inputs = model.layer_inputs(torch.zeros(2, 32, dtype=torch.long), documents([[5], [9]], 32))
     assert (inputs.document_mask == "mask") == builds and counter.asked == int(builds)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graphs_are_not_recorded_again_when_new_inputs_land_elsewhere(tmp_path, monkeypatch):
+    """Every forward's layer inputs are kept alive, so the next forward's cannot reuse their memory: without
+    fixed addresses each step records the backward graphs again (the control, which shows the check can
+    see it); with them, none does."""
+    import torch._inductor.cudagraph_trees as trees
+
+    from hybridcore.train.step import Batch, train_step
+
+    failed = []
+    check = trees.CUDAGraphNode.check_invariants
+
+    def counted(self, inputs):
+        status, logger = check(self, inputs)
+        if status != trees.CheckInvariantStatus.SUCCESS:
+            failed.append(status)
+        return status, logger
+
+    monkeypatch.setattr(trees.CUDAGraphNode, "check_invariants", counted)
+
+    def records_again(keep_addresses: bool) -> int:
+        model = build_model(tiny_config(layout="P-", head_dim=16), device="cuda")
+        model.init_weights(seed=0)
+        parallel = parallelize(model, compile=True, compile_mode="reduce-overhead", compile_cache_dir=tmp_path)
+        if not keep_addresses:
+            model.input_buffers = None
+        kept, layer_inputs = [], model.layer_inputs
+        monkeypatch.setattr(model, "layer_inputs", lambda *args, **kwargs: kept.append(layer_inputs(*args, **kwargs))
+                            or kept[-1])
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+        failed.clear()
+        for step in range(5):
+            ids = torch.randint(0, 61, (2, 64), generator=torch.Generator().manual_seed(step)).cuda()
+            seq_idx = documents([[10 + step, 40], [25 - step]], 64).cuda()
+            train_step(parallel, [optimizer], [Batch(ids, ids, seq_idx)], autocast_dtype=torch.bfloat16,
+                       cuda_graphs=True)
+        torch.cuda.synchronize()
+        assert kept[-1].document_mask is not None, "no block mask: FlexAttention did not serve these layers"
+        return len(failed)
+
+    assert records_again(keep_addresses=False) > 0
+    assert records_again(keep_addresses=True) == 0
