@@ -18,7 +18,8 @@ are too small to repay the casts and scale reductions that float8 adds.
 The Mamba in_proj (a SegmentedLinear: one parameter per segment, one matmul) becomes a
 Float8SegmentedLinear. Its rows, 2 * d_ssm + 2 * groups * state + heads, are rarely a multiple of 16
 (6,680 at falcon-h1-7b), so its concatenated weight gets zero rows up to one and the output drops them:
-one more copy of the output in the backward, against a matmul a fifth the size of the MLP's.
+one more copy of the output in the backward, against a matmul a fifth the size of the MLP's (0.4% more
+tokens/s with tensorwise at eight falcon-h1-7b blocks on an H100, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from torch import nn
 from ..model.mamba2 import SegmentedLinear
 
 RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")
-DEFAULT_MIN_SIZE = 2048  # both weight dimensions at least this: at falcon-h1-7b, the MLP and Mamba out_proj
+DEFAULT_MIN_SIZE = 2048  # both weight dimensions at least this: at falcon-h1-7b, the MLP, Mamba in_proj and out_proj
 SKIPPED_MODULES = ("lm_head",)
 TORCHAO_VERSION = (0, 18)  # the version pinned by the `fp8` extra (pyproject.toml), and the oldest accepted
 INSTALL_HINT = "pip install 'hybridcore[fp8]'"
