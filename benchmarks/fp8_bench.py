@@ -5,10 +5,11 @@ the loss curve of an FP8 run against a bf16 one, each contender in its own proce
     python benchmarks/fp8_bench.py --part loss           # falcon-h1-0.5b, 300 train steps: bf16 / tensorwise
     python benchmarks/fp8_bench.py --smoke               # CPU, tiny, float8 emulated; prints the JSON, writes nothing
 
-throughput: the step `hybridcore bench` times (forward + chunked loss + backward + fused AdamW, bf16
-autocast over fp32 master weights), layers compiled by hybridcore.parallel.compile (--compile-mode), one
-process per recipe (and per --min-sizes value), all sharing one compile cache so that hybridcore's own
-Triton kernels are tuned once. Median tokens/s of --steps steps after --warmup steps, peak memory.
+throughput: the trainer's step, as `hybridcore bench` times it (`parallelize`, then `train_step`: forward +
+chunked loss + backward + clipping + fused AdamW, bf16 autocast over fp32 master weights), layers compiled
+(--compile-mode), one process per recipe (and per --min-sizes value), all sharing one compile cache so that
+hybridcore's own Triton kernels are tuned once. Median tokens/s of --steps steps after --warmup steps, peak
+memory.
 loss: `hybridcore train` itself on the embedded corpus (prepared once, byte tokenizer), the same seed and
 batches for both runs, layers compiled; the FP8 run converts every eligible linear (--loss-min-size, default
 16: all but the LM head and unaligned ones) before the trainer's parallelize step. Reported: the mean loss of
@@ -116,35 +117,30 @@ def convert(model, recipe: str, min_size: int, emulate: bool, kept: tuple[str, .
 def throughput_child(args, recipe: str, min_size: int, kept: tuple[str, ...] = ()) -> dict:
     import torch
 
-    from hybridcore import ops
     from hybridcore.config import apply_overrides
     from hybridcore.model import build_model
-    from hybridcore.parallel.compile import compile_layers
+    from hybridcore.parallel import parallelize
     from hybridcore.presets import get_preset
+    from hybridcore.train.step import Batch, build_optimizers, train_step
 
     device = torch.device(args.device)
     config = apply_overrides(get_preset(args.preset), args.sets)
-    model = build_model(config, device=device, dtype=torch.float32, seed=0).train()
+    model = build_model(config, device=device, dtype=torch.float32, seed=0)
+    # Converted here, as parallelize would, so that --also-without can keep named linears in bf16.
     converted = convert(model, recipe, min_size, device.type != "cuda", kept) if recipe != "bf16" else []
-    compile_layers(model, args.compile_mode, cache_dir=args.work_dir / "compile-cache",
-                   backend="eager" if args.smoke else "inductor")  # the smoke run checks the plumbing only
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    # The smoke run checks the plumbing only: Inductor's C++ build on a CPU takes minutes.
+    compiled = not args.smoke
+    model = parallelize(model, compile=compiled, compile_mode=args.compile_mode,
+                        compile_cache_dir=args.work_dir / "compile-cache").train()
+    optimizers = build_optimizers(model, lr=1e-4, weight_decay=0.1)
     generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len + 1), generator=generator).to(device)
-    inputs, labels = ids[:, :-1], ids[:, 1:]
-    graphs = args.compile_mode == "reduce-overhead" and device.type == "cuda"
+    batch = Batch.from_tokens(torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len + 1),
+                                            generator=generator).to(device))
+    graphs = compiled and args.compile_mode == "reduce-overhead" and device.type == "cuda"
 
-    def step():
-        if graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            hidden = model.hidden_states(inputs)
-            loss = ops.chunked_cross_entropy(hidden, model.lm_head.weight, labels, config.lm_head_multiplier,
-                                             chunk_size=8192)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+    def step():  # the trainer's step, as `hybridcore bench` times it
+        return train_step(model, optimizers, [batch], max_norm=1.0, autocast_dtype=torch.bfloat16,
+                          cuda_graphs=graphs).loss
 
     for _ in range(args.warmup):
         step()
@@ -155,7 +151,7 @@ def throughput_child(args, recipe: str, min_size: int, kept: tuple[str, ...] = (
         times.append(time.perf_counter() - start)
     tokens = args.batch_size * args.seq_len
     return {"recipe": recipe, "min_size": min_size if recipe != "bf16" else None, "kept_in_bf16": list(kept),
-            "converted": converted,
+            "converted": converted, "step": "train_step",
             "tok_s": tokens / statistics.median(times), "step_ms": [round(1e3 * t, 2) for t in times],
             "losses": losses,
             "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None}
