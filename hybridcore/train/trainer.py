@@ -58,9 +58,7 @@ class TrainingDiverged(Reported, RuntimeError):
 
 def reads_ahead(device: torch.device) -> bool:
     """Whether the loop reads a step's loss while the next step runs (CUDA: the device never waits for the
-    host between steps); on a CPU each step's work is done when its call returns, so there is nothing to gain.
-    With CUDA graphs this moves where the allocator puts the block mask's tensors once (the third step),
-    and the backward graphs, which hold those addresses, are recorded again (about 4 s on an H100)."""
+    host between steps); on a CPU each step's work is done when its call returns, so there is nothing to gain."""
     return device.type == "cuda"
 
 
@@ -297,10 +295,6 @@ class _Run:
     # ---- one optimizer step ---------------------------------------------------------------------------
     def _micro_batches(self) -> list[dict]:
         return [next(self.loader) for _ in range(self.config.grad_accum)]
-
-    def step(self, step: int) -> dict:
-        """Run one optimizer step and return its metrics record."""
-        return self.finish(self.launch(step))
 
     def launch(self, step: int, after: _Launched | None = None) -> _Launched:
         """Queue one optimizer step's work on the device without waiting for it (`finish` reads it);
