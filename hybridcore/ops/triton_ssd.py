@@ -453,28 +453,39 @@ def _dcb_bwd_kernel(dy_ptr, x_ptr, cb_ptr, dt_ptr, a_ptr, seq_ptr, dcb_ptr, ddt_
 # and (first row block only) the passing decay's term d a_last = e^{a_last} sum(dCS * S), zero where a
 # document starts inside the chunk.
 # ---------------------------------------------------------------------------------------------------
+# Programs split the state's N columns too (BLOCK_N), so that the entering state and its gradient, [P, N]
+# fp32 per head, need not sit whole in one program's registers: at falcon-h1-7b (N = 256, P = 128) whole
+# ones spilled, 1.7 ms a layer at 2 x 4096 tokens on an H100. The row sums over N (the state terms of da and
+# dw, and d a_last) are then partial, one slot per column block, summed by the caller. The first four
+# candidates hold a state of up to 128 columns (falcon-h1-0.5b's) whole.
 @autotune(
-    configs=_configs([(dict(BLOCK_M=64, BLOCK_K=32), 8, 2),
-                      (dict(BLOCK_M=32, BLOCK_K=64), 4, 2),
-                      (dict(BLOCK_M=64, BLOCK_K=64), 8, 1),
-                      (dict(BLOCK_M=32, BLOCK_K=32), 4, 3)],
-                     dict(BLOCK_M=16, BLOCK_K=16)),
+    configs=_configs([(dict(BLOCK_M=64, BLOCK_K=32, BLOCK_N=128), 8, 2),
+                      (dict(BLOCK_M=32, BLOCK_K=64, BLOCK_N=128), 4, 2),
+                      (dict(BLOCK_M=64, BLOCK_K=64, BLOCK_N=128), 8, 1),
+                      (dict(BLOCK_M=32, BLOCK_K=32, BLOCK_N=128), 4, 3),
+                      (dict(BLOCK_M=64, BLOCK_K=64, BLOCK_N=64), 8, 1),
+                      (dict(BLOCK_M=64, BLOCK_K=32, BLOCK_N=64), 4, 2),
+                      (dict(BLOCK_M=32, BLOCK_K=32, BLOCK_N=64), 4, 3),
+                      (dict(BLOCK_M=32, BLOCK_K=32, BLOCK_N=32), 4, 2)],
+                     dict(BLOCK_M=16, BLOCK_K=16, BLOCK_N=16)),
     key=["CHUNK", "P", "N", "HPG"])
 @triton.jit
 def _dbc_bwd_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dcb_ptr, dt_ptr, a_ptr, enter_ptr, dcs_ptr, seq_ptr,
                     dB_ptr, dC_ptr, dainter_ptr, dw_ptr, dalast_ptr, L, H, G, P, N, nchunks,
                     s_dy_b, s_dy_l, s_dy_h, s_dy_p, s_x_b, s_x_l, s_x_h, s_x_p,
                     s_B_b, s_B_l, s_B_g, s_B_n, s_C_b, s_C_l, s_C_g, s_C_n, s_seq_b, s_seq_l,
-                    s_dB_b, s_dB_l, s_dB_g, s_dB_n, s_dC_b, s_dC_l, s_dC_g, s_dC_n,
+                    s_dB_b, s_dB_l, s_dB_g, s_dB_n, s_dC_b, s_dC_l, s_dC_g, s_dC_n, s_part, s_part_last,
                     HPG: tl.constexpr, HAS_SEQ: tl.constexpr, CHUNK: tl.constexpr, BLOCK_P: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_bc = tl.program_id(0)
     pid_b = (pid_bc // nchunks).to(tl.int64)
     pid_c = pid_bc % nchunks
     pid_g = tl.program_id(1)
-    pid_m = tl.program_id(2)
+    num_n = tl.cdiv(N, BLOCK_N)
+    pid_m = tl.program_id(2) // num_n
+    pid_n = tl.program_id(2) % num_n
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_p = tl.arange(0, BLOCK_P)
     t_m = pid_c * CHUNK + offs_m
     m_in = offs_m < CHUNK
@@ -539,15 +550,15 @@ def _dbc_bwd_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dcb_ptr, dt_ptr, a_ptr, enter_p
             w_m = tl.where(last_ok, w_m, 0.0)
         u = tl.dot(dy_m, S.to(dy_m.dtype))  # [M, N]: dy_l S
         dC += u * scale_m[:, None]
-        tl.store(dainter_ptr + dt_base + offs_m, tl.sum(u * C_m, axis=1) * scale_m, mask=m_in)
+        tl.store(dainter_ptr + pid_n * s_part + dt_base + offs_m, tl.sum(u * C_m, axis=1) * scale_m, mask=m_in)
         v = tl.dot(x_m, dCS.to(x_m.dtype))  # [M, N]: x_s dCS
         dB += v * w_m[:, None]
-        tl.store(dw_ptr + dt_base + offs_m, tl.sum(v * B_m, axis=1), mask=m_in)
+        tl.store(dw_ptr + pid_n * s_part + dt_base + offs_m, tl.sum(v * B_m, axis=1), mask=m_in)
         if pid_m == 0:
             da_last = tl.exp(a_last) * tl.sum(tl.sum(dCS * S, axis=1), axis=0)
             if HAS_SEQ:
                 da_last = tl.where(passes, da_last, 0.0)
-            tl.store(dalast_ptr + (pid_b * H + h) * nchunks + pid_c, da_last)
+            tl.store(dalast_ptr + pid_n * s_part_last + (pid_b * H + h) * nchunks + pid_c, da_last)
     out_mask = m_ok[:, None] & n_ok[None, :]
     tl.store(dC_ptr + pid_b * s_dC_b + t_m[:, None] * s_dC_l + pid_g * s_dC_g + offs_n[None, :] * s_dC_n,
              dC.to(dC_ptr.dtype.element_ty), mask=out_mask)
@@ -807,14 +818,18 @@ def ssd_backward(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus
     # 4: dB, dC and the state terms of da
     dB = torch.empty(B.shape, device=B.device, dtype=B.dtype)
     dC = torch.empty(C.shape, device=C.device, dtype=C.dtype)
-    dainter = torch.empty(batch, heads, nchunks, Q, **f32)
-    dw = torch.empty(batch, heads, nchunks, Q, **f32)
-    da_last = torch.empty(batch, heads, nchunks, **f32)
-    _dbc_bwd_kernel[lambda m: (batch * nchunks, groups, triton.cdiv(Q, m["BLOCK_M"]))](
-        dy, x, B, C, dcb, dt_out, a_out, enter, dcs, seq, dB, dC, dainter, dw, da_last, length, heads, groups,
-        head_dim, state, nchunks, *dy.stride(), *x.stride(), *B.stride(), *C.stride(), s_seq_b, s_seq_l,
-        *dB.stride(), *dC.stride(), HPG=hpg, HAS_SEQ=has_seq, CHUNK=Q, BLOCK_P=block_p,
-        BLOCK_N=_dot_block(state))
+    # one slot per block of state columns, for the most blocks any config launches (zeros where it launches fewer)
+    n_slots = triton.cdiv(state, min(config.kwargs["BLOCK_N"] for config in _dbc_bwd_kernel.configs))
+    dainter_part = torch.zeros(n_slots, batch, heads, nchunks, Q, **f32)
+    dw_part = torch.zeros(n_slots, batch, heads, nchunks, Q, **f32)
+    da_last_part = torch.zeros(n_slots, batch, heads, nchunks, **f32)
+    _dbc_bwd_kernel[lambda m: (batch * nchunks, groups,
+                               triton.cdiv(Q, m["BLOCK_M"]) * triton.cdiv(state, m["BLOCK_N"]))](
+        dy, x, B, C, dcb, dt_out, a_out, enter, dcs, seq, dB, dC, dainter_part, dw_part, da_last_part, length, heads,
+        groups, head_dim, state, nchunks, *dy.stride(), *x.stride(), *B.stride(), *C.stride(), s_seq_b, s_seq_l,
+        *dB.stride(), *dC.stride(), dainter_part.stride(0), da_last_part.stride(0), HPG=hpg, HAS_SEQ=has_seq,
+        CHUNK=Q, BLOCK_P=block_p)
+    dainter, dw, da_last = dainter_part.sum(0), dw_part.sum(0), da_last_part.sum(0)
 
     # 5: dx
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)

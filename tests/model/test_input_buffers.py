@@ -154,7 +154,7 @@ def test_cuda_graphs_are_not_recorded_again_when_new_inputs_land_elsewhere(tmp_p
     def counted(self, inputs):
         status, logger = check(self, inputs)
         if status != trees.CheckInvariantStatus.SUCCESS:
-            failed.append(status)
+            failed.append(logger()[:400])  # the status, and which input moved
         return status, logger
 
     monkeypatch.setattr(trees.CUDAGraphNode, "check_invariants", counted)
@@ -177,7 +177,7 @@ def test_cuda_graphs_are_not_recorded_again_when_new_inputs_land_elsewhere(tmp_p
                        cuda_graphs=True)
         torch.cuda.synchronize()
         assert kept[-1].document_mask is not None, "no block mask: FlexAttention did not serve these layers"
-        return len(failed)
+        return list(failed)
 
-    assert records_again(keep_addresses=False) > 0
-    assert records_again(keep_addresses=True) == 0
+    assert records_again(keep_addresses=False)
+    assert records_again(keep_addresses=True) == []

@@ -147,7 +147,7 @@ def check_conv_case(docs, init, device):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU autotunes over these configs itself")
-@pytest.mark.parametrize("index", range(6))
+@pytest.mark.parametrize("index", range(8))
 def test_kernels_with_each_gpu_config(index, device, monkeypatch):
     """The interpreter runs each kernel with one small block config; the GPU picks among larger ones, which
     may exceed a chunk of 16 (a block of rows larger than the chunk reads and writes past it). Here
@@ -159,7 +159,7 @@ def test_kernels_with_each_gpu_config(index, device, monkeypatch):
 
     kernels = [k for module in (triton_ssd, triton_conv) for k in vars(module).values() if isinstance(k, Autotuner)]
     candidates = [triton_ssd.INTERPRETED_GPU_CONFIGS[id(kernel.configs)] for kernel in kernels]
-    assert len(kernels) == 10 and max(map(len, candidates)) == 6  # every kernel, every candidate
+    assert len(kernels) == 10 and max(map(len, candidates)) == 8  # every kernel, every candidate
     for kernel, gpu in zip(kernels, candidates):
         monkeypatch.setattr(kernel, "configs", [gpu[min(index, len(gpu) - 1)]])
     # the fixed block sizes chosen by platform, as on the GPU
@@ -167,6 +167,7 @@ def test_kernels_with_each_gpu_config(index, device, monkeypatch):
     monkeypatch.setattr(triton_ssd_step, "INTERPRET", False)
     monkeypatch.setattr(triton_conv, "BWD_BLOCK_L", 64)
     monkeypatch.setattr(triton_norm, "BLOCK_R", 16)
+    monkeypatch.setattr(triton_norm, "TILE_ELEMENTS", 4096)
     for case in ("docs+init", "one_group_chunk32", "three_heads_per_group"):
         check_ssd_case(case, device)
     check_conv_case(True, True, device)
