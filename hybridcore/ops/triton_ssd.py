@@ -468,7 +468,9 @@ def _dcb_bwd_kernel(dy_ptr, x_ptr, cb_ptr, dt_ptr, a_ptr, seq_ptr, dcb_ptr, ddt_
                       (dict(BLOCK_M=32, BLOCK_K=32, BLOCK_N=64), 4, 3),
                       (dict(BLOCK_M=32, BLOCK_K=32, BLOCK_N=32), 4, 2)],
                      dict(BLOCK_M=16, BLOCK_K=16, BLOCK_N=16)),
-    key=["CHUNK", "P", "N", "HPG"])
+    key=["CHUNK", "P", "N", "HPG"],
+    # a candidate with fewer column blocks leaves slots alone: zeros before each timed one and the chosen one
+    reset_to_zero=["dainter_ptr", "dw_ptr", "dalast_ptr"])
 @triton.jit
 def _dbc_bwd_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dcb_ptr, dt_ptr, a_ptr, enter_ptr, dcs_ptr, seq_ptr,
                     dB_ptr, dC_ptr, dainter_ptr, dw_ptr, dalast_ptr, L, H, G, P, N, nchunks,
@@ -576,7 +578,8 @@ def _dbc_bwd_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dcb_ptr, dt_ptr, a_ptr, enter_p
                       (dict(BLOCK_M=64, BLOCK_P=64, BLOCK_K=32, BLOCK_KN=128), 4, 2),
                       (dict(BLOCK_M=64, BLOCK_P=128, BLOCK_K=64, BLOCK_KN=64), 8, 3)],
                      dict(BLOCK_M=16, BLOCK_P=16, BLOCK_K=16, BLOCK_KN=16)),
-    key=["CHUNK", "P", "N"])
+    key=["CHUNK", "P", "N"],
+    reset_to_zero=["dD_part_ptr"])  # as _dbc_bwd_kernel's partial sums: a slot per program of any candidate
 @triton.jit
 def _dx_bwd_kernel(dy_ptr, B_ptr, cb_ptr, dt_ptr, a_ptr, dcs_ptr, D_ptr, seq_ptr, dx_ptr, x_ptr, dD_part_ptr,
                    L, H, G, P, N, nchunks,

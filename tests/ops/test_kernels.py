@@ -176,6 +176,29 @@ def test_kernels_with_each_gpu_config(index, device, monkeypatch):
         check_gated_norm_case(True, 2, device)
 
 
+@pytest.mark.parametrize("name,blocks,more,fewer", [
+    # a 24-column state in two column blocks, then in one; a head of 20 in two blocks of 16, then in one
+    ("_dbc_bwd_kernel", dict(BLOCK_M=16, BLOCK_K=16), dict(BLOCK_N=16), dict(BLOCK_N=32)),
+    ("_dx_bwd_kernel", dict(BLOCK_M=16, BLOCK_K=16, BLOCK_KN=16), dict(BLOCK_P=16), dict(BLOCK_P=32))])
+def test_autotuning_leaves_no_partial_sums_behind(name, blocks, more, fewer, device, monkeypatch):
+    """Candidates of these kernels write different numbers of partial-sum slots into the same buffers while
+    they are timed; the one chosen, with fewer slots, must not add what a timed one left behind (the first
+    backward's da and dD)."""
+    import triton
+
+    from hybridcore.ops import triton_ssd
+
+    kernel = getattr(triton_ssd, name)
+    more, fewer = (triton.Config({**blocks, **change}, num_warps=1, num_stages=1) for change in (more, fewer))
+    timings = iter([2.0, 1.0])  # the candidate timed first, with more slots, is the slower
+    monkeypatch.setattr(kernel, "configs", [more, fewer])
+    monkeypatch.setattr(kernel, "cache", {})
+    monkeypatch.setattr(kernel, "do_bench", lambda call, quantiles=None, **_: [call(), next(timings)][1:] * 3,
+                        raising=False)
+    check_ssd_case("three_heads_per_group", device)
+    assert kernel.cache and next(iter(kernel.cache.values())) is fewer
+
+
 @pytest.mark.parametrize("norm_before_gate", [False, True])
 @pytest.mark.parametrize("groups", [1, 2])
 def test_gated_norm_kernel_matches_reference(norm_before_gate, groups, device):
