@@ -1,12 +1,13 @@
 """The per-step layer inputs at fixed addresses, for layers replayed as CUDA graphs.
 
 A compiled layer's backward graph takes the tensors its forward saved from its inputs (the rotary
-tables, the document ids, FlexAttention's block mask and the document runs its mask_mod reads) as static
-inputs: CUDA graphs bake their addresses into the recording, and a tensor at a new address makes every
-graph that reads it record again (seconds each time, and more memory in the graph pool). These tensors
-are made anew every forward, and wherever the allocator placed them differently (the third and fifth
-steps of a falcon-h1-0.5b run on one H100) the graphs were recorded again. Copied into buffers kept from
-forward to forward, they keep their addresses.
+tables, the document ids, FlexAttention's block mask and the document runs its mask_mod reads, and for the
+first layer the embedded tokens, which an eager embedding makes) as static inputs: CUDA graphs bake their
+addresses into the recording, and a tensor at a new address makes every graph that reads it record again
+(seconds each time, and more memory in the graph pool). These tensors are made anew every forward, and
+wherever the allocator placed them differently (the third and fifth steps of a falcon-h1-0.5b run on one
+H100) the graphs were recorded again. Copied into buffers kept from forward to forward, they keep their
+addresses.
 
 One forward and its backward at a time (gradient accumulation runs them in turn): a pipeline schedule's
 next microbatch would overwrite a buffer that the previous one's backward still reads, so `parallelize`
@@ -32,7 +33,9 @@ class InputBuffers:
         buffer = self._buffers.get(key)
         if buffer is None:
             buffer = self._buffers[key] = torch.empty(tensor.shape, dtype=tensor.dtype, device=tensor.device)
-        return buffer.copy_(tensor)
+        # through a fresh alias: a tensor with gradients (the embedded tokens) then joins this forward's graph
+        # only, not the previous forward's, whose saved tensors its backward freed
+        return buffer.detach().copy_(tensor)
 
     def __len__(self) -> int:
         return len(self._buffers)

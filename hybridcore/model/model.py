@@ -64,6 +64,11 @@ class HybridLM(nn.Module):
         layers replayed as CUDA graphs need (model/input_buffers.py); one process only."""
         self.input_buffers = self.input_buffers or InputBuffers()
 
+    def _hold(self):
+        """How this forward passes the layers' per-step inputs: through the kept buffers in a forward with
+        gradients once `keep_input_addresses` ran, else as they are."""
+        return self.input_buffers if self.input_buffers is not None and torch.is_grad_enabled() else as_is
+
     def tie_weights(self) -> None:
         """Share the embedding with the LM head when configured (again after `to_empty`, which unties)."""
         if self.config.tie_embeddings and self.embed is not None and self.lm_head is not None:
@@ -104,6 +109,7 @@ class HybridLM(nn.Module):
         parallelism); `logits()` or `loss()` take them from there."""
         if self.embed is not None:
             h = self.region.embedding(input_ids, self.embed.weight) * self.config.embedding_multiplier
+            h = self._hold()("embedded", h)  # the first layer saves it for its backward
         else:  # a later pipeline stage: the previous stage's hidden states
             h = input_ids
         inputs = self.layer_inputs(input_ids, seq_idx, positions)
@@ -119,7 +125,7 @@ class HybridLM(nn.Module):
             else:
                 positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
         cos, sin = rope_cos_sin(positions, self.config.rotary_dim, self.config.rope_theta)
-        hold = self.input_buffers if self.input_buffers is not None and torch.is_grad_enabled() else as_is
+        hold = self._hold()
         cos, sin, seq_idx = hold("cos", cos), hold("sin", sin), hold("seq_idx", seq_idx)
         flex = any(attention.flex_for_documents for attention in self._attentions)
         return LayerInputs(cos=cos, sin=sin, seq_idx=seq_idx,

@@ -79,6 +79,24 @@ def test_layer_inputs_keep_their_addresses_in_forwards_with_gradients_only():
     assert inputs.seq_idx is seq_idx and len(model.input_buffers) == held
 
 
+def test_the_first_layers_input_keeps_its_address():
+    """The embedded tokens, which the first layer saves for its backward, land in one buffer every forward
+    with gradients (an eager embedding makes them anew each time)."""
+    model = build_model(tiny_config(layout="P-"))
+    model.init_weights(seed=0)
+    model.keep_input_addresses()
+    seen = []
+    model.layers["0"].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    for step in range(2):
+        input_ids = torch.randint(0, 61, (2, 32), generator=torch.Generator().manual_seed(step))
+        model(input_ids, labels=input_ids).backward()
+        assert torch.equal(seen[-1], model.embed(input_ids) * model.config.embedding_multiplier)
+    assert seen[1].data_ptr() == seen[0].data_ptr()
+    with torch.no_grad():
+        model(input_ids)
+    assert seen[2].data_ptr() != seen[0].data_ptr()
+
+
 def test_losses_and_gradients_are_those_without_buffers():
     torch.manual_seed(0)
     plain = build_model(tiny_config(layout="P-*"))
