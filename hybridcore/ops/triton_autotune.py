@@ -63,14 +63,17 @@ def quick_bench(kernel_call, quantiles=None, **options):
     return do_bench(kernel_call, warmup=BENCH_WARMUP_MS, rep=BENCH_REPEAT_MS, quantiles=quantiles, **options)
 
 
-def autotune(configs: list, key: list, **options):
+def autotune(configs: list, key: list, keep=None, **options):
     """triton.autotune(configs=..., key=..., **options) with the candidates compiled together and timed
-    with `quick_bench` (where this Triton takes a do_bench)."""
+    with `quick_bench` (where this Triton takes a do_bench). keep(candidates, arguments) -> the candidates
+    worth timing for these arguments (all of them when None)."""
     if "do_bench" in inspect.signature(triton.autotune).parameters:
         options.setdefault("do_bench", quick_bench)
 
     def decorate(fn):
         def prune(candidates, nargs, **meta):
+            if keep is not None:
+                candidates = keep(candidates, nargs)
             return compile_together(fn, candidates, nargs, meta)
         return triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": prune},
                                **options)(fn)

@@ -456,8 +456,19 @@ def _dcb_bwd_kernel(dy_ptr, x_ptr, cb_ptr, dt_ptr, a_ptr, seq_ptr, dcb_ptr, ddt_
 # Programs split the state's N columns too (BLOCK_N), so that the entering state and its gradient, [P, N]
 # fp32 per head, need not sit whole in one program's registers: at falcon-h1-7b (N = 256, P = 128) whole
 # ones spilled, 1.7 ms a layer at 2 x 4096 tokens on an H100. The row sums over N (the state terms of da and
-# dw, and d a_last) are then partial, one slot per column block, summed by the caller. The first four
-# candidates hold a state of up to 128 columns (falcon-h1-0.5b's) whole.
+# dw, and d a_last) are then partial, one slot per column block, summed by the caller. A state of up to
+# WHOLE_STATE columns (falcon-h1-0.5b's 128) is held whole, by the first four candidates only: one slot,
+# written where the caller reads it, and none of the zeroing and summing the split takes.
+WHOLE_STATE = 16 if INTERPRET else 128
+
+
+def _state_candidates(candidates: list, nargs: dict) -> list:
+    """The candidates that hold the state whole where it is at most WHOLE_STATE columns (all of them where
+    none does, as when a test runs one candidate); every candidate beyond."""
+    whole = [config for config in candidates if config.kwargs["BLOCK_N"] >= nargs["N"]]
+    return whole if nargs["N"] <= WHOLE_STATE and whole else candidates
+
+
 @autotune(
     configs=_configs([(dict(BLOCK_M=64, BLOCK_K=32, BLOCK_N=128), 8, 2),
                       (dict(BLOCK_M=32, BLOCK_K=64, BLOCK_N=128), 4, 2),
@@ -468,7 +479,7 @@ def _dcb_bwd_kernel(dy_ptr, x_ptr, cb_ptr, dt_ptr, a_ptr, seq_ptr, dcb_ptr, ddt_
                       (dict(BLOCK_M=32, BLOCK_K=32, BLOCK_N=64), 4, 3),
                       (dict(BLOCK_M=32, BLOCK_K=32, BLOCK_N=32), 4, 2)],
                      dict(BLOCK_M=16, BLOCK_K=16, BLOCK_N=16)),
-    key=["CHUNK", "P", "N", "HPG"],
+    key=["CHUNK", "P", "N", "HPG"], keep=_state_candidates,
     # a candidate with fewer column blocks leaves slots alone: zeros before each timed one and the chosen one
     reset_to_zero=["dainter_ptr", "dw_ptr", "dalast_ptr"])
 @triton.jit
@@ -821,18 +832,24 @@ def ssd_backward(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus
     # 4: dB, dC and the state terms of da
     dB = torch.empty(B.shape, device=B.device, dtype=B.dtype)
     dC = torch.empty(C.shape, device=C.device, dtype=C.dtype)
-    # one slot per block of state columns, for the most blocks any config launches (zeros where it launches fewer)
-    n_slots = triton.cdiv(state, min(config.kwargs["BLOCK_N"] for config in _dbc_bwd_kernel.configs))
-    dainter_part = torch.zeros(n_slots, batch, heads, nchunks, Q, **f32)
-    dw_part = torch.zeros(n_slots, batch, heads, nchunks, Q, **f32)
-    da_last_part = torch.zeros(n_slots, batch, heads, nchunks, **f32)
+    # one slot per block of state columns, for the most blocks any candidate launches (zeros where it launches
+    # fewer); a state held whole writes its one slot in full
+    candidates = _state_candidates(_dbc_bwd_kernel.configs, dict(N=state))
+    n_slots = triton.cdiv(state, min(config.kwargs["BLOCK_N"] for config in candidates))
+    partial = torch.zeros if n_slots > 1 else torch.empty
+    dainter_part = partial(n_slots, batch, heads, nchunks, Q, **f32)
+    dw_part = partial(n_slots, batch, heads, nchunks, Q, **f32)
+    da_last_part = partial(n_slots, batch, heads, nchunks, **f32)
     _dbc_bwd_kernel[lambda m: (batch * nchunks, groups,
                                triton.cdiv(Q, m["BLOCK_M"]) * triton.cdiv(state, m["BLOCK_N"]))](
         dy, x, B, C, dcb, dt_out, a_out, enter, dcs, seq, dB, dC, dainter_part, dw_part, da_last_part, length, heads,
         groups, head_dim, state, nchunks, *dy.stride(), *x.stride(), *B.stride(), *C.stride(), s_seq_b, s_seq_l,
         *dB.stride(), *dC.stride(), dainter_part.stride(0), da_last_part.stride(0), HPG=hpg, HAS_SEQ=has_seq,
         CHUNK=Q, BLOCK_P=block_p)
-    dainter, dw, da_last = dainter_part.sum(0), dw_part.sum(0), da_last_part.sum(0)
+    if n_slots > 1:
+        dainter, dw, da_last = dainter_part.sum(0), dw_part.sum(0), da_last_part.sum(0)
+    else:
+        dainter, dw, da_last = dainter_part[0], dw_part[0], da_last_part[0]
 
     # 5: dx
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)

@@ -176,6 +176,18 @@ def test_kernels_with_each_gpu_config(index, device, monkeypatch):
         check_gated_norm_case(True, 2, device)
 
 
+def test_a_state_up_to_128_columns_is_held_whole_on_the_gpu(monkeypatch):
+    """falcon-h1-0.5b's 128-column state is timed only with candidates that hold it whole (one slot, no
+    partial sums); falcon-h1-7b's 256 columns with every candidate, split ones included."""
+    from hybridcore.ops import triton_ssd
+
+    monkeypatch.setattr(triton_ssd, "WHOLE_STATE", 128)
+    gpu = triton_ssd.INTERPRETED_GPU_CONFIGS[id(triton_ssd._dbc_bwd_kernel.configs)]
+    whole = triton_ssd._state_candidates(gpu, dict(N=128))
+    assert len(whole) == 4 and {config.kwargs["BLOCK_N"] for config in whole} == {128}
+    assert triton_ssd._state_candidates(gpu, dict(N=256)) == gpu and len({c.kwargs["BLOCK_N"] for c in gpu}) == 3
+
+
 @pytest.mark.parametrize("name,blocks,more,fewer", [
     # a 24-column state in two column blocks, then in one; a head of 20 in two blocks of 16, then in one
     ("_dbc_bwd_kernel", dict(BLOCK_M=16, BLOCK_K=16), dict(BLOCK_N=16), dict(BLOCK_N=32)),
