@@ -177,7 +177,10 @@ def test_cuda_graphs_are_not_recorded_again_when_new_inputs_land_elsewhere(tmp_p
 
     monkeypatch.setattr(trees.CUDAGraphNode, "check_invariants", counted)
 
-    def records_again(keep_addresses: bool) -> int:
+    def records_again(keep_addresses: bool) -> list[str]:
+        # A fresh start: the other run's graphs, recorded with its model's parameters, would be recorded again
+        # for this model's (one failed check per graph, whatever the inputs).
+        torch._dynamo.reset()
         model = build_model(tiny_config(layout="P-", head_dim=16), device="cuda")
         model.init_weights(seed=0)
         parallel = parallelize(model, compile=True, compile_mode="reduce-overhead", compile_cache_dir=tmp_path)
@@ -197,5 +200,6 @@ def test_cuda_graphs_are_not_recorded_again_when_new_inputs_land_elsewhere(tmp_p
         assert kept[-1].document_mask is not None, "no block mask: FlexAttention did not serve these layers"
         return list(failed)
 
-    assert records_again(keep_addresses=False)
+    moved = records_again(keep_addresses=False)
+    assert any(reason.startswith("static input data pointer changed") for reason in moved), moved
     assert records_again(keep_addresses=True) == []
