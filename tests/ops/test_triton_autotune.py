@@ -61,11 +61,27 @@ def autotuned_kernels() -> list:
 def test_every_autotuned_kernel_compiles_its_candidates_together(monkeypatch):
     kernels = autotuned_kernels()
     assert len(kernels) == 10
+    # (N: a state wider than any the SSD dB/dC kernel holds whole, so that it keeps every candidate)
+    split = [triton.Config({**config.kwargs, "BLOCK_N": 64}, num_warps=config.num_warps) for config in candidates()]
     for kernel in kernels:
         recorder = RecordingKernel()
         monkeypatch.setattr(kernel.fn, "warmup", recorder.warmup)  # the kernel's own jit function
-        assert kernel.early_config_prune(candidates(), {"n": 1}) == candidates()
+        assert kernel.early_config_prune(split, {"n": 1, "N": 1024}) == split
         assert len(recorder.calls) == 2, kernel.base_fn.__name__
+
+
+@pytest.mark.skipif(triton_autotune.AsyncCompileMode is None, reason="this Triton has no AsyncCompileMode")
+def test_a_kernels_keep_hook_chooses_what_is_compiled_and_timed(monkeypatch):
+    from hybridcore.ops import triton_ssd
+
+    kernel, recorder = triton_ssd._dbc_bwd_kernel, RecordingKernel()
+    monkeypatch.setattr(kernel.fn, "warmup", recorder.warmup)
+    monkeypatch.setattr(triton_ssd, "WHOLE_STATE", 128)
+    whole, split = (triton.Config({"BLOCK_N": n}, num_warps=4) for n in (128, 64))
+    assert kernel.early_config_prune([whole, split], {"N": 128}) == [whole]  # one candidate: nothing to compile
+    assert recorder.calls == []
+    assert kernel.early_config_prune([whole, split], {"N": 256}) == [whole, split]
+    assert [call[1]["BLOCK_N"] for call in recorder.calls] == [128, 64]
 
 
 def test_every_autotuned_kernel_times_with_the_short_budget(monkeypatch):
