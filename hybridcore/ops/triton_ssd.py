@@ -464,7 +464,7 @@ WHOLE_STATE = 16 if INTERPRET else 128
 
 def _state_candidates(candidates: list, nargs: dict) -> list:
     """The candidates that hold the state whole where it is at most WHOLE_STATE columns (all of them where
-    none does, as when a test runs one candidate); every candidate beyond."""
+    none does, rather than none); every candidate beyond."""
     whole = [config for config in candidates if config.kwargs["BLOCK_N"] >= nargs["N"]]
     return whole if nargs["N"] <= WHOLE_STATE and whole else candidates
 
@@ -846,10 +846,7 @@ def ssd_backward(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus
         groups, head_dim, state, nchunks, *dy.stride(), *x.stride(), *B.stride(), *C.stride(), s_seq_b, s_seq_l,
         *dB.stride(), *dC.stride(), dainter_part.stride(0), da_last_part.stride(0), HPG=hpg, HAS_SEQ=has_seq,
         CHUNK=Q, BLOCK_P=block_p)
-    if n_slots > 1:
-        dainter, dw, da_last = dainter_part.sum(0), dw_part.sum(0), da_last_part.sum(0)
-    else:
-        dainter, dw, da_last = dainter_part[0], dw_part[0], da_last_part[0]
+    dainter, dw, da_last = (part.sum(0) if n_slots > 1 else part[0] for part in (dainter_part, dw_part, da_last_part))
 
     # 5: dx
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
