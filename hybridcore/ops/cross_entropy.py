@@ -4,7 +4,8 @@
 `F.cross_entropy((hidden @ weight.T * multiplier).float(), labels, ignore_index=-100)` (mean over the
 labelled tokens). Each chunk's logits [chunk, V] live only inside the loop: when a gradient is needed the
 forward computes it there too (softmax - one-hot is all the backward needs), so nothing is recomputed
-and the backward is a scaling of the stored gradients. Pure PyTorch; any device (on CUDA the per-chunk
+and the backward is a scaling of the stored gradients. The head's weight gradient is summed over the
+chunks in fp32 (`accumulate_product`). Pure PyTorch; any device (on CUDA the per-chunk
 softmax and gradient are one torch.compile'd function); under autocast the products run in the autocast
 dtype and the softmax in fp32. An odd vocabulary (Falcon-H1-7B's 130,049) is padded with zero rows to a
 multiple of VOCAB_ALIGN, masked out of the softmax: with an unaligned dimension cuBLAS falls back to its
@@ -99,6 +100,26 @@ def _padded(weight, dtype):
     return w
 
 
+_MATMUL_OUT_DTYPE = "dtype_out" in torch.ops.aten.addmm.overloads()  # absent from older torch
+
+
+def accumulate_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: bool) -> None:
+    """out = a @ b (first) or out += a @ b, summed in out's dtype: the head's weight gradient adds up
+    in fp32 over the chunks, never rounded to bf16 on the way. On CUDA one matmul writes it (cuBLAS
+    takes bf16 inputs and an fp32 output, and adds into it); elsewhere the inputs are widened first."""
+    if a.dtype != out.dtype and out.device.type == "cuda" and _MATMUL_OUT_DTYPE:
+        if first:
+            torch.mm(a, b, out_dtype=out.dtype, out=out)
+        else:
+            torch.addmm(out, a, b, out_dtype=out.dtype, out=out)
+        return
+    a, b = a.to(out.dtype), b.to(out.dtype)
+    if first:
+        torch.mm(a, b, out=out)
+    else:
+        out.addmm_(a, b)
+
+
 class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, multiplier, chunk_size, compute_dtype, vocab_start, all_reduce):
@@ -111,8 +132,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         loss = torch.zeros((), device=hidden.device, dtype=torch.float64 if compute_dtype == torch.float64
                            else torch.float32)
         dh = torch.empty_like(h_all) if ctx.needs_input_grad[0] else None
-        dw = (torch.zeros(w.shape, device=weight.device, dtype=loss.dtype) if ctx.needs_input_grad[1]
-              else None)
+        dw = torch.empty(w.shape, device=weight.device, dtype=loss.dtype) if ctx.needs_input_grad[1] else None
         if all_reduce is None:
             loss_and_grad = _loss_and_grad_fn(hidden.device)
         else:
@@ -133,7 +153,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             if dh is not None:
                 dh[start:start + chunk_size] = grad @ w
             if dw is not None:
-                dw += (grad.t() @ h).to(dw.dtype)
+                accumulate_product(dw, grad.t(), h, first=start == 0)
         ctx.save_for_backward(dh, dw[:vocab] if dw is not None else None)  # leading rows: still contiguous
         ctx.hidden_meta = (hidden.shape, hidden.dtype)
         ctx.weight_dtype = weight.dtype

@@ -51,3 +51,25 @@ def test_chunk_function_compiles_whole_and_matches_autograd():
     torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grad[:, :30], torch.autograd.grad(ref * scale, products)[0], rtol=1e-10, atol=1e-12)
     assert torch.equal(grad[:, 30:], torch.zeros(7, 2, dtype=torch.float64))
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # CUDA: cuBLAS's fp32-output matmul
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_head_weight_gradient_adds_up_in_fp32(device):
+    """bf16 products summed over chunks into fp32: within fp32 rounding of the exact sum, where rounding
+    each chunk's product to bf16 (a plain autocast matmul) is off by bf16's ~3 significant digits."""
+    from hybridcore.ops.cross_entropy import accumulate_product
+
+    g = torch.Generator().manual_seed(2)
+    pieces = [(torch.randn(40, 24, generator=g).bfloat16(), torch.randn(24, 8, generator=g).bfloat16())
+              for _ in range(3)]
+    exact = sum(a.double() @ b.double() for a, b in pieces)
+    out = torch.full((40, 8), float("nan"), device=device)  # the first chunk overwrites, whatever was there
+    for index, (a, b) in enumerate(pieces):
+        accumulate_product(out, a.to(device), b.to(device), first=index == 0)
+    rounded = sum((a @ b).float() for a, b in pieces)
+    error = ((out.cpu().double() - exact).abs().max() / exact.abs().max()).item()
+    rounded_error = ((rounded.double() - exact).abs().max() / exact.abs().max()).item()
+    assert out.dtype == torch.float32 and error < 1e-6 and rounded_error > 1e-4, (error, rounded_error)
