@@ -1,8 +1,9 @@
 """The gradient norm of the whole model, over every rank's share, without host synchronisation.
 
 Each rank sums the squares of the gradient elements it owns (a copy held by several ranks counts on
-one of them: layouts.owned), one all-reduce adds the sums over the world, and every rank scales its
-gradients by the same factor on the device.
+one of them: layouts.owned), one all-reduce adds the sums over the world, and every rank divides its
+gradients by the same factor on the device: in its own pass (`clip_grad_norm_`), or inside the fused
+AdamW's step, which takes it as its `grad_scale` (train_step does that: one pass fewer over the gradients).
 """
 
 from __future__ import annotations
@@ -41,15 +42,28 @@ def grad_norm(model) -> torch.Tensor:
     return squares.sqrt()
 
 
+def clip_divisor(total: torch.Tensor, max_norm: float) -> torch.Tensor | None:
+    """What the gradients are divided by so that their norm `total` is at most `max_norm`: torch's
+    clip_grad_norm_ factor inverted, (total + 1e-6) / max_norm, at least 1; 1 where `total` is not finite
+    (the update is skipped then). None for max_norm = math.inf (measure only)."""
+    if math.isinf(max_norm):
+        return None
+    divisor = torch.clamp((total + 1e-6) / max_norm, min=1.0)
+    return torch.where(torch.isfinite(total), divisor, torch.ones_like(divisor))
+
+
+def divide_gradients_(model, divisor: torch.Tensor) -> None:
+    """Divide every local gradient of a ParallelModel by a device scalar, in place."""
+    everything, _ = _gradients(model)
+    if everything:
+        torch._foreach_div_(everything, divisor)
+
+
 def clip_grad_norm_(model, max_norm: float) -> torch.Tensor:
     """Scale the gradients so that their global 2-norm is at most `max_norm` (math.inf: measure only);
     returns the norm before clipping as a tensor. A non-finite norm leaves the gradients alone."""
     total = grad_norm(model)
-    if math.isinf(max_norm):
-        return total
-    everything, _ = _gradients(model)
-    coefficient = torch.clamp(max_norm / (total + 1e-6), max=1.0)  # torch's clip_grad_norm_ formula
-    coefficient = torch.where(torch.isfinite(total), coefficient, torch.ones_like(coefficient))
-    if everything:
-        torch._foreach_mul_(everything, coefficient)
+    divisor = clip_divisor(total, max_norm)
+    if divisor is not None:
+        divide_gradients_(model, divisor)
     return total

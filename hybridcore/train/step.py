@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from ..parallel import ParallelModel, as_parallel_model, mesh_dim
 from ..parallel.context_parallel import global_positions, shard_sequence
-from ..parallel.clipping import clip_grad_norm_
+from ..parallel.clipping import clip_divisor, divide_gradients_, grad_norm as global_grad_norm
 from ..parallel.pipeline import default_microbatches
 from .host_read import HostRead
 from .optim import build_optimizer
@@ -171,15 +171,20 @@ def train_step(model, optimizers, microbatches: list[Batch], *, max_norm: float 
     model = as_parallel_model(model)
     loss = forward_backward(model, microbatches, autocast_dtype=autocast_dtype, loss_chunk=loss_chunk,
                             cuda_graphs=cuda_graphs)
-    grad_norm = clip_grad_norm_(model, max_norm)
+    grad_norm = global_grad_norm(model)
+    divisor = clip_divisor(grad_norm, max_norm)
     finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
     # The fused AdamW skips a flagged update on the device (its step count included), so the host need
-    # not wait here for the backward to end; other optimizers are stepped after a look at the flag.
+    # not wait here for the backward to end; other optimizers are stepped after a look at the flag. It
+    # also divides the gradients by the clipping factor as it reads them, saving a pass over them.
     skips_on_device = all(skips_updates_on_device(optimizer) for optimizer in optimizers)
+    if divisor is not None and not skips_on_device:
+        divide_gradients_(model, divisor)
     stepped = skips_on_device or bool(finite)
     for optimizer in optimizers:
         if skips_on_device:
             optimizer.found_inf = (~finite).float()
+            optimizer.grad_scale = divisor
         if stepped:
             optimizer.step()
         optimizer.zero_grad(set_to_none=not cuda_graphs or len(microbatches) == 1)
@@ -189,8 +194,9 @@ def train_step(model, optimizers, microbatches: list[Batch], *, max_norm: float 
 
 
 def skips_updates_on_device(optimizer) -> bool:
-    """Whether `optimizer.found_inf` (a device flag, 1.0 to skip) is honoured by its step: torch's fused
-    Adam and AdamW read it, as GradScaler relies on; the foreach and per-parameter loops refuse it."""
+    """Whether `optimizer.found_inf` (a device flag, 1.0 to skip) and `optimizer.grad_scale` (a device
+    divisor of the gradients) are honoured by its step: torch's fused Adam and AdamW read them, as
+    GradScaler relies on; the foreach and per-parameter loops refuse them."""
     return isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW) and bool(optimizer.defaults.get("fused"))
 
 

@@ -38,8 +38,8 @@ class CountHostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def setup(fused: bool):
-    model = parallelize(tiny_model(), None, ParallelConfig(dp_shard=1))
+def setup(fused: bool, device: str = "cpu"):
+    model = parallelize(tiny_model().to(device), None, ParallelConfig(dp_shard=1))
     optimizers = build_optimizers(model, lr=1e-2, weight_decay=0.1)
     if not fused:
         optimizers = [torch.optim.AdamW([{"params": group["params"], "weight_decay": group["weight_decay"]}
@@ -90,3 +90,34 @@ def test_a_non_finite_step_changes_nothing_and_the_next_step_is_unaffected(fused
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters()))
     steps = {float(values["step"]) for values in optimizers[0].state_dict()["state"].values()}
     assert steps == {2.0}  # the skipped step is not counted in the bias correction
+
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("fused", [True, False])
+def test_clipped_step_matches_torch_clip_then_adamw(fused, device):
+    """train_step's clipping (inside the fused AdamW's step, or a pass of its own for the foreach one)
+    against torch's clip_grad_norm_ and a per-parameter AdamW, over three steps whose gradient norm is
+    far above max_norm."""
+    from hybridcore.train.optim import split_by_decay
+
+    model, optimizers = setup(fused, device)
+    reference = tiny_model().to(device)
+    settings = {key: optimizers[0].defaults[key] for key in ("lr", "betas", "eps")}
+    reference_optimizer = torch.optim.AdamW(
+        [{"params": [p for _, p in group], "weight_decay": optimizer_group["weight_decay"]}
+         for group, optimizer_group in zip(split_by_decay(reference), optimizers[0].param_groups)],
+        foreach=False, **settings)
+    for seed in (1, 2, 3):
+        result = train_step(model, optimizers, [batch(seed)], max_norm=0.05)
+        reference_optimizer.zero_grad()
+        logits = reference(batch(seed).input_ids.to(device))
+        torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch(seed).labels.to(device).flatten()).backward()
+        norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.05)
+        reference_optimizer.step()
+        assert norm > 0.5  # clipping acted: the factor is far from 1
+        torch.testing.assert_close(result.grad_norm, norm, rtol=1e-5, atol=0)
+    # Adam's updates barely depend on the gradients' scale, but on their scale from step to step they do:
+    # without the clipping the weights here differ by ~1e-3 after three steps.
+    for (name, ours), theirs in zip(model.model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5, msg=name)
