@@ -181,9 +181,8 @@ def time_decode(model, device, args) -> dict:
 
 
 def main(argv=None) -> dict:
-    from hybridcore.bench_record import environment
+    from hybridcore.bench_record import environment, write_report
     from hybridcore.config import apply_overrides
-    from hybridcore.io.json_codec import write_json
     from hybridcore.model import build_model
     from hybridcore.presets import get_preset
 
@@ -210,12 +209,7 @@ def main(argv=None) -> dict:
     for name, row in report["decode"].items():
         print(f"decode {name:20s} " + (f"{row['step_ms']:7.2f} ms/step, prefill {row['prefill_ms']:7.1f} ms"
                                        if "step_ms" in row else row["error"]))
-    out = args.out or RESULTS
-    if out.is_dir():
-        out = out / f"decode_host-{report['preset']}-ctx{args.context}.json"
-    if not args.smoke or args.out is not None:
-        write_json(out, report)
-        print(f"wrote {out}")
+    write_report(report, args.out, RESULTS, f"decode_host-{report['preset']}-ctx{args.context}.json", args.smoke)
     return report
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from hybridcore.bench_record import environment, median_and_spread, synchronize
+from hybridcore.bench_record import environment, median_and_spread, synchronize, write_report
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -116,8 +116,6 @@ def time_update(args, device) -> dict:
 
 
 def main(argv=None) -> dict:
-    from hybridcore.io.json_codec import write_json
-
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     arguments = sys.argv[1:] if argv is None else argv
@@ -135,12 +133,8 @@ def main(argv=None) -> dict:
         row = report["update"][name]["ms"]
         print(f"update {name:20s} {row['median']:8.2f} ms  [{row['spread'][0]:.2f}, {row['spread'][1]:.2f}]  "
               f"({report['update']['parameters']:,} fp32 parameters)")
-    out = args.out or RESULTS
-    if out.is_dir():
-        out = out / f"head_and_update-v{args.vocab}-d{args.d_model}-c{args.chunk}.json"
-    if not args.smoke or args.out is not None:
-        write_json(out, report)
-        print(f"wrote {out}")
+    write_report(report, args.out, RESULTS, f"head_and_update-v{args.vocab}-d{args.d_model}-c{args.chunk}.json",
+                 args.smoke)
     return report
 
 

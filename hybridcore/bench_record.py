@@ -56,6 +56,21 @@ def environment(device: torch.device) -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
+def write_report(report: dict, out: Path | None, results: Path, file_name: str, smoke: bool) -> Path | None:
+    """Write a benchmark script's JSON to `out`: a file, or a folder to put `file_name` in (default: the
+    `results` folder). A smoke run writes only where --out asks. Returns the path written, if any."""
+    from .io.json_codec import write_json
+
+    if smoke and out is None:
+        return None
+    path = out or results
+    if path.is_dir():
+        path = path / file_name
+    write_json(path, report)
+    print(f"wrote {path}")
+    return path
+
+
 def median_and_spread(values: list[float]) -> dict:
     """The median of repeated measurements and their range, [min, max]."""
     return {"median": statistics.median(values), "spread": [min(values), max(values)]}
