@@ -187,6 +187,8 @@ def train_step(model, optimizers, microbatches: list[Batch], *, max_norm: float 
             optimizer.grad_scale = divisor
         if stepped:
             optimizer.step()
+        if skips_on_device:  # this step's only: a step() of the caller's own must not reuse them
+            optimizer.found_inf = optimizer.grad_scale = None
         optimizer.zero_grad(set_to_none=not cuda_graphs or len(microbatches) == 1)
     if stepped:  # after a skipped update the weights are unchanged, so this recomputes the same values
         model.after_optimizer_step()

@@ -116,6 +116,8 @@ def test_clipped_step_matches_torch_clip_then_adamw(fused, device):
         norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.05)
         reference_optimizer.step()
         assert norm > 0.5  # clipping acted: the factor is far from 1
+        assert all(getattr(optimizer, "grad_scale", None) is None and getattr(optimizer, "found_inf", None) is None
+                   for optimizer in optimizers)  # nothing left for a later step() outside train_step
         torch.testing.assert_close(result.grad_norm, norm, rtol=1e-5, atol=0)
     # Adam's updates barely depend on the gradients' scale, but on their scale from step to step they do:
     # without the clipping the weights here differ by ~1e-3 after three steps.
