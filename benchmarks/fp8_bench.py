@@ -117,6 +117,7 @@ def convert(model, recipe: str, min_size: int, emulate: bool, kept: tuple[str, .
 def throughput_child(args, recipe: str, min_size: int, kept: tuple[str, ...] = ()) -> dict:
     import torch
 
+    from hybridcore.bench_record import synchronize
     from hybridcore.config import apply_overrides
     from hybridcore.model import build_model
     from hybridcore.parallel import parallelize
@@ -144,6 +145,7 @@ def throughput_child(args, recipe: str, min_size: int, kept: tuple[str, ...] = (
 
     for _ in range(args.warmup):
         step()
+    synchronize(device)  # else the first timed step also waits for the last untimed one, queued behind it
     times, losses = [], []
     for _ in range(args.steps):
         start = time.perf_counter()
