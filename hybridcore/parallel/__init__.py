@@ -35,7 +35,7 @@ local rows divide into the pipeline microbatches; no tied embeddings across pipe
 
 from .checkpoint import checkpoint_state, full_state_dict, load_sharded, save_sharded
 from .checks import check_layout
-from .clipping import clip_divisor, clip_grad_norm_, divide_gradients_, grad_norm
+from .clipping import clip_divisor, divide_gradients_, grad_norm
 from .config import MESH_DIMS, ParallelConfig
 from .context_parallel import shard_sequence
 from .mesh import build_mesh, data_parallel_rank, mesh_dim
@@ -46,4 +46,4 @@ from .tensor_parallel import check_tensor_parallel
 __all__ = ["ParallelConfig", "MESH_DIMS", "build_mesh", "mesh_dim", "data_parallel_rank", "parallelize",
            "ParallelModel", "as_parallel_model", "Pipeline", "check_tensor_parallel", "shard_sequence",
            "save_sharded", "load_sharded", "full_state_dict", "checkpoint_state", "check_layout",
-           "clip_grad_norm_", "clip_divisor", "divide_gradients_", "grad_norm"]
+           "clip_divisor", "divide_gradients_", "grad_norm"]

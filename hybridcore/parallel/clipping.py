@@ -2,8 +2,9 @@
 
 Each rank sums the squares of the gradient elements it owns (a copy held by several ranks counts on
 one of them: layouts.owned), one all-reduce adds the sums over the world, and every rank divides its
-gradients by the same factor on the device: in its own pass (`clip_grad_norm_`), or inside the fused
-AdamW's step, which takes it as its `grad_scale` (train_step does that: one pass fewer over the gradients).
+gradients by the same factor on the device (`clip_divisor`): inside the fused AdamW's step, which takes it
+as its `grad_scale` (one pass fewer over the gradients), or in a pass of its own (`divide_gradients_`)
+for other optimizers. train_step chooses.
 """
 
 from __future__ import annotations
@@ -57,13 +58,3 @@ def divide_gradients_(model, divisor: torch.Tensor) -> None:
     everything, _ = _gradients(model)
     if everything:
         torch._foreach_div_(everything, divisor)
-
-
-def clip_grad_norm_(model, max_norm: float) -> torch.Tensor:
-    """Scale the gradients so that their global 2-norm is at most `max_norm` (math.inf: measure only);
-    returns the norm before clipping as a tensor. A non-finite norm leaves the gradients alone."""
-    total = grad_norm(model)
-    divisor = clip_divisor(total, max_norm)
-    if divisor is not None:
-        divide_gradients_(model, divisor)
-    return total
